@@ -1,0 +1,223 @@
+//! Harness for packet-level tests of the kernel-side programs.
+//!
+//! Each test gets its own network namespace with a small, known topology, so
+//! the programs' FIB lookups and interface indexes resolve against real kernel
+//! state, and its own bpffs root, so maps start empty:
+//!
+//! ```text
+//!   lxc1, lxc2   host sides of two pod veths (peers lxc1p, lxc2p)
+//!   up0          uplink, 10.0.0.1/24 (peer up0p)
+//!   10.0.0.2     neighbour with a permanent MAC      -> FIB lookup SUCCESS
+//!   10.0.0.3     no neighbour entry                  -> FIB lookup NO_NEIGH
+//!   routes       10.244.2.0/24 via 10.0.0.2, 10.244.3.0/24 via 10.0.0.3,
+//!                blackhole 10.244.1.0/24 (this node's pod block)
+//! ```
+
+use anyhow::Result;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use strake_datapath::shared::endpoint_info;
+use strake_datapath::{Datapath, DatapathConfig, TestRunOutput};
+use strake_netlink::{netns, Link, Netlink, Route4};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const PEER_NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const UNRESOLVED_NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+pub const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+pub const POD1_MAC: [u8; 6] = [0x0a, 0, 0, 0, 1, 10];
+pub const POD2_MAC: [u8; 6] = [0x0a, 0, 0, 0, 1, 11];
+pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+pub const UNRESOLVED_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 5);
+pub const FREE_LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
+
+/// Interfaces of the test topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub lxc1: Link,
+    pub lxc2: Link,
+    pub up0: Link,
+}
+
+/// A loaded data plane inside a private namespace with the topology above.
+pub struct TestNet {
+    pub dp: Datapath,
+    pub topo: Topology,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Builds a fresh namespace and data plane, runs `f` inside it, tears down.
+pub fn with_testnet<F>(f: F) -> Result<()>
+where
+    F: FnOnce(&mut TestNet) -> Result<()> + Send + 'static,
+{
+    let id = format!("sbt{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+    let ns_path = netns::create(&id)?;
+    let root = PathBuf::from(format!("/sys/fs/bpf/{id}"));
+    let root2 = root.clone();
+    let result = netns::run_in(&ns_path, move || {
+        let topo = build_topology()?;
+        let dp = Datapath::load(&DatapathConfig { bpffs_root: root2, max_endpoints: 1024 })?;
+        let mut net = TestNet { dp, topo };
+        f(&mut net)
+    });
+    let _ = Datapath::purge(&root);
+    let _ = netns::delete(&id);
+    result
+}
+
+fn build_topology() -> Result<Topology> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let nl = Netlink::connect()?;
+        let lo = nl.link_by_name("lo").await?.expect("lo");
+        nl.set_up(lo.index).await?;
+        for (a, b) in [("lxc1", "lxc1p"), ("lxc2", "lxc2p"), ("up0", "up0p")] {
+            nl.create_veth(a, b, 1500).await?;
+            for n in [a, b] {
+                let l = nl.link_by_name(n).await?.expect("just created");
+                nl.set_up(l.index).await?;
+            }
+        }
+        let up0 = nl.link_by_name("up0").await?.expect("up0");
+        nl.add_address(up0.index, NODE_IP, 24).await?;
+        nl.add_permanent_neighbour(up0.index, PEER_NODE, PEER_NODE_MAC).await?;
+        let mut r = Route4::to(Ipv4Addr::new(10, 244, 2, 0), 24);
+        r.gateway = Some(PEER_NODE);
+        nl.replace_route(&r).await?;
+        let mut r = Route4::to(Ipv4Addr::new(10, 244, 3, 0), 24);
+        r.gateway = Some(UNRESOLVED_NODE);
+        nl.replace_route(&r).await?;
+        let mut r = Route4::to(Ipv4Addr::new(10, 244, 1, 0), 24);
+        r.blackhole = true;
+        nl.replace_route(&r).await?;
+        netns::sysctl("net/ipv4/ip_forward", "1")?;
+        netns::sysctl("net/ipv4/conf/all/forwarding", "1")?;
+        Ok(Topology {
+            lxc1: nl.link_by_name("lxc1").await?.expect("lxc1"),
+            lxc2: nl.link_by_name("lxc2").await?.expect("lxc2"),
+            up0,
+        })
+    })
+}
+
+impl TestNet {
+    /// Registers the two local pods on lxc1 and lxc2.
+    pub fn add_local_pods(&mut self) -> Result<()> {
+        let (l1, l2) = (self.topo.lxc1.clone(), self.topo.lxc2.clone());
+        self.dp.upsert_endpoint(POD1, endpoint(&l1, POD1_MAC, 1))?;
+        self.dp.upsert_endpoint(POD2, endpoint(&l2, POD2_MAC, 2))?;
+        Ok(())
+    }
+
+    /// Runs `program` once on `packet` as if it arrived on `ifindex`.
+    pub fn run(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
+        self.dp.test_run(program, packet, Some(&skb_ctx(ifindex)), 1)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.dp
+            .counters()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == name)
+            .map(|c| c.packets)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+pub fn endpoint(host: &Link, pod_mac: [u8; 6], id: u32) -> endpoint_info {
+    endpoint_info {
+        ifindex: host.index,
+        flags: strake_datapath::shared::STRAKE_EP_F_ANTISPOOF,
+        pod_mac,
+        host_mac: host.mac,
+        endpoint_id: id,
+        identity: 0,
+    }
+}
+
+/// A `struct __sk_buff` prefix up to `ifindex` (linux/bpf.h): the test-run
+/// API accepts `ingress_ifindex` and `ifindex` there and zero elsewhere.
+pub fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 44];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
+    ctx
+}
+
+/// Packet construction and inspection.
+pub mod pkt {
+    use etherparse::{Ipv4HeaderSlice, PacketBuilder};
+    use std::net::Ipv4Addr;
+
+    pub const OFF_IP: usize = 14;
+    pub const OFF_TTL: usize = OFF_IP + 8;
+    pub const OFF_CHECK: usize = OFF_IP + 10;
+
+    pub fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(smac, dmac)
+            .ipv4(src.octets(), dst.octets(), ttl)
+            .tcp(sport, dport, 1000, 65535)
+            .syn();
+        let payload = b"strake";
+        let mut out = Vec::with_capacity(b.size(payload.len()));
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    pub fn udp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(smac, dmac)
+            .ipv4(src.octets(), dst.octets(), ttl)
+            .udp(sport, dport);
+        let payload = b"strake-udp";
+        let mut out = Vec::with_capacity(b.size(payload.len()));
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    pub fn dst_mac(p: &[u8]) -> [u8; 6] {
+        p[0..6].try_into().unwrap()
+    }
+    pub fn src_mac(p: &[u8]) -> [u8; 6] {
+        p[6..12].try_into().unwrap()
+    }
+    pub fn ttl(p: &[u8]) -> u8 {
+        p[OFF_TTL]
+    }
+
+    /// Whether the IPv4 header checksum is right.
+    pub fn ip_checksum_ok(p: &[u8]) -> bool {
+        let h = Ipv4HeaderSlice::from_slice(&p[OFF_IP..]).expect("an IPv4 header");
+        h.header_checksum() == h.to_header().calc_header_checksum()
+    }
+
+    /// Sets a new IPv4 header checksum after a test edited the header.
+    pub fn fix_ip_checksum(p: &mut [u8]) {
+        let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
+        p[OFF_CHECK] = 0;
+        p[OFF_CHECK + 1] = 0;
+        let mut sum: u32 = 0;
+        for c in p[OFF_IP..OFF_IP + ihl].chunks(2) {
+            sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        p[OFF_CHECK..OFF_CHECK + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Bytes that differ between two packets of equal length.
+    pub fn diff(a: &[u8], b: &[u8]) -> Vec<usize> {
+        assert_eq!(a.len(), b.len(), "lengths differ");
+        (0..a.len()).filter(|&i| a[i] != b[i]).collect()
+    }
+}
