@@ -64,7 +64,9 @@ fn multiarch_include() -> String {
 
 fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
     let status = Command::new(clang)
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-I{}", include.display()))
         .arg(format!("-I{}", multiarch_include()))
         .arg("-c")

@@ -58,13 +58,20 @@ pub fn with_testnet<F>(f: F) -> Result<()>
 where
     F: FnOnce(&mut TestNet) -> Result<()> + Send + 'static,
 {
-    let id = format!("sbt{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+    let id = format!(
+        "sbt{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
     let ns_path = netns::create(&id)?;
     let root = PathBuf::from(format!("/sys/fs/bpf/{id}"));
     let root2 = root.clone();
     let result = netns::run_in(&ns_path, move || {
         let topo = build_topology()?;
-        let dp = Datapath::load(&DatapathConfig { bpffs_root: root2, max_endpoints: 1024 })?;
+        let dp = Datapath::load(&DatapathConfig {
+            bpffs_root: root2,
+            max_endpoints: 1024,
+        })?;
         let mut net = TestNet { dp, topo };
         f(&mut net)
     });
@@ -74,7 +81,9 @@ where
 }
 
 fn build_topology() -> Result<Topology> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let nl = Netlink::connect()?;
         let lo = nl.link_by_name("lo").await?.expect("lo");
@@ -88,7 +97,8 @@ fn build_topology() -> Result<Topology> {
         }
         let up0 = nl.link_by_name("up0").await?.expect("up0");
         nl.add_address(up0.index, NODE_IP, 24).await?;
-        nl.add_permanent_neighbour(up0.index, PEER_NODE, PEER_NODE_MAC).await?;
+        nl.add_permanent_neighbour(up0.index, PEER_NODE, PEER_NODE_MAC)
+            .await?;
         let mut r = Route4::to(Ipv4Addr::new(10, 244, 2, 0), 24);
         r.gateway = Some(PEER_NODE);
         nl.replace_route(&r).await?;
@@ -119,7 +129,8 @@ impl TestNet {
 
     /// Runs `program` once on `packet` as if it arrived on `ifindex`.
     pub fn run(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
-        self.dp.test_run(program, packet, Some(&skb_ctx(ifindex)), 1)
+        self.dp
+            .test_run(program, packet, Some(&skb_ctx(ifindex)), 1)
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -162,7 +173,15 @@ pub mod pkt {
     pub const OFF_TTL: usize = OFF_IP + 8;
     pub const OFF_CHECK: usize = OFF_IP + 10;
 
-    pub fn tcp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+    pub fn tcp(
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        ttl: u8,
+    ) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(smac, dmac)
             .ipv4(src.octets(), dst.octets(), ttl)
             .tcp(sport, dport, 1000, 65535)
@@ -173,7 +192,15 @@ pub mod pkt {
         out
     }
 
-    pub fn udp(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -> Vec<u8> {
+    pub fn udp(
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        ttl: u8,
+    ) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(smac, dmac)
             .ipv4(src.octets(), dst.octets(), ttl)
             .udp(sport, dport);

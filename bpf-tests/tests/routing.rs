@@ -16,13 +16,24 @@ fn pod_to_local_pod_is_redirected_into_its_netns() {
         let before = net.counter("fwd_local");
         let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
-        assert_eq!(dst_mac(&out.data), POD2_MAC, "destination MAC is the target pod's");
-        assert_eq!(src_mac(&out.data), lxc2.mac, "source MAC is the target's host veth");
+        assert_eq!(
+            dst_mac(&out.data),
+            POD2_MAC,
+            "destination MAC is the target pod's"
+        );
+        assert_eq!(
+            src_mac(&out.data),
+            lxc2.mac,
+            "source MAC is the target's host veth"
+        );
         assert_eq!(ttl(&out.data), 63);
         assert!(ip_checksum_ok(&out.data));
         // Only MACs, TTL and IP checksum changed.
         for i in pkt::diff(&p, &out.data) {
-            assert!(i < 12 || i == OFF_TTL || i == OFF_CHECK || i == OFF_CHECK + 1, "byte {i} changed");
+            assert!(
+                i < 12 || i == OFF_TTL || i == OFF_CHECK || i == OFF_CHECK + 1,
+                "byte {i} changed"
+            );
         }
         assert_eq!(net.counter("fwd_local"), before + 1);
         Ok(())
@@ -38,7 +49,11 @@ fn pod_to_remote_pod_is_routed_by_the_fib() {
         let p = udp(POD1_MAC, HOST_MAC_UNUSED, POD1, REMOTE_POD, 5353, 53, 64);
         let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
-        assert_eq!(dst_mac(&out.data), PEER_NODE_MAC, "next hop is the peer node");
+        assert_eq!(
+            dst_mac(&out.data),
+            PEER_NODE_MAC,
+            "next hop is the peer node"
+        );
         assert_eq!(src_mac(&out.data), up0.mac, "sent from the uplink's MAC");
         assert_eq!(ttl(&out.data), 63);
         assert!(ip_checksum_ok(&out.data));
@@ -52,7 +67,15 @@ fn pod_to_remote_pod_is_routed_by_the_fib() {
 fn unresolved_next_hop_goes_through_redirect_neigh() {
     with_testnet(|net| {
         net.add_local_pods()?;
-        let p = tcp(POD1_MAC, HOST_MAC_UNUSED, POD1, UNRESOLVED_POD, 40000, 443, 64);
+        let p = tcp(
+            POD1_MAC,
+            HOST_MAC_UNUSED,
+            POD1,
+            UNRESOLVED_POD,
+            40000,
+            443,
+            64,
+        );
         let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         // The kernel fills the MACs when it resolves the neighbour.
@@ -102,10 +125,16 @@ fn spoofed_sources_are_dropped() {
         net.add_local_pods()?;
         // An address that is no endpoint at all.
         let p = tcp(POD1_MAC, HOST_MAC_UNUSED, FREE_LOCAL_IP, POD2, 1, 2, 64);
-        assert_eq!(net.run("from_pod", net.topo.lxc1.index, &p)?.retval, TC_ACT_SHOT);
+        assert_eq!(
+            net.run("from_pod", net.topo.lxc1.index, &p)?.retval,
+            TC_ACT_SHOT
+        );
         // Another pod's address, sent from the wrong veth.
         let p = tcp(POD1_MAC, HOST_MAC_UNUSED, POD2, REMOTE_POD, 1, 2, 64);
-        assert_eq!(net.run("from_pod", net.topo.lxc1.index, &p)?.retval, TC_ACT_SHOT);
+        assert_eq!(
+            net.run("from_pod", net.topo.lxc1.index, &p)?.retval,
+            TC_ACT_SHOT
+        );
         assert_eq!(net.counter("drop_spoofed"), 2);
         Ok(())
     })
@@ -156,7 +185,9 @@ fn malformed_ipv4_is_dropped_never_forwarded() {
         p[OFF_IP] = 0x65;
         cases.push(("version 6", p));
         for (what, p) in &cases {
-            let out = net.run("from_pod", net.topo.lxc1.index, p).map_err(|e| e.context(*what))?;
+            let out = net
+                .run("from_pod", net.topo.lxc1.index, p)
+                .map_err(|e| e.context(*what))?;
             assert_eq!(out.retval, TC_ACT_SHOT, "{what}");
         }
         assert_eq!(net.counter("drop_malformed"), cases.len() as u64);

@@ -16,8 +16,14 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     let base = Path::new("/sys/fs/bpf");
     if root.starts_with(base) && !on_bpffs(base) {
         std::fs::create_dir_all(base).ok();
-        mount(Some("bpf"), base, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .context("mounting bpffs at /sys/fs/bpf")?;
+        mount(
+            Some("bpf"),
+            base,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
     }
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     if !on_bpffs(root) {
@@ -31,5 +37,7 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
 }
 
 fn on_bpffs(p: &Path) -> bool {
-    statfs(p).map(|s| s.filesystem_type() == BPF_FS_MAGIC).unwrap_or(false)
+    statfs(p)
+        .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }

@@ -202,11 +202,18 @@ impl Datapath {
                     }
                 }
             }
-            Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!(e).context(format!("opening pinned link {}", pin.display()))),
+            Err(LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("opening pinned link {}", pin.display())))
+            }
         }
         let id = prog
-            .attach_with_options(ifname, spec.attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .attach_with_options(
+                ifname,
+                spec.attach,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
             .with_context(|| format!("attaching {} to {} ({})", spec.name, ifname, spec.what))?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
         link.pin(pin)
@@ -257,7 +264,10 @@ impl Datapath {
     /// Whether the kernel really runs our programs on this veth (both
     /// directions), as opposed to pins that merely exist.
     pub fn endpoint_attached(&self, ifname: &str) -> Result<bool> {
-        for (spec, dir) in [(&FROM_POD, TcAttachType::Ingress), (&TO_POD, TcAttachType::Egress)] {
+        for (spec, dir) in [
+            (&FROM_POD, TcAttachType::Ingress),
+            (&TO_POD, TcAttachType::Egress),
+        ] {
             let (_, progs) = SchedClassifier::query_tcx(ifname, dir)
                 .with_context(|| format!("querying tc programs on {ifname}"))?;
             if !progs.iter().any(|p| p.name_as_str() == Some(spec.name)) {
@@ -313,7 +323,11 @@ impl Datapath {
             let (packets, bytes) = per_cpu
                 .iter()
                 .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
-            out.push(Counter { name: name.to_string(), packets, bytes });
+            out.push(Counter {
+                name: name.to_string(),
+                packets,
+                bytes,
+            });
         }
         Ok(out)
     }
@@ -388,7 +402,8 @@ impl Datapath {
     /// restart.
     pub fn purge(root: &Path) -> Result<()> {
         if root.exists() {
-            std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+            std::fs::remove_dir_all(root)
+                .with_context(|| format!("removing {}", root.display()))?;
         }
         Ok(())
     }

@@ -21,6 +21,10 @@ use std::os::fd::RawFd;
 /// `RTPROT_*` space; 201 is unassigned). `ip route` shows it as "proto 201".
 pub const STRAKE_ROUTE_PROTO: u8 = 201;
 
+/// Route protocol of the /32 routes toward local pods (installed by the CNI
+/// plugin), kept apart from node routes so each owner only diffs its own.
+pub const STRAKE_POD_ROUTE_PROTO: u8 = 202;
+
 /// A network interface as strake sees it.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -61,6 +65,19 @@ impl Route4 {
     }
 }
 
+impl Route4 {
+    /// The /32 route toward a local pod through its host veth, as the CNI
+    /// plugin installs it and CHECK expects it.
+    pub fn to_pod(ip: Ipv4Addr, host_veth: u32) -> Self {
+        Route4 {
+            oif: Some(host_veth),
+            scope_link: true,
+            protocol: STRAKE_POD_ROUTE_PROTO,
+            ..Route4::to(ip, 32)
+        }
+    }
+}
+
 impl std::fmt::Display for Route4 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.blackhole {
@@ -97,7 +114,12 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(Some(m)) => Ok(Some(to_link(&m))),
             Ok(None) => Ok(None),
@@ -169,7 +191,11 @@ impl Netlink {
     pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_string()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_string())
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("renaming link #{index} to {name}"))
@@ -188,7 +214,11 @@ impl Netlink {
     pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<()> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_fd(netns_fd).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(netns_fd)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("moving link #{index} into the pod's network namespace"))
@@ -287,7 +317,13 @@ impl Netlink {
 
     /// Deletes a route; a missing route is not an error.
     pub async fn delete_route(&self, r: &Route4) -> Result<()> {
-        match self.handle.route().del(Self::route_message(r)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(Self::route_message(r))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc_esrch()) => Ok(()),
             Err(e) => Err(anyhow!(e).context(format!("deleting route {r}"))),
@@ -332,7 +368,12 @@ impl Netlink {
     }
 
     /// A permanent neighbour entry (no ARP ever needed for it).
-    pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    pub async fn add_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<()> {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(ip))

@@ -1,0 +1,336 @@
+//! Endpoints: a pod's address, its veth and its place in the data plane.
+//!
+//! The CNI plugin drives the life of an endpoint through the API: Allocate
+//! (address, saved), Attach (map entry, then programs), Release (everything
+//! undone, the address last, so it is never reused while anything of the old
+//! endpoint remains). The agent only ever rebuilds kernel state from its
+//! records, so a restart re-derives the same state and changes nothing.
+
+use crate::agent::{Agent, EndpointRecord};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+use strake_api::{
+    host_ifname, Allocation, ApiError, Attached, AttachmentKey, CheckReport, EndpointView,
+    ErrorKind, GcReport, PodRef, Released, POD_GATEWAY,
+};
+use strake_datapath::shared::{endpoint_info, STRAKE_EP_F_ANTISPOOF};
+use strake_ipam::Block;
+use strake_netlink::STRAKE_POD_ROUTE_PROTO;
+
+fn internal_ctx(e: anyhow::Error) -> ApiError {
+    ApiError::new(ErrorKind::Internal, format!("{e:#}"))
+}
+
+impl Agent {
+    /// The node's pod block from desired state, or why there is none yet.
+    pub fn pod_block(&self) -> Result<Block, ApiError> {
+        let st = self.state.borrow().clone();
+        if !st.synced {
+            return Err(ApiError::new(
+                ErrorKind::TryAgainLater,
+                "desired state is not loaded yet",
+            ));
+        }
+        let (net, prefix) = st.node_pod_cidr(self.node()).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::TryAgainLater,
+                format!(
+                    "node {} has no spec.podCIDR (or no Node object) yet",
+                    self.node()
+                ),
+            )
+        })?;
+        Ok(Block::new(net, prefix))
+    }
+
+    pub fn allocate(
+        &self,
+        key: AttachmentKey,
+        pod: Option<PodRef>,
+        netns: Option<String>,
+    ) -> Result<Allocation, ApiError> {
+        let block = self.pod_block()?;
+        let mtu = self.pod_mtu().map_err(internal_ctx)?;
+        let mut ipam = self.ipam();
+        ipam.set_block(block)?;
+        let endpoint_id = ipam
+            .allocations()
+            .map(|a| a.record.endpoint_id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let record = EndpointRecord {
+            pod: pod.clone(),
+            netns,
+            host_ifname: host_ifname(&key),
+            endpoint_id,
+            pod_mac: None,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let ip = ipam.allocate(key.clone(), record)?;
+        let rec = &ipam.get(&key).expect("just allocated").record;
+        tracing::info!(%key, %ip, pod = ?pod.map(|p| p.to_string()), host_ifname = %rec.host_ifname, "allocated");
+        Ok(Allocation {
+            ip,
+            gateway: POD_GATEWAY,
+            pod_cidr: block.to_string(),
+            mtu,
+            host_ifname: rec.host_ifname.clone(),
+        })
+    }
+
+    pub fn attach(&self, key: &AttachmentKey, pod_mac: [u8; 6]) -> Result<Attached, ApiError> {
+        let alloc = self.ipam().get(key).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("no address was allocated for {key}; call allocate first"),
+            )
+        })?;
+        let link = self
+            .block_on(self.nl.link_by_name(&alloc.record.host_ifname))
+            .map_err(internal_ctx)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("host veth {} does not exist", alloc.record.host_ifname),
+                )
+            })?;
+        let info = endpoint_info {
+            ifindex: link.index,
+            flags: STRAKE_EP_F_ANTISPOOF,
+            pod_mac,
+            host_mac: link.mac,
+            endpoint_id: alloc.record.endpoint_id,
+            identity: 0,
+        };
+        {
+            let mut dp = self.dp();
+            dp.upsert_endpoint(alloc.ip, info).map_err(internal_ctx)?;
+            if let Err(e) = dp.attach_endpoint(&alloc.record.host_ifname) {
+                let _ = dp.remove_endpoint(alloc.ip);
+                return Err(internal_ctx(e));
+            }
+        }
+        let mut rec = alloc.record.clone();
+        rec.pod_mac = Some(pod_mac);
+        self.ipam().update(key, rec)?;
+        self.metrics.endpoints.set(self.ipam().len() as i64);
+        tracing::info!(%key, ip = %alloc.ip, ifindex = link.index, "endpoint attached");
+        Ok(Attached {
+            endpoint_id: alloc.record.endpoint_id,
+            host_mac: link.mac,
+        })
+    }
+
+    /// Undoes an attachment. Safe to repeat, and safe for an attachment the
+    /// agent never heard of (it still removes a veth of the derived name).
+    pub fn release(&self, key: &AttachmentKey) -> Result<Released, ApiError> {
+        let alloc = self.ipam().get(key).cloned();
+        let ifname = alloc
+            .as_ref()
+            .map(|a| a.record.host_ifname.clone())
+            .unwrap_or_else(|| host_ifname(key));
+        {
+            let mut dp = self.dp();
+            if let Some(a) = &alloc {
+                // Only remove the map entry if it is still ours.
+                let ours = dp
+                    .endpoint_entries()
+                    .map_err(internal_ctx)?
+                    .iter()
+                    .any(|(ip, e)| {
+                        *ip == a.ip && Some(e.endpoint_id) == Some(a.record.endpoint_id)
+                    });
+                if ours {
+                    dp.remove_endpoint(a.ip).map_err(internal_ctx)?;
+                }
+            }
+            dp.detach_endpoint(&ifname).map_err(internal_ctx)?;
+        }
+        self.block_on(self.nl.delete_link_by_name(&ifname))
+            .map_err(internal_ctx)?;
+        let released = self.ipam().release(key)?;
+        self.metrics.endpoints.set(self.ipam().len() as i64);
+        if let Some(a) = &released {
+            tracing::info!(%key, ip = %a.ip, "released");
+        }
+        Ok(Released {
+            ip: released.map(|a| a.ip),
+        })
+    }
+
+    pub fn check(&self, key: &AttachmentKey) -> Result<CheckReport, ApiError> {
+        let mut problems = Vec::new();
+        let Some(alloc) = self.ipam().get(key).cloned() else {
+            return Ok(CheckReport {
+                problems: vec![format!("strake-agent has no record of {key}")],
+            });
+        };
+        let ifname = &alloc.record.host_ifname;
+        let link = self
+            .block_on(self.nl.link_by_name(ifname))
+            .map_err(internal_ctx)?;
+        match &link {
+            None => problems.push(format!("host veth {ifname} is missing")),
+            Some(l) if !l.up => problems.push(format!("host veth {ifname} is down")),
+            _ => {}
+        }
+        if alloc.record.pod_mac.is_none() {
+            problems.push(format!("{key} was allocated but never attached"));
+        }
+        let entries = self.dp().endpoint_entries().map_err(internal_ctx)?;
+        match (entries.iter().find(|(ip, _)| *ip == alloc.ip), &link) {
+            (None, _) => problems.push(format!("no data-plane entry for {}", alloc.ip)),
+            (Some((_, e)), Some(l)) if e.ifindex != l.index => problems.push(format!(
+                "data-plane entry for {} points at ifindex {}, but {ifname} is {}",
+                alloc.ip, e.ifindex, l.index
+            )),
+            _ => {}
+        }
+        if let Some(l) = &link {
+            match self.dp().endpoint_attached(ifname) {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!("strake programs are not attached to {ifname}")),
+                Err(e) => problems.push(format!("cannot query programs on {ifname}: {e:#}")),
+            }
+            let routes = self
+                .block_on(self.nl.routes(Some(STRAKE_POD_ROUTE_PROTO)))
+                .map_err(internal_ctx)?;
+            if !routes
+                .iter()
+                .any(|r| r.dst == alloc.ip && r.prefix == 32 && r.oif == Some(l.index))
+            {
+                problems.push(format!("route {}/32 dev {ifname} is missing", alloc.ip));
+            }
+        }
+        Ok(CheckReport { problems })
+    }
+
+    pub fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<GcReport, ApiError> {
+        let valid: BTreeSet<&AttachmentKey> = valid.iter().collect();
+        let stale: Vec<AttachmentKey> = self
+            .ipam()
+            .allocations()
+            .filter(|a| a.key.network == network && !valid.contains(&a.key))
+            .map(|a| a.key.clone())
+            .collect();
+        for key in &stale {
+            self.release(key)?;
+        }
+        let swept = self.sweep_orphans()?;
+        tracing::info!(
+            network,
+            released = stale.len(),
+            swept = swept.len(),
+            "garbage collected"
+        );
+        Ok(GcReport {
+            released: stale,
+            swept,
+        })
+    }
+
+    /// Removes host veths, pinned links and map entries that belong to no
+    /// allocation: what a crash between two steps can leave behind.
+    pub fn sweep_orphans(&self) -> Result<Vec<String>, ApiError> {
+        let (ifnames, ips): (BTreeSet<String>, BTreeSet<Ipv4Addr>) = {
+            let ipam = self.ipam();
+            (
+                ipam.allocations()
+                    .map(|a| a.record.host_ifname.clone())
+                    .collect(),
+                ipam.allocations().map(|a| a.ip).collect(),
+            )
+        };
+        let mut swept = Vec::new();
+        let links = self.block_on(self.nl.links()).map_err(internal_ctx)?;
+        for l in links
+            .iter()
+            .filter(|l| l.name.starts_with("strk") && !ifnames.contains(&l.name))
+        {
+            self.block_on(self.nl.delete_link(l.index))
+                .map_err(internal_ctx)?;
+            swept.push(format!("veth {}", l.name));
+        }
+        let mut dp = self.dp();
+        for ifname in dp.pinned_endpoint_links() {
+            if !ifnames.contains(&ifname) {
+                dp.detach_endpoint(&ifname).map_err(internal_ctx)?;
+                swept.push(format!("links of {ifname}"));
+            }
+        }
+        for (ip, _) in dp.endpoint_entries().map_err(internal_ctx)? {
+            if !ips.contains(&ip) {
+                dp.remove_endpoint(ip).map_err(internal_ctx)?;
+                swept.push(format!("map entry {ip}"));
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Brings the data plane in line with the records after a start: map
+    /// entries rewritten with live interface data, pinned links taken over
+    /// (program swapped atomically), leftovers of crashes swept.
+    pub fn restore_endpoints(&self) -> anyhow::Result<()> {
+        let allocs: Vec<_> = self.ipam().allocations().cloned().collect();
+        let mut restored = 0;
+        for a in &allocs {
+            let Some(pod_mac) = a.record.pod_mac else {
+                continue;
+            };
+            let link = self.block_on(self.nl.link_by_name(&a.record.host_ifname))?;
+            let mut dp = self.dp();
+            match link {
+                Some(l) => {
+                    let info = endpoint_info {
+                        ifindex: l.index,
+                        flags: STRAKE_EP_F_ANTISPOOF,
+                        pod_mac,
+                        host_mac: l.mac,
+                        endpoint_id: a.record.endpoint_id,
+                        identity: 0,
+                    };
+                    dp.upsert_endpoint(a.ip, info)?;
+                    dp.attach_endpoint(&a.record.host_ifname)?;
+                    restored += 1;
+                }
+                None => {
+                    tracing::warn!(key = %a.key, ip = %a.ip, veth = %a.record.host_ifname,
+                        "veth vanished while the agent was down; keeping the address until CNI DEL or GC");
+                    dp.remove_endpoint(a.ip)?;
+                    dp.detach_endpoint(&a.record.host_ifname)?;
+                }
+            }
+        }
+        let swept = self
+            .sweep_orphans()
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        self.metrics.endpoints.set(allocs.len() as i64);
+        tracing::info!(restored, records = allocs.len(), swept = ?swept, "endpoints restored");
+        Ok(())
+    }
+
+    pub fn endpoint_views(&self) -> Result<Vec<EndpointView>, ApiError> {
+        let entries = self.dp().endpoint_entries().map_err(internal_ctx)?;
+        let ipam = self.ipam();
+        Ok(ipam
+            .allocations()
+            .map(|a| EndpointView {
+                pod: a.record.pod.clone(),
+                ip: a.ip,
+                host_ifname: a.record.host_ifname.clone(),
+                container_id: a.key.container_id.clone(),
+                ifname: a.key.ifname.clone(),
+                network: a.key.network.clone(),
+                endpoint_id: a.record.endpoint_id,
+                attached: entries
+                    .iter()
+                    .any(|(ip, e)| *ip == a.ip && e.endpoint_id == a.record.endpoint_id),
+            })
+            .collect())
+    }
+}

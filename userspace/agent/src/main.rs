@@ -1,0 +1,222 @@
+//! strake-agent: one per node. Loads and pins the eBPF data plane, serves the
+//! local API for the CNI plugin and the CLI, programs routes to other nodes,
+//! and keeps all of it in line with the desired state.
+//!
+//! It is fail-static: killing it (even with SIGKILL) leaves programs, maps,
+//! routes and endpoints in place, so traffic keeps flowing; a new agent adopts
+//! them without a gap.
+
+mod agent;
+mod api;
+mod config;
+mod endpoints;
+mod metrics;
+mod routes;
+mod status;
+
+use agent::Agent;
+use anyhow::{Context, Result};
+use clap::Parser;
+use config::{Config, LogFormat, SourceKind};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+use strake_datapath::{Datapath, DatapathConfig};
+use strake_ipam::Ipam;
+use strake_netlink::{netns, Netlink};
+use strake_source::dir::DirSource;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("strake-agent: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "strake-agent stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STRAKE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (&cfg.log_file, cfg.log_format) {
+        (Some(p), fmt) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening --log-file {}", p.display()))?;
+            let b = builder
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false);
+            if fmt == LogFormat::Json {
+                b.json().init()
+            } else {
+                b.init()
+            }
+        }
+        (None, LogFormat::Json) => builder.json().init(),
+        (None, LogFormat::Text) => builder.init(),
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    tracing::info!(node = %cfg.node_name, bpffs = %cfg.bpffs_root.display(), state = %cfg.state_dir.display(), "strake-agent starting");
+    // The fast path's FIB lookups and the slow path both need forwarding.
+    netns::sysctl("net/ipv4/ip_forward", "1")?;
+    netns::sysctl("net/ipv4/conf/all/forwarding", "1")?;
+
+    let dp = Datapath::load(&DatapathConfig {
+        bpffs_root: cfg.bpffs_root.clone(),
+        max_endpoints: cfg.max_endpoints,
+    })?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let ipam = Ipam::open(cfg.state_dir.join("endpoints.json"))?;
+    let nl = Netlink::connect()?;
+
+    let (tx, rx) = strake_source::channel();
+    match cfg.source {
+        SourceKind::Dir => {
+            if cfg.source_dirs.is_empty() {
+                anyhow::bail!("--source dir needs at least one --source-dir");
+            }
+            let src = DirSource::new(cfg.source_dirs.clone());
+            tokio::spawn(async move {
+                if let Err(e) = src.run(tx).await {
+                    tracing::error!(error = format!("{e:#}"), "desired-state source stopped");
+                }
+            });
+        }
+    }
+
+    let agent = Agent::new(cfg.clone(), dp, ipam, nl, rx, metrics::Metrics::default());
+    if cfg.uplink != "auto" {
+        attach_uplink(&agent, cfg.uplink.clone()).await?;
+    }
+    // Endpoints first: they need no desired state, and the sooner the
+    // records are back in the kernel the better.
+    {
+        let a = agent.clone();
+        tokio::task::spawn_blocking(move || a.restore_endpoints()).await??;
+    }
+
+    let api = tokio::spawn(api::serve(agent.clone()));
+    let http = tokio::spawn(metrics::serve(agent.clone()));
+    let reconciler = tokio::spawn(reconcile_loop(agent.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = api => r?.context("API server")?,
+        r = http => r?.context("metrics server")?,
+        r = reconciler => r?.context("reconciler")?,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("exiting; the data plane keeps forwarding with its last state");
+    Ok(())
+}
+
+async fn attach_uplink(agent: &Arc<Agent>, ifname: String) -> Result<()> {
+    let a = agent.clone();
+    let name = ifname.clone();
+    tokio::task::spawn_blocking(move || a.dp().attach_uplink(&name)).await??;
+    tracing::info!(uplink = %ifname, "uplink program attached");
+    agent.set_uplink(Some(ifname));
+    Ok(())
+}
+
+/// The interface holding the node's InternalIP.
+async fn find_uplink(agent: &Agent, st: &strake_source::ClusterState) -> Result<Option<String>> {
+    let Some(ip) = st.node_internal_ip(agent.node()) else {
+        return Ok(None);
+    };
+    for l in agent.nl.links().await? {
+        if agent
+            .nl
+            .addresses(l.index)
+            .await?
+            .iter()
+            .any(|(a, _)| *a == ip)
+        {
+            return Ok(Some(l.name));
+        }
+    }
+    Ok(None)
+}
+
+/// Level-based: whenever desired state changes (and every `--resync`), derive
+/// what the kernel should hold and apply the difference.
+async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
+    let mut rx = agent.state.clone();
+    rx.wait_for(|s| s.synced)
+        .await
+        .context("desired-state source ended")?;
+    loop {
+        let st = rx.borrow_and_update().clone();
+        let t0 = Instant::now();
+        if agent.uplink().is_none() {
+            match find_uplink(&agent, &st).await {
+                Ok(Some(u)) => {
+                    if let Err(e) = attach_uplink(&agent, u).await {
+                        agent.metrics.error("uplink");
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "attaching the uplink program failed"
+                        );
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(node = %agent.node(), "no interface holds this node's InternalIP yet; uplink program not attached")
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "looking for the uplink failed")
+                }
+            }
+        }
+        match routes::reconcile_routes(&agent, &st).await {
+            Ok((added, removed)) if added + removed > 0 => {
+                tracing::info!(
+                    added,
+                    removed,
+                    revision = st.revision,
+                    "node routes reconciled"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                agent.metrics.error("routes");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "reconciling node routes failed; will retry"
+                );
+            }
+        }
+        agent
+            .metrics
+            .observe_reconcile("routes", t0.elapsed().as_secs_f64());
+
+        tokio::select! {
+            r = rx.changed() => r.context("desired-state source ended")?,
+            _ = tokio::time::sleep(agent.cfg.resync) => {}
+        }
+    }
+}

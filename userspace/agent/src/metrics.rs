@@ -1,0 +1,223 @@
+//! Prometheus metrics, served with /healthz over HTTP.
+//!
+//! Counters the programs keep in per-CPU maps and map fill are read at scrape
+//! time (a collector), so they are exact and cost nothing between scrapes.
+
+use crate::agent::Agent;
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Weak};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+/// Metrics the agent updates as it works.
+#[derive(Clone)]
+pub struct Metrics {
+    pub endpoints: Gauge,
+    pub api_requests: Family<OpLabels, Counter>,
+    pub reconcile_seconds: Family<PhaseLabels, Histogram>,
+    pub errors: Family<PhaseLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            endpoints: Gauge::default(),
+            api_requests: Family::default(),
+            reconcile_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+            }),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn api_request(&self, op: &str, result: &str) {
+        self.api_requests
+            .get_or_create(&OpLabels {
+                op: op.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe_reconcile(&self, phase: &str, seconds: f64) {
+        self.reconcile_seconds
+            .get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn error(&self, phase: &str) {
+        self.errors
+            .get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            })
+            .inc();
+    }
+}
+
+/// Reads the data plane's counters and map fill at scrape time.
+#[derive(Debug)]
+struct DatapathCollector(Weak<Agent>);
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(agent) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let (counters, maps) = {
+            let dp = agent.dp();
+            (
+                dp.counters().unwrap_or_default(),
+                dp.map_fill().unwrap_or_default(),
+            )
+        };
+        for (name, help, pick) in [
+            (
+                "strake_datapath_packets",
+                "Packets handled by the data plane, by what it did with them",
+                0,
+            ),
+            (
+                "strake_datapath_bytes",
+                "Bytes handled by the data plane, by what it did with them",
+                1,
+            ),
+        ] {
+            let counter = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor(name, help, None, counter.metric_type())?;
+            for c in &counters {
+                let v = if pick == 0 { c.packets } else { c.bytes };
+                let labels = vec![("action".to_string(), c.name.clone())];
+                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, cap) in [
+            ("strake_map_entries", "Entries in each eBPF map", false),
+            (
+                "strake_map_capacity",
+                "Capacity (max_entries) of each eBPF map",
+                true,
+            ),
+        ] {
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+            for mf in &maps {
+                let labels = vec![("map".to_string(), mf.name.clone())];
+                let v = if cap { mf.capacity } else { mf.entries } as i64;
+                ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn registry(agent: &Arc<Agent>) -> Registry {
+    let mut r = Registry::default();
+    let m = &agent.metrics;
+    r.register(
+        "strake_endpoints",
+        "Local endpoints (pods) with an address",
+        m.endpoints.clone(),
+    );
+    r.register(
+        "strake_api_requests",
+        "Agent API requests by operation and result",
+        m.api_requests.clone(),
+    );
+    r.register(
+        "strake_reconcile_duration_seconds",
+        "Time to reconcile desired state into the kernel, by phase",
+        m.reconcile_seconds.clone(),
+    );
+    r.register("strake_errors", "Failed reconcile phases", m.errors.clone());
+    r.register_collector(Box::new(DatapathCollector(Arc::downgrade(agent))));
+    r
+}
+
+#[derive(Clone)]
+struct HttpState {
+    agent: Arc<Agent>,
+    registry: Arc<Registry>,
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut out = String::new();
+    // Scrapes read BPF maps: keep them off the async workers.
+    let reg = s.registry.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        prometheus_client::encoding::text::encode(&mut out, &reg).map(|_| out)
+    })
+    .await;
+    match body {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed").into_response(),
+    }
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    let st = s.agent.state.borrow().clone();
+    if !st.synced {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "desired state not loaded yet\n".to_string(),
+        );
+    }
+    match s.agent.uplink() {
+        Some(u) => (
+            StatusCode::OK,
+            format!("ok: node {}, uplink {u}\n", s.agent.node()),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "uplink program not attached yet\n".to_string(),
+        ),
+    }
+}
+
+pub async fn serve(agent: Arc<Agent>) -> Result<()> {
+    let state = HttpState {
+        registry: Arc::new(registry(&agent)),
+        agent: agent.clone(),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(&agent.cfg.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", agent.cfg.metrics_addr))?;
+    tracing::info!(addr = %agent.cfg.metrics_addr, "metrics and healthz listening");
+    axum::serve(listener, app).await.context("metrics server")
+}

@@ -1,0 +1,369 @@
+//! The agent's local API, spoken over a unix socket by `strake-cni` and the
+//! `strake` CLI.
+//!
+//! One request per connection: the client writes a JSON [`Request`] and shuts
+//! its write side; the agent answers with one JSON [`Reply`]. The default
+//! socket is the abstract name `@strake-agent`: abstract sockets belong to a
+//! network namespace, so a CNI plugin running in a node's namespace always
+//! reaches that node's agent, and pods, in their own namespaces, never can.
+//! The agent also checks that the peer is root (SO_PEERCRED).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::time::Duration;
+
+pub use strake_ipam::AttachmentKey;
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "@strake-agent";
+
+/// The link-local gateway every pod routes through (answered by a permanent
+/// neighbour entry in the pod, pointing at its host veth).
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Parses a socket address: `@name` is abstract, anything else a path.
+pub fn socket_addr(s: &str) -> std::io::Result<SocketAddr> {
+    match s.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(s),
+    }
+}
+
+/// The host-side veth name of an attachment: a function of the CNI key alone,
+/// so DEL finds it without a netns, a record or the agent.
+pub fn host_ifname(key: &AttachmentKey) -> String {
+    format!("strk{}", short_hash(key))
+}
+
+/// A temporary name for the pod side while it still sits in the node's netns.
+pub fn temp_ifname(key: &AttachmentKey) -> String {
+    format!("tmp{}", short_hash(key))
+}
+
+fn short_hash(key: &AttachmentKey) -> String {
+    // FNV-1a, 64 bits: stable across releases (unlike std's hasher).
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key
+        .container_id
+        .bytes()
+        .chain([0])
+        .chain(key.ifname.bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:011x}", h & 0xfff_ffff_ffff)
+}
+
+/// A pod, by namespace and name (from CNI_ARGS K8S_POD_NAMESPACE/NAME).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Reserve an address for an attachment (idempotent per key).
+    Allocate {
+        key: AttachmentKey,
+        pod: Option<PodRef>,
+        netns: Option<String>,
+    },
+    /// The veth is in place: program the data plane for it.
+    Attach {
+        key: AttachmentKey,
+        pod_mac: [u8; 6],
+    },
+    /// Undo everything for an attachment (idempotent).
+    Release {
+        key: AttachmentKey,
+    },
+    /// Report drift between the attachment's record and the kernel.
+    Check {
+        key: AttachmentKey,
+    },
+    /// Release every attachment of `network` not in `valid`.
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
+    Status,
+    Endpoints,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub pod_cidr: String,
+    pub mtu: u32,
+    pub host_ifname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attached {
+    pub endpoint_id: u32,
+    pub host_mac: [u8; 6],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Released {
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Empty when the kernel matches the record.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcReport {
+    pub released: Vec<AttachmentKey>,
+    /// Host veths and pinned links that belonged to no attachment.
+    pub swept: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    pub node: String,
+    pub version: String,
+    /// The agent can serve ADD now (desired state synced, a pod block known,
+    /// a free address in it).
+    pub can_add: bool,
+    /// Why not, when it cannot.
+    pub reason: Option<String>,
+    /// The data plane is loaded and the uplink program attached.
+    pub datapath_ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramView {
+    pub name: String,
+    pub attach_point: String,
+    pub id: u32,
+    pub tag: String,
+    pub attachments: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapView {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CounterView {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub pod_cidr: Option<String>,
+    pub uplink: Option<String>,
+    pub bpffs_root: String,
+    pub synced: bool,
+    pub source_revision: u64,
+    pub endpoints: usize,
+    pub routes: usize,
+    pub programs: Vec<ProgramView>,
+    pub maps: Vec<MapView>,
+    pub counters: Vec<CounterView>,
+    pub source_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub pod: Option<PodRef>,
+    pub ip: Ipv4Addr,
+    pub host_ifname: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub network: String,
+    pub endpoint_id: u32,
+    /// The endpoint is in the data plane (map entry and programs attached).
+    pub attached: bool,
+}
+
+/// Why a request failed, for callers that map it onto their own codes (the
+/// CNI plugin onto the spec's error codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Transient: not ready yet; retrying later may work.
+    TryAgainLater,
+    /// The node's pod block has no free address.
+    Exhausted,
+    NotFound,
+    InvalidRequest,
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<strake_ipam::IpamError> for ApiError {
+    fn from(e: strake_ipam::IpamError) -> Self {
+        use strake_ipam::IpamError;
+        let kind = match e {
+            IpamError::Exhausted { .. } => ErrorKind::Exhausted,
+            IpamError::NoBlock => ErrorKind::TryAgainLater,
+            _ => ErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Error(ApiError),
+}
+
+/// A blocking client: small enough for a CNI plugin that lives milliseconds.
+pub struct Client {
+    addr: String,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(addr: impl Into<String>) -> Self {
+        Client {
+            addr: addr.into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `req` and decodes the answer as `T`.
+    pub fn call<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ApiError> {
+        let unreachable = |e: std::io::Error| {
+            ApiError::new(
+                ErrorKind::TryAgainLater,
+                format!(
+                    "strake-agent is not reachable at {} ({e}); is it running on this node?",
+                    self.addr
+                ),
+            )
+        };
+        let addr = socket_addr(&self.addr).map_err(unreachable)?;
+        let mut s = UnixStream::connect_addr(&addr).map_err(unreachable)?;
+        s.set_read_timeout(Some(self.timeout)).ok();
+        s.set_write_timeout(Some(self.timeout)).ok();
+        let body = serde_json::to_vec(req).expect("requests serialize");
+        s.write_all(&body).map_err(unreachable)?;
+        s.shutdown(std::net::Shutdown::Write).map_err(unreachable)?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| {
+            ApiError::new(
+                ErrorKind::TryAgainLater,
+                format!(
+                    "no answer from strake-agent at {} within {:?}: {e}",
+                    self.addr, self.timeout
+                ),
+            )
+        })?;
+        match serde_json::from_slice::<Reply>(&buf) {
+            Ok(Reply::Ok(v)) => serde_json::from_value(v).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("unexpected answer from strake-agent: {e}"),
+                )
+            }),
+            Ok(Reply::Error(e)) => Err(e),
+            Err(e) => Err(ApiError::new(
+                ErrorKind::Internal,
+                format!(
+                    "garbled answer from strake-agent ({} bytes): {e}",
+                    buf.len()
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifnames_are_stable_short_and_distinct() {
+        let k = |c: &str, i: &str| AttachmentKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: i.into(),
+        };
+        let a = host_ifname(&k("abc", "eth0"));
+        assert_eq!(a, host_ifname(&k("abc", "eth0")));
+        assert_eq!(a.len(), 15, "fits IFNAMSIZ");
+        assert_ne!(a, host_ifname(&k("abc", "eth1")));
+        assert_ne!(a, host_ifname(&k("abd", "eth0")));
+        // The network name is not part of it: a veth is per container+ifname.
+        assert_eq!(
+            a,
+            host_ifname(&AttachmentKey {
+                network: "other".into(),
+                ..k("abc", "eth0")
+            })
+        );
+        assert_eq!(temp_ifname(&k("abc", "eth0")).len(), 14);
+    }
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::Release {
+            key: AttachmentKey {
+                network: "n".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.starts_with(r#"{"op":"release""#), "{s}");
+        assert!(matches!(
+            serde_json::from_str::<Request>(&s).unwrap(),
+            Request::Release { .. }
+        ));
+    }
+}

@@ -1,0 +1,626 @@
+//! The lab: a simulated multi-node cluster on one machine, built from a
+//! directory of ordinary Kubernetes YAML and driven by strake's real binaries.
+//!
+//! ```text
+//!   netns fabric-<lab>    bridge br0: the nodes' shared L2 network
+//!   netns node-<name>     eth0 (InternalIP) on the fabric, a strake-agent,
+//!                         the host side of its pods' veths
+//!   netns pod-<ns>-<name> eth0 from strake-cni, a small server on the pod's
+//!                         declared container ports
+//! ```
+//!
+//! The lab plays kubelet and the container runtime: it attaches pods by
+//! executing the deploy conflist exactly as containerd does (CNI_* variables,
+//! CNI_ARGS with K8S_POD_NAMESPACE/NAME, the config on stdin), and writes each
+//! pod's IP back as Pod status into an overlay directory the agents read.
+//! Everything it creates is journaled before it is created, so `down` removes
+//! all of it even after an `up` that died half way.
+
+pub mod probe;
+pub mod procs;
+pub mod serve;
+pub mod spec;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use strake_api::{Client, Pong, Request};
+use strake_cni::invoke::{Attachment, ConfList, Runtime};
+use strake_netlink::{netns, Netlink};
+
+pub use spec::{LabSpec, NodeSpec, PodSpec};
+
+/// The conflist shipped in deploy/, used unless another is given.
+pub const DEPLOY_CONFLIST: &str = include_str!("../../../deploy/cni/10-strake.conflist");
+
+/// Where reference CNI plugins live (Debian puts them in /usr/lib/cni).
+const SYSTEM_CNI_DIRS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
+
+/// Metrics port of every lab agent (each in its own namespace).
+pub const AGENT_METRICS_PORT: u16 = 9753;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub container_id: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Things `up` made, in order, so `down` can undo them whatever happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Made {
+    Netns { name: String },
+    Bpffs { path: PathBuf },
+}
+
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    pub spec: LabSpec,
+    pub root: PathBuf,
+    pub conflist: ConfList,
+    conflist_text: String,
+}
+
+impl Lab {
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, None)
+    }
+
+    /// A lab from `dir`, with an optional conflist file instead of deploy's.
+    pub fn load_with(dir: &Path, conflist: Option<&Path>) -> Result<Self> {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("lab directory {}", dir.display()))?;
+        let spec = LabSpec::from_dir(&dir)?;
+        let base = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lab".into());
+        let name: String = base
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let conflist_text = match conflist {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            }
+            None => DEPLOY_CONFLIST.to_string(),
+        };
+        let conflist = ConfList::from_json(conflist_text.as_bytes())?;
+        Ok(Lab {
+            root: PathBuf::from("/var/lib/strake-lab").join(&name),
+            name,
+            dir,
+            spec,
+            conflist,
+            conflist_text,
+        })
+    }
+
+    pub fn fabric_netns(&self) -> String {
+        format!("fabric-{}", self.name)
+    }
+    pub fn node_netns_name(node: &str) -> String {
+        format!("node-{node}")
+    }
+    pub fn pod_netns_name(namespace: &str, name: &str) -> String {
+        format!("pod-{namespace}-{name}")
+    }
+    pub fn node_netns(&self, node: &str) -> PathBuf {
+        netns::path(&Self::node_netns_name(node))
+    }
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> PathBuf {
+        netns::path(&Self::pod_netns_name(namespace, name))
+    }
+    pub fn bpffs_root(&self, node: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/strake-lab")
+            .join(&self.name)
+            .join(node)
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
+    }
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent.log")
+    }
+    pub fn status_dir(&self) -> PathBuf {
+        self.root.join("status")
+    }
+    fn pod_record_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join("pods")
+            .join(format!("{namespace}_{name}.json"))
+    }
+    fn journal_path(&self) -> PathBuf {
+        self.root.join("journal.jsonl")
+    }
+
+    fn journal(&self, m: Made) -> Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.journal_path())?;
+        writeln!(f, "{}", serde_json::to_string(&m)?)?;
+        f.sync_data()?;
+        Ok(())
+    }
+
+    fn journaled(&self) -> Vec<Made> {
+        std::fs::read_to_string(self.journal_path())
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn make_netns(&self, name: &str) -> Result<PathBuf> {
+        self.journal(Made::Netns { name: name.into() })?;
+        netns::create(name)
+    }
+
+    /// The CNI runtime for pods of `node`: plugins run in the node's namespace.
+    pub fn runtime(&self, node: &str) -> Runtime {
+        let mut path = vec![procs::bin_dir()];
+        path.extend(SYSTEM_CNI_DIRS.iter().map(PathBuf::from));
+        let mut rt = Runtime::new(path, self.root.join("cni-cache"));
+        rt.netns = Some(self.node_netns(node));
+        rt
+    }
+
+    /// A stable container id for a pod of this lab (hex, as runtimes use).
+    pub fn container_id(&self, namespace: &str, name: &str) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in format!("{}/{namespace}/{name}", self.name).bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}{:016x}", h.rotate_left(29) ^ 0x5bd1e995)
+    }
+
+    pub fn attachment(&self, namespace: &str, name: &str) -> Attachment {
+        let cid = self.container_id(namespace, name);
+        Attachment {
+            container_id: cid.clone(),
+            netns: self.pod_netns(namespace, name),
+            ifname: "eth0".into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), namespace.into()),
+                ("K8S_POD_NAME".into(), name.into()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), cid),
+            ],
+            capability_args: BTreeMap::new(),
+        }
+    }
+
+    /// Calls the agent of `node` (its API socket lives in the node's netns).
+    pub fn agent<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        node: &str,
+        req: Request,
+    ) -> Result<T> {
+        netns::run_in(&self.node_netns(node), move || {
+            Client::new(strake_api::DEFAULT_SOCKET)
+                .with_timeout(Duration::from_secs(30))
+                .call(&req)
+                .map_err(|e| anyhow!(e))
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        netns::exists(&self.fabric_netns())
+            || self
+                .spec
+                .nodes
+                .iter()
+                .any(|n| netns::exists(&Self::node_netns_name(&n.name)))
+    }
+
+    /// Builds the whole lab. On failure, what was made stays for inspection;
+    /// `down` removes it.
+    pub fn up(&self) -> Result<()> {
+        if self.is_up() {
+            bail!(
+                "lab {} is already (partly) up; run `strake lab down {}` first",
+                self.name,
+                self.dir.display()
+            );
+        }
+        procs::bin("strake-agent")?;
+        procs::bin("strake-cni")?;
+        for d in ["status", "pods", "cni-cache"] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        std::fs::write(self.root.join("conflist.json"), &self.conflist_text)?;
+        self.up_fabric()?;
+        for n in &self.spec.nodes {
+            self.up_node(n)?;
+        }
+        for n in &self.spec.nodes {
+            self.start_agent(&n.name)?;
+        }
+        for n in &self.spec.nodes {
+            self.wait_agent_ready(&n.name, Duration::from_secs(30))?;
+        }
+        for p in &self.spec.pods {
+            self.add_pod(p)?;
+        }
+        for n in &self.spec.nodes {
+            self.wait_routes(&n.name, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent of `node` has a route for every node's block.
+    pub fn wait_routes(&self, node: &str, timeout: Duration) -> Result<()> {
+        let want = self.spec.nodes.len();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st: strake_api::AgentStatus = self.agent(node, Request::Status)?;
+            if st.routes >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {node} has {} of {want} node routes after {timeout:?}",
+                    st.routes
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn up_fabric(&self) -> Result<()> {
+        let ns = self.make_netns(&self.fabric_netns())?;
+        netns::with_netlink_in(&ns, |nl| async move {
+            let lo = nl.link_by_name("lo").await?.context("lo")?;
+            nl.set_up(lo.index).await?;
+            nl.create_bridge("br0").await?;
+            let br = nl.link_by_name("br0").await?.context("br0")?;
+            nl.set_up(br.index).await?;
+            Ok(())
+        })
+    }
+
+    fn up_node(&self, n: &NodeSpec) -> Result<()> {
+        let node_ns = self.make_netns(&Self::node_netns_name(&n.name))?;
+        std::fs::create_dir_all(self.node_dir(&n.name).join("state"))?;
+        let fabric = netns::path(&self.fabric_netns());
+        let (f_end, n_end) = fabric_veth_names(&n.name);
+        let node_ns2 = node_ns.clone();
+        netns::with_netlink_in(&fabric, move |nl| async move {
+            nl.create_veth(&f_end, &n_end, 1500).await?;
+            let br = nl.link_by_name("br0").await?.context("br0")?;
+            let f = nl.link_by_name(&f_end).await?.context("fabric end")?;
+            nl.set_controller(f.index, br.index).await?;
+            nl.set_up(f.index).await?;
+            let u = nl.link_by_name(&n_end).await?.context("node end")?;
+            let nsf = File::open(&node_ns2)?;
+            nl.move_to_netns(u.index, nsf.as_raw_fd()).await?;
+            Ok(())
+        })?;
+        let (n_end, ip, prefix) = (fabric_veth_names(&n.name).1, n.ip, self.spec.fabric_prefix);
+        netns::with_netlink_in(&node_ns, move |nl| async move {
+            let lo = nl.link_by_name("lo").await?.context("lo")?;
+            nl.set_up(lo.index).await?;
+            let u = nl.link_by_name(&n_end).await?.context("uplink")?;
+            nl.set_name(u.index, "eth0").await?;
+            nl.add_address(u.index, ip, prefix).await?;
+            nl.set_up(u.index).await?;
+            netns::sysctl("net/ipv4/ip_forward", "1")?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the agent of `node`.
+    pub fn start_agent(&self, node: &str) -> Result<u32> {
+        let bpffs = self.bpffs_root(node);
+        self.journal(Made::Bpffs {
+            path: bpffs.clone(),
+        })?;
+        let args: Vec<String> = vec![
+            "--node-name".into(),
+            node.into(),
+            "--source".into(),
+            "dir".into(),
+            "--source-dir".into(),
+            self.dir.display().to_string(),
+            "--source-dir".into(),
+            self.status_dir().display().to_string(),
+            "--bpffs-root".into(),
+            bpffs.display().to_string(),
+            "--state-dir".into(),
+            self.node_dir(node).join("state").display().to_string(),
+            "--metrics-addr".into(),
+            format!("0.0.0.0:{AGENT_METRICS_PORT}"),
+            "--uplink".into(),
+            "eth0".into(),
+            "--log-file".into(),
+            self.agent_log(node).display().to_string(),
+        ];
+        let pid = procs::spawn_in_netns(
+            &self.node_netns(node),
+            &procs::bin("strake-agent")?,
+            &args,
+            &self.agent_log(node),
+        )?;
+        std::fs::write(self.node_dir(node).join("agent.pid"), pid.to_string())?;
+        Ok(pid)
+    }
+
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        std::fs::read_to_string(self.node_dir(node).join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the agent of `node` answers and can add pods.
+    pub fn wait_agent_ready(&self, node: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.agent::<Pong>(node, Request::Ping) {
+                Ok(p) if p.can_add && p.datapath_ok => return Ok(()),
+                Ok(p) => {
+                    last = p
+                        .reason
+                        .unwrap_or_else(|| "data plane not attached yet".into())
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if let Some(pid) = self.agent_pid(node) {
+                if !procs::alive(pid) {
+                    bail!(
+                        "strake-agent of node {node} exited; its log:\n{}",
+                        tail(&self.agent_log(node), 20)
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "strake-agent of node {node} not ready after {timeout:?} ({last}); its log:\n{}",
+            tail(&self.agent_log(node), 20)
+        )
+    }
+
+    /// Attaches a pod through the CNI conflist and starts its server.
+    pub fn add_pod(&self, p: &PodSpec) -> Result<PodRecord> {
+        let ns = self.make_netns(&Self::pod_netns_name(&p.namespace, &p.name))?;
+        netns::with_netlink_in(&ns, |nl| async move {
+            let lo = nl.link_by_name("lo").await?.context("lo")?;
+            nl.set_up(lo.index).await
+        })?;
+        let result = self
+            .runtime(&p.node)
+            .add(&self.conflist, &self.attachment(&p.namespace, &p.name))
+            .with_context(|| format!("CNI ADD for pod {}", p.key()))?;
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("CNI result for {} has no IPv4 address: {result}", p.key()))?;
+        let rec = PodRecord {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            node: p.node.clone(),
+            container_id: self.container_id(&p.namespace, &p.name),
+            ip,
+        };
+        std::fs::write(
+            self.pod_record_path(&p.namespace, &p.name),
+            serde_json::to_vec_pretty(&rec)?,
+        )?;
+        self.write_pod_status(p, Some(ip))?;
+        if !p.tcp_ports.is_empty() || !p.udp_ports.is_empty() {
+            let join = |v: &[u16]| {
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let mut args = vec!["lab".to_string(), "serve".into(), "--name".into(), p.key()];
+            if !p.tcp_ports.is_empty() {
+                args.extend(["--tcp".into(), join(&p.tcp_ports)]);
+            }
+            if !p.udp_ports.is_empty() {
+                args.extend(["--udp".into(), join(&p.udp_ports)]);
+            }
+            let log = self
+                .root
+                .join("pods")
+                .join(format!("{}_{}.log", p.namespace, p.name));
+            procs::spawn_in_netns(&ns, &procs::bin("strake")?, &args, &log)?;
+        }
+        Ok(rec)
+    }
+
+    /// Kubelet's part: the pod's IP as Pod status, for every agent to read.
+    fn write_pod_status(&self, p: &PodSpec, ip: Option<Ipv4Addr>) -> Result<()> {
+        let path = self
+            .status_dir()
+            .join(format!("{}_{}.yaml", p.namespace, p.name));
+        let Some(ip) = ip else {
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        };
+        let host_ip = self
+            .spec
+            .node(&p.node)
+            .map(|n| n.ip.to_string())
+            .unwrap_or_default();
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"namespace": p.namespace, "name": p.name},
+            "status": {
+                "phase": "Running",
+                "podIP": ip.to_string(),
+                "podIPs": [{"ip": ip.to_string()}],
+                "hostIP": host_ip,
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_yaml::to_string(&doc)?)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    pub fn pod_record(&self, namespace: &str, name: &str) -> Option<PodRecord> {
+        serde_json::from_slice(&std::fs::read(self.pod_record_path(namespace, name)).ok()?).ok()
+    }
+
+    pub fn pod_ip(&self, namespace: &str, name: &str) -> Result<Ipv4Addr> {
+        self.pod_record(namespace, name)
+            .map(|r| r.ip)
+            .with_context(|| format!("pod {namespace}/{name} is not up in lab {}", self.name))
+    }
+
+    /// Detaches a pod (CNI DEL) and removes its namespace and processes.
+    pub fn del_pod(&self, namespace: &str, name: &str, node: &str) -> Result<()> {
+        let ns = self.pod_netns(namespace, name);
+        let att = self.attachment(namespace, name);
+        let del = self.runtime(node).del(&self.conflist, &att);
+        procs::stop(&procs::pids_in_netns(&ns), Duration::from_secs(2));
+        netns::delete(&Self::pod_netns_name(namespace, name))?;
+        let _ = std::fs::remove_file(self.pod_record_path(namespace, name));
+        let _ = std::fs::remove_file(self.status_dir().join(format!("{namespace}_{name}.yaml")));
+        del.map_err(|e| anyhow!("CNI DEL for pod {namespace}/{name}: {e}"))
+    }
+
+    /// Removes everything `up` made. Works on a lab that is half up, and
+    /// again on one that is already down.
+    pub fn down(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        // Pods first, while their agents still run, so CNI DEL releases cleanly.
+        let mut pods: Vec<(String, String, String)> = self
+            .spec
+            .pods
+            .iter()
+            .map(|p| (p.namespace.clone(), p.name.clone(), p.node.clone()))
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("pods")) {
+            for e in rd
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            {
+                if let Ok(r) = serde_json::from_slice::<PodRecord>(
+                    &std::fs::read(e.path()).unwrap_or_default(),
+                ) {
+                    if !pods
+                        .iter()
+                        .any(|(n, m, _)| *n == r.namespace && *m == r.name)
+                    {
+                        pods.push((r.namespace, r.name, r.node));
+                    }
+                }
+            }
+        }
+        for (ns, name, node) in &pods {
+            let exists = netns::exists(&Self::pod_netns_name(ns, name));
+            let agent_up = netns::exists(&Self::node_netns_name(node));
+            if exists && agent_up {
+                if let Err(e) = self.del_pod(ns, name, node) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+        }
+        // Then every namespace made, processes inside first.
+        let mut names: Vec<String> = self
+            .journaled()
+            .into_iter()
+            .filter_map(|m| match m {
+                Made::Netns { name } => Some(name),
+                _ => None,
+            })
+            .collect();
+        names.extend(pods.iter().map(|(ns, n, _)| Self::pod_netns_name(ns, n)));
+        names.extend(
+            self.spec
+                .nodes
+                .iter()
+                .map(|n| Self::node_netns_name(&n.name)),
+        );
+        names.push(self.fabric_netns());
+        names.sort();
+        names.dedup();
+        for name in &names {
+            let p = netns::path(name);
+            procs::stop(&procs::pids_in_netns(&p), Duration::from_secs(3));
+            if let Err(e) = netns::delete(name) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        for m in self.journaled() {
+            if let Made::Bpffs { path } = m {
+                let _ = strake_datapath::Datapath::purge(&path);
+            }
+        }
+        let lab_bpffs = PathBuf::from("/sys/fs/bpf/strake-lab").join(&self.name);
+        let _ = strake_datapath::Datapath::purge(&lab_bpffs);
+        let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/bpf/strake-lab"));
+        if self.root.exists() {
+            std::fs::remove_dir_all(&self.root)
+                .with_context(|| format!("removing {}", self.root.display()))?;
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "lab {} is down, with problems on the way:\n  {}",
+                self.name,
+                problems.join("\n  ")
+            )
+        }
+    }
+
+    /// A netlink connection into a node's namespace, for tests and tools.
+    pub fn in_node<F, Fut, R>(&self, node: &str, f: F) -> Result<R>
+    where
+        F: FnOnce(Netlink) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R>>,
+        R: Send + 'static,
+    {
+        netns::with_netlink_in(&self.node_netns(node), f)
+    }
+}
+
+/// Names of a node's link into the fabric: (fabric end, node end before it
+/// is renamed eth0). Short hashes keep them under 15 characters.
+fn fabric_veth_names(node: &str) -> (String, String) {
+    let mut h: u32 = 0x811c9dc5;
+    for b in node.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    (format!("fab{h:08x}"), format!("upl{h:08x}"))
+}
+
+fn tail(p: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,153 @@
+//! What a lab directory declares: nodes and pods (ordinary Kubernetes YAML),
+//! checked for what the lab needs before anything is created.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use strake_source::dir::DirSource;
+use strake_source::ClusterState;
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: (Ipv4Addr, u8),
+}
+
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub tcp_ports: Vec<u16>,
+    pub udp_ports: Vec<u16>,
+}
+
+impl PodSpec {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub nodes: Vec<NodeSpec>,
+    pub pods: Vec<PodSpec>,
+    /// Prefix length of the fabric subnet the nodes' InternalIPs share.
+    pub fabric_prefix: u8,
+    pub state: ClusterState,
+}
+
+impl LabSpec {
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{} is not a directory of Kubernetes YAML", dir.display());
+        }
+        let state = DirSource::new(vec![dir.to_path_buf()]).load();
+        if !state.errors.is_empty() {
+            bail!(
+                "the lab directory has invalid documents:\n  {}",
+                state.errors.join("\n  ")
+            );
+        }
+        Self::from_state(state)
+    }
+
+    pub fn from_state(state: ClusterState) -> Result<Self> {
+        let mut nodes = Vec::new();
+        let mut ips = BTreeSet::new();
+        for name in state.nodes.keys() {
+            let ip = state
+                .node_internal_ip(name)
+                .with_context(|| format!("Node {name}: status.addresses needs an InternalIP"))?;
+            let pod_cidr = state
+                .node_pod_cidr(name)
+                .with_context(|| format!("Node {name}: spec.podCIDR must be an IPv4 CIDR"))?;
+            if !ips.insert(ip) {
+                bail!("Node {name}: InternalIP {ip} is used twice");
+            }
+            nodes.push(NodeSpec {
+                name: name.clone(),
+                ip,
+                pod_cidr,
+            });
+        }
+        if nodes.is_empty() {
+            bail!("the lab directory declares no Node");
+        }
+        let fabric_prefix = 24;
+        let net = |ip: Ipv4Addr| u32::from(ip) >> (32 - fabric_prefix);
+        if nodes.iter().any(|n| net(n.ip) != net(nodes[0].ip)) {
+            bail!("all nodes' InternalIPs must share one /{fabric_prefix} (the lab's fabric)");
+        }
+        for (i, a) in nodes.iter().enumerate() {
+            for b in &nodes[i + 1..] {
+                let len = a.pod_cidr.1.min(b.pod_cidr.1) as u32;
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                if u32::from(a.pod_cidr.0) & mask == u32::from(b.pod_cidr.0) & mask {
+                    bail!("Nodes {} and {} have overlapping pod CIDRs", a.name, b.name);
+                }
+            }
+        }
+        let mut pods = Vec::new();
+        for (key, pod) in &state.pods {
+            let spec = pod
+                .spec
+                .as_ref()
+                .with_context(|| format!("Pod {key} has no spec"))?;
+            if spec.host_network == Some(true) {
+                continue;
+            }
+            let node = spec.node_name.clone().with_context(|| {
+                format!("Pod {key}: spec.nodeName is required in the lab (there is no scheduler)")
+            })?;
+            if !state.nodes.contains_key(&node) {
+                bail!("Pod {key}: spec.nodeName {node} is not a Node of the lab");
+            }
+            let mut tcp_ports = Vec::new();
+            let mut udp_ports = Vec::new();
+            for c in &spec.containers {
+                for p in c.ports.iter().flatten() {
+                    let port = u16::try_from(p.container_port).with_context(|| {
+                        format!("Pod {key}: containerPort {} out of range", p.container_port)
+                    })?;
+                    match p.protocol.as_deref().unwrap_or("TCP") {
+                        "TCP" => tcp_ports.push(port),
+                        "UDP" => udp_ports.push(port),
+                        _ => {} // SCTP: this kernel has none
+                    }
+                }
+            }
+            tcp_ports.sort();
+            tcp_ports.dedup();
+            udp_ports.sort();
+            udp_ports.dedup();
+            pods.push(PodSpec {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                node,
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                tcp_ports,
+                udp_ports,
+            });
+        }
+        Ok(LabSpec {
+            nodes,
+            pods,
+            fabric_prefix,
+            state,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodSpec> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+}
