@@ -216,7 +216,7 @@ fn ip_options_and_fragments_are_routed_by_destination() {
 
         // A non-first fragment carries no L4 header; routing needs none.
         let mut p = udp(POD1_MAC, HOST_MAC_UNUSED, POD1, REMOTE_POD, 1, 2, 64);
-        p[20..22].copy_from_slice(&(0x0000u16 | 185).to_be_bytes()); // offset 1480 bytes
+        p[20..22].copy_from_slice(&185u16.to_be_bytes()); // offset 185 * 8 = 1480 bytes, MF clear
         fix_ip_checksum(&mut p);
         let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT, "later fragment");

@@ -98,7 +98,8 @@ pub struct Attachment {
 pub struct InvokeError {
     pub plugin: String,
     pub command: String,
-    pub error: CniError,
+    /// Boxed: errors travel up through every call and should stay small.
+    pub error: Box<CniError>,
 }
 
 impl std::fmt::Display for InvokeError {
@@ -244,10 +245,10 @@ impl Runtime {
         InvokeError {
             plugin: plugin_type(p),
             command: cmd.into(),
-            error: CniError::new(
+            error: Box::new(CniError::new(
                 999,
                 format!("plugin printed a result that is not JSON: {e}"),
-            ),
+            )),
         }
     }
 
@@ -270,7 +271,7 @@ impl Runtime {
         let fail = |code: u32, msg: String| InvokeError {
             plugin: ty.clone(),
             command: command.into(),
-            error: CniError::new(code, msg),
+            error: Box::new(CniError::new(code, msg)),
         };
         let bin = self.find(&ty).ok_or_else(|| {
             fail(
@@ -326,7 +327,7 @@ impl Runtime {
         Err(InvokeError {
             plugin: ty,
             command: command.into(),
-            error,
+            error: Box::new(error),
         })
     }
 }

@@ -69,6 +69,8 @@ enum LabCmd {
     },
     /// Remove everything `lab up` made (also after a failed `up`).
     Down { dir: PathBuf },
+    /// (Re)start the agent of one node, as its DaemonSet pod would be.
+    Restart { dir: PathBuf, node: String },
     /// Run a command inside a pod's (ns/name) or node's (node/NAME) namespace.
     Exec {
         /// `namespace/pod`, or `node/<name>`.
@@ -213,6 +215,18 @@ fn lab(cmd: LabCmd) -> Result<()> {
             let lab = Lab::load(&dir)?;
             lab.down()?;
             eprintln!("lab {} is down", lab.name);
+        }
+        LabCmd::Restart { dir, node } => {
+            let lab = Lab::load(&dir)?;
+            if lab.spec.node(&node).is_none() {
+                bail!("lab {} has no node {node}", lab.name);
+            }
+            if let Some(pid) = lab.agent_pid(&node).filter(|p| strake_lab::procs::alive(*p)) {
+                strake_lab::procs::stop(&[pid], Duration::from_secs(5));
+            }
+            let pid = lab.start_agent(&node)?;
+            lab.wait_agent_ready(&node, Duration::from_secs(30))?;
+            eprintln!("agent of node {node} running again (pid {pid})");
         }
         LabCmd::Exec { target, command } => {
             let ns = netns_of(&target)?;

@@ -406,13 +406,20 @@ impl Lab {
         )
     }
 
-    /// Attaches a pod through the CNI conflist and starts its server.
-    pub fn add_pod(&self, p: &PodSpec) -> Result<PodRecord> {
-        let ns = self.make_netns(&Self::pod_netns_name(&p.namespace, &p.name))?;
+    /// An empty pod sandbox (namespace with lo up), journaled so `down`
+    /// removes it; for callers that drive CNI themselves.
+    pub fn pod_sandbox(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let ns = self.make_netns(&Self::pod_netns_name(namespace, name))?;
         netns::with_netlink_in(&ns, |nl| async move {
             let lo = nl.link_by_name("lo").await?.context("lo")?;
             nl.set_up(lo.index).await
         })?;
+        Ok(ns)
+    }
+
+    /// Attaches a pod through the CNI conflist and starts its server.
+    pub fn add_pod(&self, p: &PodSpec) -> Result<PodRecord> {
+        let ns = self.pod_sandbox(&p.namespace, &p.name)?;
         let result = self
             .runtime(&p.node)
             .add(&self.conflist, &self.attachment(&p.namespace, &p.name))
@@ -541,7 +548,8 @@ impl Lab {
         }
         for (ns, name, node) in &pods {
             let exists = netns::exists(&Self::pod_netns_name(ns, name));
-            let agent_up = netns::exists(&Self::node_netns_name(node));
+            // Without a live agent, DEL cannot release; the node goes anyway.
+            let agent_up = self.agent_pid(node).is_some_and(procs::alive);
             if exists && agent_up {
                 if let Err(e) = self.del_pod(ns, name, node) {
                     problems.push(format!("{e:#}"));

@@ -299,7 +299,7 @@ fn fifty_parallel_adds_then_dels_then_gc_leave_nothing_behind() {
     let node = "para";
     let names: Vec<String> = (0..50).map(|i| format!("x{i}")).collect();
     for n in &names {
-        strake_netlink::netns::create(&strake_lab::Lab::pod_netns_name("par", n)).unwrap();
+        lab.pod_sandbox("par", n).unwrap();
     }
     let lab = Arc::new(lab);
     let add = |names: &[String]| {
@@ -382,9 +382,6 @@ fn fifty_parallel_adds_then_dels_then_gc_leave_nothing_behind() {
     // ...and the kept ones still work.
     for e in &eps {
         probe::ping(&lab.node_netns(node), e.ip).unwrap();
-    }
-    for n in &names {
-        strake_netlink::netns::delete(&strake_lab::Lab::pod_netns_name("par", n)).unwrap();
     }
     lab.runtime(node).gc(&lab.conflist, &[]).unwrap();
     assert_node_empty(&lab, node);
