@@ -13,8 +13,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 use strake_api::{
-    host_ifname, temp_ifname, Allocation, ApiError, Attached, AttachmentKey, CheckReport, Client,
-    ErrorKind, GcReport, PodRef, Pong, Released, Request, POD_GATEWAY,
+    host_ifname, Allocation, ApiError, Attached, AttachmentKey, CheckReport, Client, ErrorKind,
+    GcReport, PodRef, Pong, Released, Request, POD_GATEWAY,
 };
 use strake_netlink::{fmt_mac, netns, Netlink, Route4};
 
@@ -161,16 +161,20 @@ pub fn cmd_add(conf: &NetConf, env: &Env) -> Result<Output, CniError> {
             netns: Some(ns_path.clone()),
         })
         .map_err(api_err)?;
-    match plumb(conf, &key, &alloc, &ns_file, &ns_path).and_then(|(host_mac, pod_mac, mtu)| {
-        let a: Attached = agent
+    // The data plane is programmed (in the agent) while the pod side is
+    // configured (here): attaching waits on the kernel, configuring does not.
+    let attach_key = key.clone();
+    let attach_agent = agent.clone();
+    let attach = move |pod_mac: [u8; 6]| -> Result<(), CniError> {
+        let _: Attached = attach_agent
             .call(&Request::Attach {
-                key: key.clone(),
+                key: attach_key,
                 pod_mac,
             })
             .map_err(api_err)?;
-        let _ = a;
-        Ok((host_mac, pod_mac, mtu))
-    }) {
+        Ok(())
+    };
+    match plumb(conf, &key, &alloc, &ns_file, &ns_path, attach) {
         Ok((host_mac, pod_mac, mtu)) => {
             let result = build_result(conf, env, &alloc, host_mac, pod_mac, mtu)?;
             Ok(Some(serde_json::to_string(&result).expect("serializable")))
@@ -196,33 +200,33 @@ pub fn cmd_add(conf: &NetConf, env: &Env) -> Result<Output, CniError> {
     }
 }
 
-/// Builds the veth pair and configures both ends. Returns (host MAC, pod MAC, MTU).
+/// Builds the veth pair and configures both ends, running `attach` (the
+/// agent's half) alongside the pod side. Returns (host MAC, pod MAC, MTU).
 fn plumb(
     conf: &NetConf,
     key: &AttachmentKey,
     alloc: &Allocation,
     ns_file: &File,
     ns_path: &str,
+    attach: impl FnOnce([u8; 6]) -> Result<(), CniError> + Send + 'static,
 ) -> Result<([u8; 6], [u8; 6], u32), CniError> {
     let host = alloc.host_ifname.clone();
-    let tmp = temp_ifname(key);
+    let ifname = key.ifname.clone();
     let mtu = conf.mtu.unwrap_or(alloc.mtu);
     let ip = alloc.ip;
+    let pod_mac = strake_api::pod_mac(ip);
     let ns_fd = ns_file.as_raw_fd();
     let rt = runtime()?;
-    // Node side.
+    // Node side: the veth, its peer born in the pod's namespace as CNI_IFNAME
+    // (no move between namespaces, which waits for an RCU grace period).
+    let peer = ifname.clone();
     let host_link = rt
         .block_on(async {
             let nl = Netlink::connect()?;
             // Leftovers of an earlier, failed attempt with the same key.
             nl.delete_link_by_name(&host).await?;
-            nl.delete_link_by_name(&tmp).await?;
-            nl.create_veth(&host, &tmp, mtu).await?;
-            let peer = nl
-                .link_by_name(&tmp)
-                .await?
-                .context("the new veth peer vanished")?;
-            nl.move_to_netns(peer.index, ns_fd).await?;
+            nl.create_veth_into(&host, &peer, ns_fd, pod_mac, mtu)
+                .await?;
             let h = nl
                 .link_by_name(&host)
                 .await?
@@ -231,19 +235,24 @@ fn plumb(
             nl.replace_route(&Route4::to_pod(ip, h.index)).await?;
             anyhow::Ok(h)
         })
-        .map_err(io_err)?;
+        .map_err(|e| {
+            if format!("{e:#}").contains("File exists") {
+                CniError::new(
+                    code::IO_FAILURE,
+                    format!("interface {ifname} already exists in the pod's network namespace"),
+                )
+            } else {
+                io_err(e)
+            }
+        })?;
+    let attaching = std::thread::spawn(move || attach(pod_mac));
     // Pod side.
-    let ifname = key.ifname.clone();
     let host_mac = host_link.mac;
-    let pod_mac = netns::with_netlink_in(Path::new(ns_path), move |nl| async move {
-        if nl.link_by_name(&ifname).await?.is_some() {
-            anyhow::bail!("interface {ifname} already exists in the pod's network namespace");
-        }
+    let pod_side = netns::with_netlink_in(Path::new(ns_path), move |nl| async move {
         let l = nl
-            .link_by_name(&tmp)
+            .link_by_name(&ifname)
             .await?
             .context("the veth did not arrive in the pod's namespace")?;
-        nl.set_name(l.index, &ifname).await?;
         nl.set_up(l.index).await?;
         nl.add_address(l.index, ip, 32).await?;
         // The gateway is a permanent neighbour: no ARP, no proxy_arp, no
@@ -260,9 +269,14 @@ fn plumb(
         default.oif = Some(l.index);
         default.protocol = 4;
         nl.replace_route(&default).await?;
-        Ok(l.mac)
+        Ok(())
     })
-    .map_err(io_err)?;
+    .map_err(io_err);
+    let attached = attaching
+        .join()
+        .map_err(|_| CniError::new(code::AGENT_FAILURE, "attach thread panicked"))?;
+    pod_side?;
+    attached?;
     Ok((host_mac, pod_mac, mtu))
 }
 
@@ -318,25 +332,20 @@ fn build_result(
 pub fn cmd_del(conf: &NetConf, env: &Env) -> Result<Output, CniError> {
     env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
     let key = key(conf, env)?;
-    // The pod's netns may be gone already (DEL must work without it).
-    if let Some(ns) = env.netns.as_deref().filter(|p| Path::new(p).exists()) {
-        let ifname = key.ifname.clone();
-        netns::with_netlink_in(Path::new(ns), move |nl| async move {
-            nl.delete_link_by_name(&ifname).await?;
-            Ok(())
-        })
-        .map_err(io_err)?;
+    // The agent undoes everything, the veth included (its peer in the pod
+    // goes with it), so DEL needs no netns: it may be gone already.
+    match client(conf).call::<Released>(&Request::Release { key: key.clone() }) {
+        Ok(_) => Ok(None),
+        Err(e) => {
+            // Free what we can without the agent, then let the runtime retry
+            // for the rest (address, map entry, links).
+            let _ = runtime()?.block_on(async {
+                let nl = Netlink::connect()?;
+                nl.delete_link_by_name(&host_ifname(&key)).await
+            });
+            Err(api_err(e))
+        }
     }
-    runtime()?
-        .block_on(async {
-            let nl = Netlink::connect()?;
-            nl.delete_link_by_name(&host_ifname(&key)).await
-        })
-        .map_err(io_err)?;
-    let _: Released = client(conf)
-        .call(&Request::Release { key })
-        .map_err(api_err)?;
-    Ok(None)
 }
 
 pub fn cmd_check(conf: &NetConf, env: &Env) -> Result<Output, CniError> {

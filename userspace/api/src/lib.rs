@@ -39,9 +39,13 @@ pub fn host_ifname(key: &AttachmentKey) -> String {
     format!("strk{}", short_hash(key))
 }
 
-/// A temporary name for the pod side while it still sits in the node's netns.
-pub fn temp_ifname(key: &AttachmentKey) -> String {
-    format!("tmp{}", short_hash(key))
+/// A pod interface's MAC, derived from its address (`0a:58:` + the IPv4
+/// bytes, a locally administered unicast address, as OVN-Kubernetes does):
+/// known before the interface exists, so the data plane can be programmed
+/// while the pod side is still being configured.
+pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
 fn short_hash(key: &AttachmentKey) -> String {
@@ -254,6 +258,7 @@ pub enum Reply {
 }
 
 /// A blocking client: small enough for a CNI plugin that lives milliseconds.
+#[derive(Debug, Clone)]
 pub struct Client {
     addr: String,
     timeout: Duration,
@@ -347,7 +352,10 @@ mod tests {
                 ..k("abc", "eth0")
             })
         );
-        assert_eq!(temp_ifname(&k("abc", "eth0")).len(), 14);
+        assert_eq!(
+            pod_mac("10.244.1.7".parse().unwrap()),
+            [0x0a, 0x58, 10, 244, 1, 7]
+        );
     }
 
     #[test]

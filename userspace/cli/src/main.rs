@@ -221,7 +221,10 @@ fn lab(cmd: LabCmd) -> Result<()> {
             if lab.spec.node(&node).is_none() {
                 bail!("lab {} has no node {node}", lab.name);
             }
-            if let Some(pid) = lab.agent_pid(&node).filter(|p| strake_lab::procs::alive(*p)) {
+            if let Some(pid) = lab
+                .agent_pid(&node)
+                .filter(|p| strake_lab::procs::alive(*p))
+            {
                 strake_lab::procs::stop(&[pid], Duration::from_secs(5));
             }
             let pid = lab.start_agent(&node)?;

@@ -299,7 +299,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        // The data must be on disk before the rename makes it the table.
+        f.sync_data()?;
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

@@ -7,7 +7,7 @@ pub mod netns;
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -158,6 +158,37 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("creating veth pair {name}/{peer}"))
+    }
+
+    /// Creates a veth pair whose peer is born inside another namespace (open
+    /// at `peer_netns_fd`) under its final name: no move between namespaces
+    /// (which waits for an RCU grace period) and no rename.
+    pub async fn create_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns_fd: RawFd,
+        peer_mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
+        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .address(peer_mac.to_vec())
+            .setns_by_fd(peer_netns_fd)
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| {
+                format!("creating veth {name} with peer {peer} in the pod's namespace")
+            })
     }
 
     /// Creates a bridge.
