@@ -71,6 +71,7 @@ where
         let dp = Datapath::load(&DatapathConfig {
             bpffs_root: root2,
             max_endpoints: 1024,
+            ct_size: 4096,
         })?;
         let mut net = TestNet { dp, topo };
         f(&mut net)

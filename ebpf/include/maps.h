@@ -30,4 +30,109 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_counters SEC(".maps");
 
+/* ---- Load balancing ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAKE_MAX_FRONTENDS);
+	__type(key, struct svc_key);
+	__type(value, struct svc_info);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAKE_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_info);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAKE_MAX_SLOTS);
+	__type(key, struct slot_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_slots SEC(".maps");
+
+/* Maglev lookup tables, one inner array per backend set, sized per set
+ * (BPF_F_INNER_MAP) and filled through mmap (BPF_F_MMAPABLE). Userspace
+ * swaps a whole table at once by replacing the outer entry. */
+struct maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STRAKE_MAGLEV_DEFAULT_SIZE);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, STRAKE_MAX_BACKEND_SETS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_table);
+} st_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_CT_SIZE);
+	__type(key, struct flow_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_CT_SIZE);
+	__type(key, struct flow_key);
+	__type(value, struct rnat_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_CT_SIZE);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_affinity SEC(".maps");
+
+/* This node's own addresses (NodePort frontends answer on each). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_node_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_lb_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STRAKE_MAX_FRONTENDS);
+	__type(key, __u32);
+	__type(value, struct lb_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_fe_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STRAKE_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_be_stats SEC(".maps");
+
 #endif

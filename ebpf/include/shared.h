@@ -17,6 +17,12 @@
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
+#define STRAKE_MAX_FRONTENDS 65536   /* service addresses (VIP/NodePort/LB/externalIP x port) */
+#define STRAKE_MAX_BACKENDS 65536
+#define STRAKE_MAX_BACKEND_SETS 65536
+#define STRAKE_MAX_SLOTS (STRAKE_MAX_BACKEND_SETS * 4)
+#define STRAKE_CT_SIZE 262144
+#define STRAKE_MAGLEV_DEFAULT_SIZE 16381
 
 /* Value of st_endpoints, keyed by the pod's IPv4 address (network order). */
 struct endpoint_info {
@@ -32,6 +38,114 @@ struct endpoint_info {
  * from it are dropped. Set for every CNI-attached pod. */
 #define STRAKE_EP_F_ANTISPOOF (1U << 0)
 
+/* ---- Load balancing -------------------------------------------------- */
+
+/* A service frontend: address, port and protocol a client sends to. */
+struct svc_key {
+	__be32 addr;  /* ClusterIP, external IP, LoadBalancer IP; 0 = NodePort on any node address */
+	__be16 port;  /* network order */
+	__u8 proto;   /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+};
+
+struct svc_info {
+	__u32 frontend_id;      /* index of per-frontend counters */
+	__u32 set_id;           /* backend set used for new flows (Maglev table, slots) */
+	__u32 count;            /* eligible backends: slots 0..count-1 of the set */
+	__u32 table_size;       /* Maglev table size M; 0 = random scheduler */
+	__u32 affinity_timeout; /* seconds; 0 = no ClientIP session affinity */
+	__u32 flags;            /* STRAKE_SVC_F_* */
+};
+
+#define STRAKE_SVC_F_EXTERNAL (1U << 0) /* reachable from outside: NodePort, LoadBalancer, externalIP */
+#define STRAKE_SVC_F_DSR (1U << 1)      /* external traffic to remote backends by IPIP direct return */
+#define STRAKE_SVC_F_LOCAL (1U << 2)    /* traffic policy Local: the set holds this node's backends only, no SNAT */
+
+struct backend_info {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 flags; /* STRAKE_BE_F_* */
+};
+
+#define STRAKE_BE_F_LOCAL (1U << 0)  /* runs on this node */
+#define STRAKE_BE_F_ACTIVE (1U << 1) /* ready, healthy, not terminating: may take new flows */
+
+/* One slot of a backend set: slot i of set s -> backend id. Random and
+ * weighted-random scheduling pick a slot; weights are repeated slots. */
+struct slot_key {
+	__u32 set_id;
+	__u32 slot;
+};
+
+/* A flow as its first packet saw it (the client's view). */
+struct flow_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* st_ct: the backend a flow is pinned to (session persistence, and hot
+ * updates that never move an established flow). */
+struct ct_entry {
+	__u32 backend_id;
+	__u32 frontend_id;
+	__u32 flags;     /* STRAKE_CT_F_* */
+	__be16 nat_port; /* SNAT: the node port the flow was given */
+	__u16 pad;
+};
+
+#define STRAKE_CT_F_SNAT (1U << 0) /* source rewritten to the node's address */
+#define STRAKE_CT_F_DSR (1U << 1)  /* sent by IPIP to the backend's node */
+#define STRAKE_CT_F_HAIRPIN (1U << 2) /* a pod reaching itself: source rewritten to STRAKE_HAIRPIN_ADDR */
+
+/* Source address of hairpinned flows (a pod reaching itself through a
+ * Service): the reply must leave the pod to be translated back. Link-local,
+ * as Cilium's 169.254.42.1. Network order is built by the programs. */
+#define STRAKE_HAIRPIN_ADDR_HOST 0xa9fe2a01 /* 169.254.42.1 */
+
+/* st_rnat: keyed by the reply as it leaves the backend (saddr = backend,
+ * daddr = client or node for SNAT); what to put back. */
+struct rnat_entry {
+	__be32 vip;       /* the address the client sent to */
+	__be32 client;    /* SNAT: the client's address */
+	__be16 vport;     /* the port the client sent to */
+	__be16 cport;     /* SNAT: the client's port */
+	__u32 frontend_id;
+	__u32 backend_id;
+	__u32 flags;      /* STRAKE_CT_F_* */
+};
+
+/* st_affinity: ClientIP session affinity. */
+struct affinity_key {
+	__be32 client;
+	__u32 frontend_id;
+};
+
+struct affinity_entry {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_used_ns;
+};
+
+struct lb_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* st_lb_config[0]: node-wide settings the programs need. */
+struct lb_config {
+	__be32 node_addr;      /* this node's InternalIP: SNAT source, DSR outer source */
+	__u32 uplink_ifindex;
+	__u32 hash_seed;       /* identical on every node so all pick alike */
+	__u16 snat_port_min;   /* host order */
+	__u16 snat_port_max;
+};
+
 /* Per-CPU packet counters, index into st_counters. Userspace sums CPUs. */
 enum strake_counter {
 	STRAKE_CNT_FWD_LOCAL = 0,   /* redirected into a local pod (redirect_peer) */
@@ -42,6 +156,13 @@ enum strake_counter {
 	STRAKE_CNT_DROP_MALFORMED,  /* truncated or invalid IPv4 header */
 	STRAKE_CNT_DROP_SPOOFED,    /* pod sent with a source address not its own */
 	STRAKE_CNT_TO_POD,          /* entered a pod through the host stack */
+	STRAKE_CNT_LB_TRANSLATED,   /* service traffic rewritten toward a backend */
+	STRAKE_CNT_LB_REVERSED,     /* replies rewritten back to the service address */
+	STRAKE_CNT_LB_NO_BACKEND,   /* service has no eligible backend: dropped */
+	STRAKE_CNT_LB_FRAGMENT,     /* fragment of a datagram to a service: dropped */
+	STRAKE_CNT_LB_SNAT_FULL,    /* no free SNAT port: dropped */
+	STRAKE_CNT_LB_ENCAP,        /* sent to a remote backend by IPIP (DSR) */
+	STRAKE_CNT_LB_DECAP,        /* IPIP from a load balancer, unwrapped for a local backend */
 	STRAKE_CNT_MAX,
 };
 

@@ -13,14 +13,31 @@ pub mod shared {
     // any bit pattern is a valid value.
     unsafe impl aya::Pod for endpoint_info {}
     unsafe impl aya::Pod for counter_value {}
+    unsafe impl aya::Pod for svc_key {}
+    unsafe impl aya::Pod for svc_info {}
+    unsafe impl aya::Pod for backend_info {}
+    unsafe impl aya::Pod for slot_key {}
+    unsafe impl aya::Pod for flow_key {}
+    unsafe impl aya::Pod for ct_entry {}
+    unsafe impl aya::Pod for rnat_entry {}
+    unsafe impl aya::Pod for affinity_key {}
+    unsafe impl aya::Pod for affinity_entry {}
+    unsafe impl aya::Pod for lb_stats {}
+    unsafe impl aya::Pod for lb_config {}
 }
 
 /// Programs on the host side of each pod's veth: `from_pod` (ingress) and
 /// `to_pod` (egress).
 pub static POD_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod.o"));
 
-/// Programs on the node's uplink: `from_wire` (ingress).
+/// tc program on the node's uplink: `from_wire` (ingress).
 pub static UPLINK_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.o"));
+
+/// XDP program on the node's uplink: `xdp_lb` (north-south load balancing).
+pub static XDP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp.o"));
+
+/// `xdp_pass`, for veth peers that must take XDP_TX frames (lab fabric ports).
+pub static XDP_PASS_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass.o"));
 
 /// Names of the per-CPU counters, indexed like `st_counters`.
 pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
@@ -32,4 +49,11 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("drop_malformed", shared::STRAKE_CNT_DROP_MALFORMED),
     ("drop_spoofed", shared::STRAKE_CNT_DROP_SPOOFED),
     ("to_pod", shared::STRAKE_CNT_TO_POD),
+    ("lb_translated", shared::STRAKE_CNT_LB_TRANSLATED),
+    ("lb_reversed", shared::STRAKE_CNT_LB_REVERSED),
+    ("lb_no_backend", shared::STRAKE_CNT_LB_NO_BACKEND),
+    ("lb_fragment", shared::STRAKE_CNT_LB_FRAGMENT),
+    ("lb_snat_full", shared::STRAKE_CNT_LB_SNAT_FULL),
+    ("lb_encap", shared::STRAKE_CNT_LB_ENCAP),
+    ("lb_decap", shared::STRAKE_CNT_LB_DECAP),
 ];

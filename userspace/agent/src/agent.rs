@@ -36,6 +36,10 @@ pub struct Agent {
     ipam: Mutex<Ipam<EndpointRecord>>,
     uplink: Mutex<Option<String>>,
     pub routes_installed: AtomicUsize,
+    pub health: strake_lb::health::HealthChecker,
+    pub lb: Mutex<crate::lb_sync::LbState>,
+    /// Connection-table fill, counted on the slow path (a map walk).
+    pub ct_fill: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -58,6 +62,9 @@ impl Agent {
             ipam: Mutex::new(ipam),
             uplink: Mutex::new(None),
             routes_installed: AtomicUsize::new(0),
+            health: strake_lb::health::HealthChecker::new(),
+            lb: Mutex::new(Default::default()),
+            ct_fill: Default::default(),
         })
     }
 

@@ -90,6 +90,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Gc { .. } => "gc",
         Request::Status => "status",
         Request::Endpoints => "endpoints",
+        Request::LbList => "lb_list",
     }
 }
 
@@ -110,5 +111,6 @@ fn dispatch(agent: &Agent, req: Request) -> Reply {
         Request::Gc { network, valid } => ok(agent.gc(&network, &valid)),
         Request::Status => ok(agent.status()),
         Request::Endpoints => ok(agent.endpoint_views()),
+        Request::LbList => ok(agent.lb_status()),
     }
 }

@@ -68,6 +68,32 @@ pub struct Config {
     #[arg(long, default_value_t = 16384, env = "STRAKE_MAX_ENDPOINTS")]
     pub max_endpoints: u32,
 
+    /// Capacity of the load balancer's connection table (and of its
+    /// reverse-NAT and affinity tables): LRU maps, so when full the least
+    /// recently used flows are forgotten (watch strake_lb_ct_entries).
+    #[arg(long, default_value_t = 262144, env = "STRAKE_CT_SIZE")]
+    pub ct_size: u32,
+
+    /// Maglev table size for Services that do not set one (prime; 64 KiB of
+    /// kernel memory per Service port).
+    #[arg(long, default_value_t = strake_lb::model::DEFAULT_TABLE_SIZE, env = "STRAKE_MAGLEV_TABLE_SIZE",
+          value_parser = parse_prime)]
+    pub maglev_table_size: u32,
+
+    /// Flow hash seed; must be the same on every node, so that every node
+    /// picks the same backend for a flow.
+    #[arg(long, default_value_t = 0x5374_7261, env = "STRAKE_LB_HASH_SEED")]
+    pub lb_hash_seed: u32,
+
+    /// Ports on the node's address used to SNAT external traffic to remote
+    /// backends (clear of the ephemeral and NodePort ranges).
+    #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, env = "STRAKE_SNAT_PORTS")]
+    pub snat_ports: (u16, u16),
+
+    /// Attach the XDP load balancer to the uplink (north-south Services).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_LB_XDP")]
+    pub lb_xdp: bool,
+
     /// Full reconcile period, on top of reacting to every change.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "STRAKE_RESYNC")]
     pub resync: Duration,
@@ -100,4 +126,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
     }
+}
+
+fn parse_prime(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !strake_lb::maglev::is_prime(n) || n < 251 {
+        return Err(format!(
+            "{n} is not a prime of at least 251 (e.g. 16381, 65537)"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: use FIRST-LAST, e.g. 20000-29999"))?;
+    let (a, b): (u16, u16) = (
+        a.parse().map_err(|_| format!("bad port {a:?}"))?,
+        b.parse().map_err(|_| format!("bad port {b:?}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!(
+            "{s:?}: FIRST must be at least 1 and no more than LAST"
+        ));
+    }
+    Ok((a, b))
 }

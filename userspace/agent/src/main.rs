@@ -10,6 +10,8 @@ mod agent;
 mod api;
 mod config;
 mod endpoints;
+mod lb_sync;
+mod lb_view;
 mod metrics;
 mod routes;
 mod status;
@@ -87,6 +89,7 @@ async fn run(cfg: Config) -> Result<()> {
     let dp = Datapath::load(&DatapathConfig {
         bpffs_root: cfg.bpffs_root.clone(),
         max_endpoints: cfg.max_endpoints,
+        ct_size: cfg.ct_size,
     })?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
@@ -138,10 +141,51 @@ async fn run(cfg: Config) -> Result<()> {
 async fn attach_uplink(agent: &Arc<Agent>, ifname: String) -> Result<()> {
     let a = agent.clone();
     let name = ifname.clone();
-    tokio::task::spawn_blocking(move || a.dp().attach_uplink(&name)).await??;
-    tracing::info!(uplink = %ifname, "uplink program attached");
+    let xdp = agent.cfg.lb_xdp;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut dp = a.dp();
+        dp.attach_uplink(&name)?;
+        if xdp {
+            dp.attach_xdp(&name)?;
+        }
+        Ok(())
+    })
+    .await??;
+    tracing::info!(uplink = %ifname, xdp, "uplink programs attached");
     agent.set_uplink(Some(ifname));
     Ok(())
+}
+
+/// Node-wide load-balancer settings: the node's address (SNAT source, DSR
+/// outer source), the uplink, and every local address NodePorts answer on.
+async fn configure_lb_node(agent: &Arc<Agent>, st: &strake_source::ClusterState) -> Result<()> {
+    let Some(uplink) = agent.uplink() else {
+        return Ok(());
+    };
+    let link = agent
+        .nl
+        .link_by_name(&uplink)
+        .await?
+        .context("uplink vanished")?;
+    let mut local = Vec::new();
+    for l in agent.nl.links().await? {
+        if l.name == "lo" || l.name.starts_with("strk") {
+            continue;
+        }
+        local.extend(
+            agent
+                .nl
+                .addresses(l.index)
+                .await?
+                .into_iter()
+                .map(|(a, _)| a),
+        );
+    }
+    let node_addr = st
+        .node_internal_ip(agent.node())
+        .or_else(|| local.first().copied())
+        .context("no address for this node")?;
+    lb_sync::configure_node(agent, node_addr, link.index, &local)
 }
 
 /// The interface holding the node's InternalIP.
@@ -192,6 +236,36 @@ async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
                 }
             }
         }
+        if let Err(e) = configure_lb_node(&agent, &st).await {
+            agent.metrics.error("lb");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "configuring the load balancer failed; will retry"
+            );
+        }
+        let t_lb = Instant::now();
+        let (a, s2) = (agent.clone(), st.clone());
+        match tokio::task::spawn_blocking(move || lb_sync::reconcile(&a, &s2)).await? {
+            Ok((changes, frontends)) if changes > 0 => {
+                tracing::info!(
+                    changes,
+                    frontends,
+                    revision = st.revision,
+                    "load balancer reconciled"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                agent.metrics.error("lb");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "reconciling the load balancer failed; will retry"
+                );
+            }
+        }
+        agent
+            .metrics
+            .observe_reconcile("lb", t_lb.elapsed().as_secs_f64());
         match routes::reconcile_routes(&agent, &st).await {
             Ok((added, removed)) if added + removed > 0 => {
                 tracing::info!(
@@ -214,9 +288,17 @@ async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
             .metrics
             .observe_reconcile("routes", t0.elapsed().as_secs_f64());
 
+        let health = agent.health.changed();
         tokio::select! {
             r = rx.changed() => r.context("desired-state source ended")?,
-            _ = tokio::time::sleep(agent.cfg.resync) => {}
+            // A backend's health flipped: sets change, state does not.
+            _ = health.notified() => {}
+            _ = tokio::time::sleep(agent.cfg.resync) => {
+                // The slow path also counts the connection table (a map walk).
+                let a = agent.clone();
+                let n = tokio::task::spawn_blocking(move || a.dp().lb.ct_entries()).await?;
+                agent.ct_fill.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

@@ -115,6 +115,95 @@ impl Collector for DatapathCollector {
                 ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
+        if let Ok(lb) = agent.lb_status() {
+            let fe =
+                |m: &strake_api::LbCountersView, i: usize| [m.packets, m.bytes, m.new_flows][i];
+            for (i, (name, help)) in [
+                (
+                    "strake_lb_frontend_packets",
+                    "Packets to each service frontend",
+                ),
+                ("strake_lb_frontend_bytes", "Bytes to each service frontend"),
+                (
+                    "strake_lb_frontend_new_flows",
+                    "New flows to each service frontend",
+                ),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut m =
+                    enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+                for s in &lb.services {
+                    for f in &s.frontends {
+                        let labels = vec![
+                            ("service".to_string(), s.service.clone()),
+                            ("kind".to_string(), f.kind.clone()),
+                            (
+                                "frontend".to_string(),
+                                format!("{}:{}/{}", f.address, f.port, s.protocol),
+                            ),
+                        ];
+                        ConstCounter::new(fe(&f.counters, i)).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            for (i, (name, help)) in [
+                ("strake_lb_backend_packets", "Packets sent to each backend"),
+                ("strake_lb_backend_bytes", "Bytes sent to each backend"),
+                (
+                    "strake_lb_backend_new_flows",
+                    "New flows given to each backend",
+                ),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut m =
+                    enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+                for s in &lb.services {
+                    for b in &s.backends {
+                        let labels = vec![
+                            ("service".to_string(), s.service.clone()),
+                            ("backend".to_string(), format!("{}:{}", b.address, b.port)),
+                        ];
+                        ConstCounter::new(fe(&b.counters, i)).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            for (name, help, pick) in [
+                (
+                    "strake_lb_backend_healthy",
+                    "1 if the backend passes its health checks",
+                    0,
+                ),
+                (
+                    "strake_lb_backend_active",
+                    "1 if the backend takes new flows (ready, healthy, not terminating)",
+                    1,
+                ),
+            ] {
+                let mut m =
+                    enc.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+                for s in &lb.services {
+                    for b in &s.backends {
+                        let labels = vec![
+                            ("service".to_string(), s.service.clone()),
+                            ("backend".to_string(), format!("{}:{}", b.address, b.port)),
+                        ];
+                        let v = if pick == 0 { b.healthy } else { b.active };
+                        ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            for (name, help, v) in [
+                ("strake_lb_ct_entries", "Flows in the load balancer's connection table (counted every --resync)", lb.ct_entries),
+                ("strake_lb_ct_capacity", "Capacity of the connection table (--ct-size); at capacity the least recently used flows are forgotten", lb.ct_capacity),
+            ] {
+                let g = ConstGauge::new(v as i64);
+                g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
         for (name, help, cap) in [
             ("strake_map_entries", "Entries in each eBPF map", false),
             (

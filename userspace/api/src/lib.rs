@@ -106,6 +106,8 @@ pub enum Request {
     },
     Status,
     Endpoints,
+    /// Services, backends, health and counters of the load balancer.
+    LbList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +208,69 @@ pub struct EndpointView {
     pub endpoint_id: u32,
     /// The endpoint is in the data plane (map entry and programs attached).
     pub attached: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbCountersView {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbFrontendView {
+    /// ClusterIP, NodePort, LoadBalancer, ExternalIP.
+    pub kind: String,
+    /// 0.0.0.0 for NodePort: any node address.
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub id: Option<u32>,
+    /// cluster or local (traffic policy).
+    pub scope: String,
+    pub counters: LbCountersView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbBackendView {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub node: Option<String>,
+    pub pod: Option<String>,
+    pub weight: u32,
+    pub ready: bool,
+    pub terminating: bool,
+    pub healthy: bool,
+    pub health_error: Option<String>,
+    /// Takes new flows (ready, healthy, not terminating).
+    pub active: bool,
+    pub local: bool,
+    pub id: Option<u32>,
+    pub counters: LbCountersView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbServiceView {
+    /// `namespace/name:port`.
+    pub service: String,
+    pub protocol: String,
+    pub scheduler: String,
+    pub table_size: u32,
+    pub affinity_timeout: Option<u32>,
+    pub external_mode: String,
+    pub external_traffic_policy: String,
+    pub internal_traffic_policy: String,
+    pub frontends: Vec<LbFrontendView>,
+    pub backends: Vec<LbBackendView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LbStatus {
+    pub node: String,
+    pub services: Vec<LbServiceView>,
+    pub ct_entries: u64,
+    pub ct_capacity: u64,
+    pub rnat_entries: u64,
+    pub problems: Vec<String>,
 }
 
 /// Why a request failed, for callers that map it onto their own codes (the

@@ -53,9 +53,18 @@ enum Cmd {
     Status(Target),
     /// Endpoints (pods) of each node, with addresses and data-plane state.
     Endpoints(Target),
+    /// The load balancer: services, frontends, backends, health, counters.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// A simulated multi-node cluster in network namespaces.
     #[command(subcommand)]
     Lab(LabCmd),
+}
+
+#[derive(Subcommand)]
+enum LbCmd {
+    /// Services with their frontends and backends, per node.
+    List(Target),
 }
 
 #[derive(Subcommand)]
@@ -73,14 +82,14 @@ enum LabCmd {
     Restart { dir: PathBuf, node: String },
     /// Run a command inside a pod's (ns/name) or node's (node/NAME) namespace.
     Exec {
-        /// `namespace/pod`, or `node/<name>`.
+        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
         target: String,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
     /// Connect from a pod to an address and print the answer.
     Probe {
-        /// `namespace/pod`, or `node/<name>`.
+        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
         from: String,
         /// ip:port
         to: SocketAddrV4,
@@ -140,6 +149,20 @@ fn run(cli: Cli) -> Result<()> {
                 Format::Text => print!("{}", output::endpoints(&all)),
             }
         }
+        Cmd::Lb(LbCmd::List(t)) => {
+            let all: Vec<(String, strake_api::LbStatus)> = ask(&t, Request::LbList)?;
+            match t.output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all.iter().map(|(_, s)| s).collect::<Vec<_>>())?
+                ),
+                Format::Text => {
+                    for (_, s) in &all {
+                        print!("{}", output::lb(s));
+                    }
+                }
+            }
+        }
         Cmd::Lab(l) => lab(l)?,
     }
     Ok(())
@@ -179,11 +202,11 @@ fn ask<T: serde::de::DeserializeOwned + Send + 'static>(
 fn netns_of(target: &str) -> Result<PathBuf> {
     let (a, b) = target
         .split_once('/')
-        .ok_or_else(|| anyhow!("{target}: expected namespace/pod or node/<name>"))?;
-    let name = if a == "node" {
-        Lab::node_netns_name(b)
-    } else {
-        Lab::pod_netns_name(a, b)
+        .ok_or_else(|| anyhow!("{target}: expected namespace/pod, node/<name> or ext/<name>"))?;
+    let name = match a {
+        "node" => Lab::node_netns_name(b),
+        "ext" => Lab::ext_netns_name(b),
+        _ => Lab::pod_netns_name(a, b),
     };
     let p = netns::path(&name);
     if !p.exists() {

@@ -142,3 +142,84 @@ pub fn lab_summary(lab: &Lab) -> String {
     );
     o
 }
+
+pub fn lb(s: &strake_api::LbStatus) -> String {
+    let mut o = String::new();
+    let fill = if s.ct_capacity > 0 {
+        100.0 * s.ct_entries as f64 / s.ct_capacity as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        o,
+        "node {}: {} service ports, connection table {}/{} ({fill:.1}%)",
+        s.node,
+        s.services.len(),
+        s.ct_entries,
+        s.ct_capacity
+    );
+    for svc in &s.services {
+        let _ = writeln!(
+            o,
+            "  {} {}  scheduler {}{}  external {} (policy {}), internal policy {}{}",
+            svc.service,
+            svc.protocol,
+            svc.scheduler,
+            if svc.scheduler == "maglev" {
+                format!(" M={}", svc.table_size)
+            } else {
+                String::new()
+            },
+            svc.external_mode,
+            svc.external_traffic_policy,
+            svc.internal_traffic_policy,
+            svc.affinity_timeout
+                .map(|t| format!("  affinity ClientIP {t}s"))
+                .unwrap_or_default()
+        );
+        for f in &svc.frontends {
+            let addr = if f.address.is_unspecified() {
+                "*".to_string()
+            } else {
+                f.address.to_string()
+            };
+            let _ = writeln!(
+                o,
+                "    {:<12} {:>21}  {:<7}  {:>10} pkts {:>10} flows",
+                f.kind,
+                format!("{addr}:{}", f.port),
+                f.scope,
+                f.counters.packets,
+                f.counters.new_flows
+            );
+        }
+        for b in &svc.backends {
+            let state = if b.active {
+                "active".to_string()
+            } else if b.terminating {
+                "terminating".into()
+            } else if !b.ready {
+                "not-ready".into()
+            } else if !b.healthy {
+                format!("unhealthy ({})", b.health_error.as_deref().unwrap_or("?"))
+            } else {
+                "inactive".into()
+            };
+            let _ = writeln!(
+                o,
+                "    -> {:>21} w{} {:<10} {:<24} {:>10} pkts {:>10} flows  {}",
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                b.node.as_deref().unwrap_or("-"),
+                b.pod.as_deref().unwrap_or("-"),
+                b.counters.packets,
+                b.counters.new_flows,
+                state
+            );
+        }
+    }
+    for p in &s.problems {
+        let _ = writeln!(o, "  ! {p}");
+    }
+    o
+}

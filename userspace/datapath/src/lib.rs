@@ -9,12 +9,16 @@
 //! atomic: no packet sees a missing program, so established flows never notice.
 
 mod bpffs;
+pub mod lb;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -31,6 +35,18 @@ pub struct DatapathConfig {
     pub bpffs_root: PathBuf,
     /// Capacity of the local endpoint map.
     pub max_endpoints: u32,
+    /// Capacity of the load balancer's connection and reverse-NAT tables.
+    pub ct_size: u32,
+}
+
+impl DatapathConfig {
+    pub fn new(bpffs_root: impl Into<PathBuf>) -> Self {
+        DatapathConfig {
+            bpffs_root: bpffs_root.into(),
+            max_endpoints: 16384,
+            ct_size: 262144,
+        }
+    }
 }
 
 /// One loaded program, for status output.
@@ -105,6 +121,8 @@ pub struct Datapath {
     root: PathBuf,
     pod: Ebpf,
     uplink: Ebpf,
+    xdp: Ebpf,
+    pub lb: lb::LbMaps,
     endpoints: BpfHashMap<MapData, u32, endpoint_info>,
     counters: PerCpuArray<MapData, counter_value>,
     max_endpoints: u32,
@@ -125,6 +143,9 @@ impl Datapath {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
                 .map_max_entries("st_endpoints", cfg.max_endpoints)
+                .map_max_entries("st_ct", cfg.ct_size)
+                .map_max_entries("st_rnat", cfg.ct_size)
+                .map_max_entries("st_affinity", cfg.ct_size)
                 .load(bytes)
                 .with_context(|| {
                     format!(
@@ -136,6 +157,14 @@ impl Datapath {
         };
         let mut pod = load(strake_ebpf::POD_OBJECT, "pod")?;
         let mut uplink = load(strake_ebpf::UPLINK_OBJECT, "uplink")?;
+        let mut xdp = load(strake_ebpf::XDP_OBJECT, "XDP")?;
+        {
+            let prog: &mut Xdp = xdp
+                .program_mut("xdp_lb")
+                .ok_or_else(|| anyhow!("program xdp_lb missing from its object"))?
+                .try_into()?;
+            prog.load().context("verifier rejected program xdp_lb")?;
+        }
         for spec in ALL_PROGRAMS {
             let ebpf = match spec.object {
                 ObjectKind::Pod => &mut pod,
@@ -156,10 +185,13 @@ impl Datapath {
             pod.take_map("st_counters")
                 .ok_or_else(|| anyhow!("map st_counters missing"))?,
         )?;
+        let lb = lb::LbMaps::take(&mut pod, cfg.ct_size)?;
         Ok(Datapath {
             root: cfg.bpffs_root.clone(),
             pod,
             uplink,
+            xdp,
+            lb,
             endpoints,
             counters,
             max_endpoints: cfg.max_endpoints,
@@ -289,6 +321,44 @@ impl Datapath {
         self.attach(&FROM_WIRE, ifname, &pin)
     }
 
+    /// Attaches the XDP load balancer to the node's uplink (native mode), or
+    /// swaps the program behind its pinned link.
+    pub fn attach_xdp(&mut self, ifname: &str) -> Result<()> {
+        let pin = links_dir(&self.root).join(format!("xdp_{}", pin_safe(ifname)));
+        let prog: &mut Xdp = self
+            .xdp
+            .program_mut("xdp_lb")
+            .expect("checked at load")
+            .try_into()?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => {
+                        drop(prog.take_link(id)?);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::debug!(pin = %pin.display(), error = %e, "pinned XDP link unusable; re-attaching");
+                        std::fs::remove_file(&pin).ok();
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("opening pinned link {}", pin.display())))
+            }
+        }
+        let id = prog
+            .attach(ifname, XdpMode::Driver)
+            .with_context(|| format!("attaching xdp_lb to {ifname} (native XDP)"))?;
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(())
+    }
+
     fn link_pin(&self, ifname: &str, dir: &str) -> PathBuf {
         links_dir(&self.root).join(format!("ep_{}_{dir}", pin_safe(ifname)))
     }
@@ -348,6 +418,14 @@ impl Datapath {
 
     pub fn programs(&self) -> Result<Vec<ProgramStatus>> {
         let mut out = Vec::new();
+        let xdp: &Xdp = self.xdp.program("xdp_lb").expect("loaded").try_into()?;
+        let info = xdp.info()?;
+        out.push(ProgramStatus {
+            name: "xdp_lb".into(),
+            attach_point: "uplink XDP".into(),
+            id: info.id(),
+            tag: format!("{:016x}", info.tag()),
+        });
         for spec in ALL_PROGRAMS {
             let ebpf = match spec.object {
                 ObjectKind::Pod => &self.pod,
@@ -379,12 +457,39 @@ impl Datapath {
         let spec = ALL_PROGRAMS
             .iter()
             .find(|s| s.name == program)
-            .ok_or_else(|| anyhow!("no program named {program}"))?;
+            .ok_or_else(|| anyhow!("no tc program named {program}"))?;
         let ebpf = match spec.object {
             ObjectKind::Pod => &self.pod,
             ObjectKind::Uplink => &self.uplink,
         };
         let prog: &SchedClassifier = ebpf.program(program).expect("loaded").try_into()?;
+        run_test(prog, program, packet, ctx, repeat)
+    }
+
+    /// BPF_PROG_TEST_RUN of `xdp_lb`; `ctx` is a `struct xdp_md` (for
+    /// ingress_ifindex).
+    pub fn test_run_xdp(
+        &self,
+        packet: &[u8],
+        ctx: Option<&[u8]>,
+        repeat: u32,
+    ) -> Result<TestRunOutput> {
+        let prog: &Xdp = self.xdp.program("xdp_lb").expect("loaded").try_into()?;
+        run_test(prog, "xdp_lb", packet, ctx, repeat)
+    }
+}
+
+fn run_test<P>(
+    prog: &P,
+    program: &str,
+    packet: &[u8],
+    ctx: Option<&[u8]>,
+    repeat: u32,
+) -> Result<TestRunOutput>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    {
         // Room for programs that grow the packet (encapsulation).
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
@@ -402,7 +507,9 @@ impl Datapath {
             duration_ns: r.duration.as_nanos() as u64,
         })
     }
+}
 
+impl Datapath {
     /// Removes everything this data plane pinned: links (detaching the
     /// programs) and maps. For `strake lab down` and uninstall, never for a
     /// restart.
@@ -413,6 +520,28 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Attaches `xdp_pass` to `ifname` (in the calling thread's namespace) and
+/// pins the link at `pin`: for a veth that must take frames its peer sends
+/// with XDP_TX (a lab fabric port standing in for a switch).
+pub fn attach_xdp_pass(ifname: &str, pin: &Path) -> Result<()> {
+    let mut ebpf = aya::Ebpf::load(strake_ebpf::XDP_PASS_OBJECT).context("loading xdp_pass")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("xdp_pass")
+        .expect("in the object")
+        .try_into()?;
+    prog.load()?;
+    let id = prog
+        .attach(ifname, XdpMode::Driver)
+        .with_context(|| format!("attaching xdp_pass to {ifname}"))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    if let Some(d) = pin.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 fn maps_dir(root: &Path) -> PathBuf {

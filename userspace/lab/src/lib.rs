@@ -34,7 +34,12 @@ use strake_api::{Client, Pong, Request};
 use strake_cni::invoke::{Attachment, ConfList, Runtime};
 use strake_netlink::{netns, Netlink};
 
-pub use spec::{LabSpec, NodeSpec, PodSpec};
+pub use spec::{ExternalSpec, LabSpec, NodeSpec, PodSpec};
+
+/// MTU of node uplinks and their fabric ports when XDP is on: room for the
+/// 20-byte IPIP header of direct server return on top of 1500-byte packets.
+const JUMBO_FABRIC_MTU: u32 = 1600;
+const POD_MTU: u32 = 1500;
 
 /// The conflist shipped in deploy/, used unless another is given.
 pub const DEPLOY_CONFLIST: &str = include_str!("../../../deploy/cni/10-strake.conflist");
@@ -121,6 +126,12 @@ impl Lab {
     }
     pub fn pod_netns_name(namespace: &str, name: &str) -> String {
         format!("pod-{namespace}-{name}")
+    }
+    pub fn ext_netns_name(name: &str) -> String {
+        format!("ext-{name}")
+    }
+    pub fn ext_netns(&self, name: &str) -> PathBuf {
+        netns::path(&Self::ext_netns_name(name))
     }
     pub fn node_netns(&self, node: &str) -> PathBuf {
         netns::path(&Self::node_netns_name(node))
@@ -233,6 +244,11 @@ impl Lab {
                 .nodes
                 .iter()
                 .any(|n| netns::exists(&Self::node_netns_name(&n.name)))
+            || self
+                .spec
+                .externals
+                .iter()
+                .any(|e| netns::exists(&Self::ext_netns_name(&e.name)))
     }
 
     /// Builds the whole lab. On failure, what was made stays for inspection;
@@ -254,6 +270,9 @@ impl Lab {
         self.up_fabric()?;
         for n in &self.spec.nodes {
             self.up_node(n)?;
+        }
+        for e in &self.spec.externals {
+            self.up_external(e)?;
         }
         for n in &self.spec.nodes {
             self.start_agent(&n.name)?;
@@ -301,31 +320,89 @@ impl Lab {
         })
     }
 
-    fn up_node(&self, n: &NodeSpec) -> Result<()> {
-        let node_ns = self.make_netns(&Self::node_netns_name(&n.name))?;
-        std::fs::create_dir_all(self.node_dir(&n.name).join("state"))?;
+    /// Connects a host (node or external) to the fabric bridge: a veth whose
+    /// far end is renamed eth0 in `ns`. Returns the fabric-side name.
+    fn plug_into_fabric(&self, who: &str, ns: &Path, mtu: u32) -> Result<String> {
         let fabric = netns::path(&self.fabric_netns());
-        let (f_end, n_end) = fabric_veth_names(&n.name);
-        let node_ns2 = node_ns.clone();
+        let (f_end, n_end) = fabric_veth_names(who);
+        let ns2 = ns.to_path_buf();
+        let (f2, n2) = (f_end.clone(), n_end.clone());
         netns::with_netlink_in(&fabric, move |nl| async move {
-            nl.create_veth(&f_end, &n_end, 1500).await?;
+            nl.create_veth(&f2, &n2, mtu).await?;
             let br = nl.link_by_name("br0").await?.context("br0")?;
-            let f = nl.link_by_name(&f_end).await?.context("fabric end")?;
+            let f = nl.link_by_name(&f2).await?.context("fabric end")?;
             nl.set_controller(f.index, br.index).await?;
             nl.set_up(f.index).await?;
-            let u = nl.link_by_name(&n_end).await?.context("node end")?;
-            let nsf = File::open(&node_ns2)?;
+            let u = nl.link_by_name(&n2).await?.context("far end")?;
+            let nsf = File::open(&ns2)?;
             nl.move_to_netns(u.index, nsf.as_raw_fd()).await?;
             Ok(())
         })?;
-        let (n_end, ip, prefix) = (fabric_veth_names(&n.name).1, n.ip, self.spec.fabric_prefix);
-        netns::with_netlink_in(&node_ns, move |nl| async move {
+        netns::with_netlink_in(ns, move |nl| async move {
             let lo = nl.link_by_name("lo").await?.context("lo")?;
             nl.set_up(lo.index).await?;
             let u = nl.link_by_name(&n_end).await?.context("uplink")?;
             nl.set_name(u.index, "eth0").await?;
-            nl.add_address(u.index, ip, prefix).await?;
             nl.set_up(u.index).await?;
+            Ok(())
+        })?;
+        if self.spec.xdp {
+            // Frames into an XDP program must carry full checksums, as a NIC
+            // delivers them (DESIGN.md, Testing); a veth sends them partial.
+            let out = procs::run_in_netns(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
+            if !out.status.success() {
+                bail!(
+                    "ethtool -K eth0 tx off in {}: {}",
+                    ns.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(f_end)
+    }
+
+    fn up_external(&self, e: &ExternalSpec) -> Result<()> {
+        let ns = self.make_netns(&Self::ext_netns_name(&e.name))?;
+        self.plug_into_fabric(&format!("ext/{}", e.name), &ns, POD_MTU)?;
+        let (ip, prefix, routes) = (e.ip, self.spec.fabric_prefix, e.routes.clone());
+        netns::with_netlink_in(&ns, move |nl| async move {
+            let u = nl.link_by_name("eth0").await?.context("eth0")?;
+            nl.add_address(u.index, ip, prefix).await?;
+            for (dst, len, via) in routes {
+                let mut r = strake_netlink::Route4::to(dst, len);
+                r.gateway = Some(via);
+                r.protocol = 4;
+                nl.replace_route(&r).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn up_node(&self, n: &NodeSpec) -> Result<()> {
+        let node_ns = self.make_netns(&Self::node_netns_name(&n.name))?;
+        std::fs::create_dir_all(self.node_dir(&n.name).join("state"))?;
+        let mtu = if self.spec.xdp {
+            JUMBO_FABRIC_MTU
+        } else {
+            POD_MTU
+        };
+        let f_end = self.plug_into_fabric(&n.name, &node_ns, mtu)?;
+        if self.spec.xdp {
+            // The node's XDP_TX frames reach the fabric only if the fabric
+            // port runs an XDP program (notes/bpf.md); a switch port would not
+            // need one.
+            let pin = PathBuf::from("/sys/fs/bpf/strake-lab")
+                .join(&self.name)
+                .join(format!("fabric_{f_end}"));
+            self.journal(Made::Bpffs { path: pin.clone() })?;
+            netns::run_in(&netns::path(&self.fabric_netns()), move || {
+                strake_datapath::attach_xdp_pass(&f_end, &pin)
+            })?;
+        }
+        let (ip, prefix) = (n.ip, self.spec.fabric_prefix);
+        netns::with_netlink_in(&node_ns, move |nl| async move {
+            let u = nl.link_by_name("eth0").await?.context("uplink")?;
+            nl.add_address(u.index, ip, prefix).await?;
             netns::sysctl("net/ipv4/ip_forward", "1")?;
             Ok(())
         })?;
@@ -355,6 +432,10 @@ impl Lab {
             format!("0.0.0.0:{AGENT_METRICS_PORT}"),
             "--uplink".into(),
             "eth0".into(),
+            "--pod-mtu".into(),
+            POD_MTU.to_string(),
+            "--lb-xdp".into(),
+            self.spec.xdp.to_string(),
             "--log-file".into(),
             self.agent_log(node).display().to_string(),
         ];

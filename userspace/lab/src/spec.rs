@@ -31,10 +31,26 @@ impl PodSpec {
     }
 }
 
+/// A host outside the cluster on the fabric (`kind: ExternalHost`,
+/// `apiVersion: lab.strake.dev/v1`): a client of NodePorts and
+/// LoadBalancer addresses, in netns `ext-<name>`.
+#[derive(Debug, Clone)]
+pub struct ExternalSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// (destination, prefix, via): how it reaches service addresses.
+    pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LabSpec {
     pub nodes: Vec<NodeSpec>,
     pub pods: Vec<PodSpec>,
+    pub externals: Vec<ExternalSpec>,
+    /// XDP load balancing on node uplinks (`kind: Lab`, `spec.xdp`, default
+    /// true). It makes the fabric behave like NICs into XDP: TX checksum
+    /// offload off on senders, xdp_pass on fabric ports, a jumbo fabric.
+    pub xdp: bool,
     /// Prefix length of the fabric subnet the nodes' InternalIPs share.
     pub fabric_prefix: u8,
     pub state: ClusterState,
@@ -52,7 +68,97 @@ impl LabSpec {
                 state.errors.join("\n  ")
             );
         }
-        Self::from_state(state)
+        let mut spec = Self::from_state(state)?;
+        spec.read_lab_kinds(dir)?;
+        Ok(spec)
+    }
+
+    /// The lab's own kinds (lab.strake.dev/v1): Lab settings, ExternalHosts.
+    fn read_lab_kinds(&mut self, dir: &Path) -> Result<()> {
+        use strake_source::dir::{parse_documents, yaml_files, Object};
+        for f in yaml_files(dir) {
+            let text = std::fs::read_to_string(&f)?;
+            for o in parse_documents(&text).into_iter().flatten() {
+                let Object::Other {
+                    api_version,
+                    kind,
+                    value,
+                } = o
+                else {
+                    continue;
+                };
+                if api_version != "lab.strake.dev/v1" {
+                    continue;
+                }
+                let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let spec = &value["spec"];
+                match kind.as_str() {
+                    "Lab" => {
+                        if let Some(x) = spec["xdp"].as_bool() {
+                            self.xdp = x;
+                        }
+                    }
+                    "ExternalHost" => {
+                        let ip: Ipv4Addr = spec["address"]
+                            .as_str()
+                            .and_then(|a| a.parse().ok())
+                            .with_context(|| {
+                                format!("ExternalHost {name}: spec.address must be an IPv4 address")
+                            })?;
+                        let mut routes = Vec::new();
+                        for r in spec["routes"].as_sequence().into_iter().flatten() {
+                            let to = r["to"].as_str().and_then(strake_source::parse_cidr);
+                            let via = r["via"].as_str().and_then(|v| v.parse::<Ipv4Addr>().ok());
+                            match (to, via) {
+                                (Some((net, len)), Some(via)) => routes.push((net, len, via)),
+                                _ => bail!("ExternalHost {name}: each route needs `to: CIDR` and `via: address`"),
+                            }
+                        }
+                        if routes.is_empty() {
+                            // By default, every LoadBalancer and external IP of
+                            // the lab's Services, via the first node.
+                            for ip in self.service_addresses() {
+                                routes.push((ip, 32, self.nodes[0].ip));
+                            }
+                        }
+                        self.externals.push(ExternalSpec { name, ip, routes });
+                    }
+                    other => bail!(
+                        "{}: unknown lab kind {other} (Lab and ExternalHost exist)",
+                        f.display()
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// LoadBalancer ingress IPs and externalIPs of the lab's Services.
+    pub fn service_addresses(&self) -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        for s in self.state.services.values() {
+            let spec = s.spec.as_ref();
+            out.extend(
+                spec.and_then(|s| s.external_ips.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok()),
+            );
+            if let Some(ing) = s
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+            {
+                out.extend(
+                    ing.iter()
+                        .filter_map(|i| i.ip.as_ref()?.parse::<Ipv4Addr>().ok()),
+                );
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     pub fn from_state(state: ClusterState) -> Result<Self> {
@@ -136,6 +242,8 @@ impl LabSpec {
         Ok(LabSpec {
             nodes,
             pods,
+            externals: Vec::new(),
+            xdp: true,
             fabric_prefix,
             state,
         })

@@ -295,7 +295,7 @@ async fn wait_for_change(ev_rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, r
 }
 
 /// YAML and JSON files below `dir`, sorted, skipping hidden entries.
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -11,7 +11,7 @@
 pub mod dir;
 mod state;
 
-pub use state::{ClusterState, ObjectKey};
+pub use state::{parse_cidr, ClusterState, ObjectKey};
 
 use std::sync::Arc;
 use tokio::sync::watch;

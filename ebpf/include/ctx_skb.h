@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The packet context at tc (struct __sk_buff). Rewrites go through the
+ * kernel's helpers, which keep skb checksum state right (CHECKSUM_PARTIAL
+ * from local senders, CHECKSUM_COMPLETE from NICs). Every helper invalidates
+ * packet pointers, so callers address the packet by offset.
+ * Include exactly one of ctx_skb.h / ctx_xdp.h before lb.h.
+ */
+#ifndef STRAKE_CTX_H
+#define STRAKE_CTX_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#define STRAKE_CTX_SKB 1
+
+typedef struct __sk_buff ctx_t;
+
+#define CTX_PASS TC_ACT_OK
+#define CTX_DROP TC_ACT_SHOT
+
+static __always_inline void *ctx_data(ctx_t *ctx)
+{
+	return (void *)(long)ctx->data;
+}
+
+static __always_inline void *ctx_data_end(ctx_t *ctx)
+{
+	return (void *)(long)ctx->data_end;
+}
+
+static __always_inline __u32 ctx_len(ctx_t *ctx)
+{
+	return ctx->len;
+}
+
+static __always_inline int ctx_store_u32(ctx_t *ctx, __u32 off, __u32 v)
+{
+	return bpf_skb_store_bytes(ctx, off, &v, sizeof(v), 0);
+}
+
+static __always_inline int ctx_store_u16(ctx_t *ctx, __u32 off, __u16 v)
+{
+	return bpf_skb_store_bytes(ctx, off, &v, sizeof(v), 0);
+}
+
+static __always_inline int ctx_l3_csum_replace(ctx_t *ctx, __u32 off, __u32 from, __u32 to)
+{
+	return bpf_l3_csum_replace(ctx, off, from, to, sizeof(to));
+}
+
+/* flags: size (2 or 4) | BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 */
+static __always_inline int ctx_l4_csum_replace(ctx_t *ctx, __u32 off, __u32 from, __u32 to, __u64 flags)
+{
+	return bpf_l4_csum_replace(ctx, off, from, to, flags);
+}
+
+#endif

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The packet context at XDP (struct xdp_md): direct writes and checksum
+ * arithmetic (csum.h); frames here carry complete checksums.
+ * Include exactly one of ctx_skb.h / ctx_xdp.h before lb.h.
+ */
+#ifndef STRAKE_CTX_H
+#define STRAKE_CTX_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "csum.h"
+
+#define STRAKE_CTX_XDP 1
+
+typedef struct xdp_md ctx_t;
+
+#define CTX_PASS XDP_PASS
+#define CTX_DROP XDP_DROP
+
+static __always_inline void *ctx_data(ctx_t *ctx)
+{
+	return (void *)(long)ctx->data;
+}
+
+static __always_inline void *ctx_data_end(ctx_t *ctx)
+{
+	return (void *)(long)ctx->data_end;
+}
+
+static __always_inline __u32 ctx_len(ctx_t *ctx)
+{
+	/* Not data_end - data: clang narrows that to a 32-bit spill of a
+	 * packet pointer, which the verifier refuses. */
+	return bpf_xdp_get_buff_len(ctx);
+}
+
+static __always_inline int ctx_store_u32(ctx_t *ctx, __u32 off, __u32 v)
+{
+	void *d = ctx_data(ctx) + (off & 0x1ff);
+
+	if (d + sizeof(v) > ctx_data_end(ctx))
+		return -1;
+	__builtin_memcpy(d, &v, sizeof(v));
+	return 0;
+}
+
+static __always_inline int ctx_store_u16(ctx_t *ctx, __u32 off, __u16 v)
+{
+	void *d = ctx_data(ctx) + (off & 0x1ff);
+
+	if (d + sizeof(v) > ctx_data_end(ctx))
+		return -1;
+	__builtin_memcpy(d, &v, sizeof(v));
+	return 0;
+}
+
+static __always_inline __u16 *ctx_csum_field(ctx_t *ctx, __u32 off)
+{
+	__u16 *f = ctx_data(ctx) + (off & 0x1ff);
+
+	if ((void *)(f + 1) > ctx_data_end(ctx))
+		return 0;
+	return f;
+}
+
+static __always_inline int ctx_l3_csum_replace(ctx_t *ctx, __u32 off, __u32 from, __u32 to)
+{
+	__u16 *f = ctx_csum_field(ctx, off);
+
+	if (!f)
+		return -1;
+	csum_replace4(f, from, to);
+	return 0;
+}
+
+static __always_inline int ctx_l4_csum_replace(ctx_t *ctx, __u32 off, __u32 from, __u32 to, __u64 flags)
+{
+	__u16 *f = ctx_csum_field(ctx, off);
+
+	if (!f)
+		return -1;
+	/* UDP without a checksum stays without one. */
+	if ((flags & BPF_F_MARK_MANGLED_0) && *f == 0)
+		return 0;
+	if ((flags & 0xf) == 4)
+		csum_replace4(f, from, to);
+	else
+		csum_replace2(f, (__u16)from, (__u16)to);
+	if ((flags & BPF_F_MARK_MANGLED_0) && *f == 0)
+		*f = 0xffff;
+	return 0;
+}
+
+#endif
