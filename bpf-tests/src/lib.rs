@@ -36,6 +36,12 @@ pub const POD2_MAC: [u8; 6] = [0x0a, 0, 0, 0, 1, 11];
 pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 pub const UNRESOLVED_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 5);
 pub const FREE_LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// Interfaces of the test topology.
 #[derive(Debug, Clone)]
@@ -156,6 +162,90 @@ pub fn endpoint(host: &Link, pod_mac: [u8; 6], id: u32) -> endpoint_info {
     }
 }
 
+/// A service for the maps, as the agent would write it.
+pub struct TestService {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    /// (backend address, port, on this node)
+    pub backends: Vec<(Ipv4Addr, u16, bool)>,
+    pub maglev: bool,
+    pub affinity: u32,
+    pub flags: u32,
+    pub frontend_id: u32,
+    pub set_id: u32,
+}
+
+impl TestService {
+    pub fn tcp(addr: Ipv4Addr, port: u16, backends: Vec<(Ipv4Addr, u16, bool)>) -> Self {
+        TestService { addr, port, proto: 6, backends, maglev: true, affinity: 0, flags: 0, frontend_id: 1, set_id: 1 }
+    }
+}
+
+impl TestNet {
+    /// Writes node settings: this node is NODE_IP on up0, NodePorts answer there.
+    pub fn lb_node(&mut self) -> Result<()> {
+        let up0 = self.topo.up0.index;
+        self.dp.lb.set_config(strake_datapath::shared::lb_config {
+            node_addr: u32::from_ne_bytes(NODE_IP.octets()),
+            uplink_ifindex: up0,
+            hash_seed: 7,
+            snat_port_min: 20000,
+            snat_port_max: 29999,
+        })?;
+        self.dp.lb.set_node_addrs(&[NODE_IP])
+    }
+
+    /// Installs a service: backends (ids 1..), its set, its frontend.
+    /// Returns the backend ids.
+    pub fn add_service(&mut self, s: &TestService) -> Result<Vec<u32>> {
+        use strake_datapath::shared::*;
+        let mut ids = Vec::new();
+        let mut entries = Vec::new();
+        for (i, (ip, port, local)) in s.backends.iter().enumerate() {
+            let id = s.set_id * 100 + i as u32 + 1;
+            let mut flags = STRAKE_BE_F_ACTIVE as u8;
+            if *local {
+                flags |= STRAKE_BE_F_LOCAL as u8;
+            }
+            self.dp.lb.set_backend(id, backend_info { addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), proto: s.proto, flags })?;
+            ids.push(id);
+            entries.push(strake_lb::maglev::Entry { key: u32::from(*ip) as u64, id, weight: 1 });
+        }
+        self.dp.lb.set_slots(s.set_id, &ids, 0)?;
+        let table_size = if s.maglev && !ids.is_empty() { 251 } else { 0 };
+        if table_size > 0 {
+            self.dp.lb.set_maglev(s.set_id, &strake_lb::maglev::build(&entries, table_size))?;
+        }
+        self.dp.lb.set_service(
+            svc_key { addr: u32::from_ne_bytes(s.addr.octets()), port: s.port.to_be(), proto: s.proto, pad: 0 },
+            svc_info {
+                frontend_id: s.frontend_id,
+                set_id: s.set_id,
+                count: ids.len() as u32,
+                table_size,
+                affinity_timeout: s.affinity,
+                flags: s.flags,
+            },
+        )?;
+        Ok(ids)
+    }
+
+    /// Runs `xdp_lb` once as if the frame arrived on `ifindex`.
+    pub fn run_xdp(&self, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
+        self.dp.test_run_xdp(packet, Some(&xdp_ctx(ifindex, packet.len())), 1)
+    }
+}
+
+/// A `struct xdp_md` for test runs: data 0, data_end = the frame's length,
+/// ingress_ifindex (linux/bpf.h).
+pub fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    let mut ctx = vec![0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 /// A `struct __sk_buff` prefix up to `ifindex` (linux/bpf.h): the test-run
 /// API accepts `ingress_ifindex` and `ifindex` there and zero elsewhere.
 pub fn skb_ctx(ifindex: u32) -> Vec<u8> {
@@ -241,6 +331,39 @@ pub mod pkt {
         }
         let c = !(sum as u16);
         p[OFF_CHECK..OFF_CHECK + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Destination and source of the IPv4 packet at OFF_IP, with L4 ports.
+    pub fn addrs(p: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+        let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
+        let l4 = OFF_IP + ihl;
+        let ip = |o: usize| Ipv4Addr::new(p[o], p[o + 1], p[o + 2], p[o + 3]);
+        (
+            ip(OFF_IP + 12),
+            u16::from_be_bytes([p[l4], p[l4 + 1]]),
+            ip(OFF_IP + 16),
+            u16::from_be_bytes([p[l4 + 2], p[l4 + 3]]),
+        )
+    }
+
+    /// Whether the TCP or UDP checksum of the packet at OFF_IP is right.
+    pub fn l4_checksum_ok(p: &[u8]) -> bool {
+        let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
+        let proto = p[OFF_IP + 9];
+        let tot = u16::from_be_bytes([p[OFF_IP + 2], p[OFF_IP + 3]]) as usize;
+        let l4 = &p[OFF_IP + ihl..OFF_IP + tot];
+        let mut sum: u32 = 0;
+        for c in p[OFF_IP + 12..OFF_IP + 20].chunks(2) {
+            sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        }
+        sum += proto as u32 + l4.len() as u32;
+        for c in l4.chunks(2) {
+            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum == 0xffff
     }
 
     /// Bytes that differ between two packets of equal length.
