@@ -178,7 +178,17 @@ pub struct TestService {
 
 impl TestService {
     pub fn tcp(addr: Ipv4Addr, port: u16, backends: Vec<(Ipv4Addr, u16, bool)>) -> Self {
-        TestService { addr, port, proto: 6, backends, maglev: true, affinity: 0, flags: 0, frontend_id: 1, set_id: 1 }
+        TestService {
+            addr,
+            port,
+            proto: 6,
+            backends,
+            maglev: true,
+            affinity: 0,
+            flags: 0,
+            frontend_id: 1,
+            set_id: 1,
+        }
     }
 }
 
@@ -208,17 +218,36 @@ impl TestNet {
             if *local {
                 flags |= STRAKE_BE_F_LOCAL as u8;
             }
-            self.dp.lb.set_backend(id, backend_info { addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), proto: s.proto, flags })?;
+            self.dp.lb.set_backend(
+                id,
+                backend_info {
+                    addr: u32::from_ne_bytes(ip.octets()),
+                    port: port.to_be(),
+                    proto: s.proto,
+                    flags,
+                },
+            )?;
             ids.push(id);
-            entries.push(strake_lb::maglev::Entry { key: u32::from(*ip) as u64, id, weight: 1 });
+            entries.push(strake_lb::maglev::Entry {
+                key: u32::from(*ip) as u64,
+                id,
+                weight: 1,
+            });
         }
         self.dp.lb.set_slots(s.set_id, &ids, 0)?;
         let table_size = if s.maglev && !ids.is_empty() { 251 } else { 0 };
         if table_size > 0 {
-            self.dp.lb.set_maglev(s.set_id, &strake_lb::maglev::build(&entries, table_size))?;
+            self.dp
+                .lb
+                .set_maglev(s.set_id, &strake_lb::maglev::build(&entries, table_size))?;
         }
         self.dp.lb.set_service(
-            svc_key { addr: u32::from_ne_bytes(s.addr.octets()), port: s.port.to_be(), proto: s.proto, pad: 0 },
+            svc_key {
+                addr: u32::from_ne_bytes(s.addr.octets()),
+                port: s.port.to_be(),
+                proto: s.proto,
+                pad: 0,
+            },
             svc_info {
                 frontend_id: s.frontend_id,
                 set_id: s.set_id,
@@ -233,7 +262,8 @@ impl TestNet {
 
     /// Runs `xdp_lb` once as if the frame arrived on `ifindex`.
     pub fn run_xdp(&self, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
-        self.dp.test_run_xdp(packet, Some(&xdp_ctx(ifindex, packet.len())), 1)
+        self.dp
+            .test_run_xdp(packet, Some(&xdp_ctx(ifindex, packet.len())), 1)
     }
 }
 

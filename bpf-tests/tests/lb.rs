@@ -22,7 +22,10 @@ fn pod_to_cluster_ip_is_dnated_to_the_backend_and_the_reply_gets_the_service_bac
         net.add_service(&TestService::tcp(VIP, 80, vec![(POD2, 8080, true)]))?;
         let p = tcp(POD1_MAC, ANY_MAC, POD1, VIP, 40000, 80, 64);
         let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
-        assert_eq!(out.retval, TC_ACT_REDIRECT, "delivered straight into the backend pod");
+        assert_eq!(
+            out.retval, TC_ACT_REDIRECT,
+            "delivered straight into the backend pod"
+        );
         assert_eq!(addrs(&out.data), (POD1, 40000, POD2, 8080));
         assert_eq!(dst_mac(&out.data), POD2_MAC);
         dnat_ok(&out.data);
@@ -59,7 +62,11 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         let svc = TestService::tcp(VIP, 80, vec![(POD2, 80, true), (REMOTE_POD, 80, false)]);
         net.add_service(&svc)?;
         let send = |net: &TestNet, sport: u16| -> anyhow::Result<Ipv4Addr> {
-            let out = net.run("from_pod", net.topo.lxc1.index, &tcp(POD1_MAC, ANY_MAC, POD1, VIP, sport, 80, 64))?;
+            let out = net.run(
+                "from_pod",
+                net.topo.lxc1.index,
+                &tcp(POD1_MAC, ANY_MAC, POD1, VIP, sport, 80, 64),
+            )?;
             Ok(addrs(&out.data).2)
         };
         let first = send(net, 41000)?;
@@ -69,9 +76,17 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         let mut only_other = TestService::tcp(VIP, 80, vec![(other, 80, other == POD2)]);
         only_other.set_id = 2;
         net.add_service(&only_other)?;
-        assert_eq!(send(net, 41000)?, first, "the established flow stays on its backend");
+        assert_eq!(
+            send(net, 41000)?,
+            first,
+            "the established flow stays on its backend"
+        );
         for sport in 42000..42020 {
-            assert_eq!(send(net, sport)?, other, "new flows go to the remaining backend");
+            assert_eq!(
+                send(net, sport)?,
+                other,
+                "new flows go to the remaining backend"
+            );
         }
         Ok(())
     })
@@ -83,15 +98,26 @@ fn maglev_spreads_new_flows_and_client_ip_affinity_pins_them() {
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
-        let backends = vec![(POD2, 80, true), (REMOTE_POD, 80, false), (UNRESOLVED_POD, 80, false)];
+        let backends = vec![
+            (POD2, 80, true),
+            (REMOTE_POD, 80, false),
+            (UNRESOLVED_POD, 80, false),
+        ];
         net.add_service(&TestService::tcp(VIP, 80, backends.clone()))?;
         let mut seen: HashMap<Ipv4Addr, u32> = HashMap::new();
         for sport in 30000..30300 {
-            let out = net.run("from_pod", net.topo.lxc1.index, &tcp(POD1_MAC, ANY_MAC, POD1, VIP, sport, 80, 64))?;
+            let out = net.run(
+                "from_pod",
+                net.topo.lxc1.index,
+                &tcp(POD1_MAC, ANY_MAC, POD1, VIP, sport, 80, 64),
+            )?;
             *seen.entry(addrs(&out.data).2).or_default() += 1;
         }
         assert_eq!(seen.len(), 3, "{seen:?}");
-        assert!(seen.values().all(|n| *n > 60), "every backend gets a fair share: {seen:?}");
+        assert!(
+            seen.values().all(|n| *n > 60),
+            "every backend gets a fair share: {seen:?}"
+        );
 
         let mut sticky = TestService::tcp(Ipv4Addr::new(10, 96, 0, 11), 80, backends);
         sticky.affinity = 60;
@@ -104,7 +130,11 @@ fn maglev_spreads_new_flows_and_client_ip_affinity_pins_them() {
             let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
             chosen.insert(addrs(&out.data).2);
         }
-        assert_eq!(chosen.len(), 1, "one client, one backend while affinity lasts: {chosen:?}");
+        assert_eq!(
+            chosen.len(),
+            1,
+            "one client, one backend while affinity lasts: {chosen:?}"
+        );
         Ok(())
     })
     .unwrap();
@@ -116,9 +146,17 @@ fn a_pod_reaching_itself_through_a_service_is_hairpinned() {
         net.add_local_pods()?;
         net.lb_node()?;
         net.add_service(&TestService::tcp(VIP, 80, vec![(POD1, 8080, true)]))?;
-        let out = net.run("from_pod", net.topo.lxc1.index, &tcp(POD1_MAC, ANY_MAC, POD1, VIP, 40000, 80, 64))?;
+        let out = net.run(
+            "from_pod",
+            net.topo.lxc1.index,
+            &tcp(POD1_MAC, ANY_MAC, POD1, VIP, 40000, 80, 64),
+        )?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
-        assert_eq!(addrs(&out.data), (HAIRPIN, 40000, POD1, 8080), "source hairpinned so the reply leaves the pod");
+        assert_eq!(
+            addrs(&out.data),
+            (HAIRPIN, 40000, POD1, 8080),
+            "source hairpinned so the reply leaves the pod"
+        );
         dnat_ok(&out.data);
         let r = tcp(POD1_MAC, ANY_MAC, POD1, HAIRPIN, 8080, 40000, 64);
         let out = net.run("from_pod", net.topo.lxc1.index, &r)?;
@@ -142,7 +180,11 @@ fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
         net.add_service(&empty)?;
 
         // No backend: dropped, counted.
-        let out = net.run("from_pod", net.topo.lxc1.index, &tcp(POD1_MAC, ANY_MAC, POD1, VIP, 1, 81, 64))?;
+        let out = net.run(
+            "from_pod",
+            net.topo.lxc1.index,
+            &tcp(POD1_MAC, ANY_MAC, POD1, VIP, 1, 81, 64),
+        )?;
         assert_eq!(out.retval, TC_ACT_SHOT);
         assert_eq!(net.counter("lb_no_backend"), 1);
 
@@ -151,7 +193,10 @@ fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
         let mut frag = tcp(POD1_MAC, ANY_MAC, POD1, VIP, 1, 80, 64);
         frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF
         fix_ip_checksum(&mut frag);
-        assert_eq!(net.run("from_pod", net.topo.lxc1.index, &frag)?.retval, TC_ACT_SHOT);
+        assert_eq!(
+            net.run("from_pod", net.topo.lxc1.index, &frag)?.retval,
+            TC_ACT_SHOT
+        );
         assert_eq!(net.counter("lb_fragment"), 1);
         // A later fragment to the service address is routed by destination,
         // untouched: no route for the VIP, so the stack gets it (and drops it).
@@ -167,7 +212,10 @@ fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
         let mut cut = full[..OFF_IP + 20 + 10].to_vec();
         cut[16..18].copy_from_slice(&30u16.to_be_bytes());
         fix_ip_checksum(&mut cut);
-        assert_eq!(net.run("from_pod", net.topo.lxc1.index, &cut)?.retval, TC_ACT_SHOT);
+        assert_eq!(
+            net.run("from_pod", net.topo.lxc1.index, &cut)?.retval,
+            TC_ACT_SHOT
+        );
 
         // IP options: the ports are found after them and rewritten right.
         let mut opt = full[..34].to_vec();
@@ -196,7 +244,11 @@ fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
         fix_ip_checksum(&mut icmp);
         let out = net.run("from_pod", net.topo.lxc2.index, &icmp)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT, "delivered to the client pod");
-        assert_eq!(&out.data[OFF_IP + 20..], &icmp[OFF_IP + 20..], "ICMP payload untouched");
+        assert_eq!(
+            &out.data[OFF_IP + 20..],
+            &icmp[OFF_IP + 20..],
+            "ICMP payload untouched"
+        );
         Ok(())
     })
     .unwrap();
@@ -214,14 +266,22 @@ fn xdp_nodeport_to_a_local_backend_is_dnated_and_passed_up() {
         let p = tcp(PEER_NODE_MAC, up0.mac, CLIENT, NODE_IP, 50000, 30080, 64);
         let out = net.run_xdp(up0.index, &p)?;
         assert_eq!(out.retval, XDP_PASS, "tc delivers it into the pod");
-        assert_eq!(addrs(&out.data), (CLIENT, 50000, POD2, 8080), "client address kept");
+        assert_eq!(
+            addrs(&out.data),
+            (CLIENT, 50000, POD2, 8080),
+            "client address kept"
+        );
         dnat_ok(&out.data);
         // The pod's reply is turned back on its way out of the pod.
         let r = tcp(POD2_MAC, ANY_MAC, POD2, CLIENT, 8080, 50000, 64);
         let out = net.run("from_pod", net.topo.lxc2.index, &r)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         assert_eq!(addrs(&out.data), (NODE_IP, 30080, CLIENT, 50000));
-        assert_eq!(dst_mac(&out.data), PEER_NODE_MAC, "routed straight back to the client");
+        assert_eq!(
+            dst_mac(&out.data),
+            PEER_NODE_MAC,
+            "routed straight back to the client"
+        );
         dnat_ok(&out.data);
         Ok(())
     })
@@ -243,7 +303,10 @@ fn xdp_snat_to_a_remote_backend_and_back() {
         assert_eq!(out.retval, XDP_TX, "out the port it came in on");
         let (src, sport, dst, dport) = addrs(&out.data);
         assert_eq!((src, dst, dport), (NODE_IP, REMOTE_POD, 8080));
-        assert!((20000..=29999).contains(&sport), "SNAT port {sport} from the configured range");
+        assert!(
+            (20000..=29999).contains(&sport),
+            "SNAT port {sport} from the configured range"
+        );
         assert_eq!(dst_mac(&out.data), PEER_NODE_MAC);
         assert_eq!(src_mac(&out.data), up0.mac);
         assert_eq!(ttl(&out.data), 63);
@@ -267,7 +330,8 @@ fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
         net.add_local_pods()?;
         net.lb_node()?;
         let mut svc = TestService::tcp(LB_IP, 80, vec![(REMOTE_POD, 8080, false)]);
-        svc.flags = strake_datapath::shared::STRAKE_SVC_F_EXTERNAL | strake_datapath::shared::STRAKE_SVC_F_DSR;
+        svc.flags = strake_datapath::shared::STRAKE_SVC_F_EXTERNAL
+            | strake_datapath::shared::STRAKE_SVC_F_DSR;
         net.add_service(&svc)?;
         let up0 = net.topo.up0.clone();
         let client = Ipv4Addr::new(10, 0, 0, 2);
@@ -279,9 +343,17 @@ fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
         assert_eq!(outer[9], 4, "IPIP");
         assert_eq!(&outer[12..16], &NODE_IP.octets());
         assert_eq!(&outer[16..20], &REMOTE_POD.octets());
-        assert_eq!(u16::from_be_bytes([outer[4], outer[5]]), 8080, "backend port in the outer IP ID");
+        assert_eq!(
+            u16::from_be_bytes([outer[4], outer[5]]),
+            8080,
+            "backend port in the outer IP ID"
+        );
         assert!(ip_checksum_ok(&out.data), "outer checksum");
-        assert_eq!(&out.data[OFF_IP + 20..], &p[OFF_IP..], "the client's packet rides untouched");
+        assert_eq!(
+            &out.data[OFF_IP + 20..],
+            &p[OFF_IP..],
+            "the client's packet rides untouched"
+        );
         assert_eq!(net.counter("lb_encap"), 1);
 
         // On the backend's node (here: the same test node, POD2 as backend).
@@ -318,16 +390,28 @@ fn xdp_leaves_everything_else_alone() {
         net.add_service(&ext)?;
         let up0 = net.topo.up0.clone();
         let cases = vec![
-            ("a ClusterIP from outside", tcp(PEER_NODE_MAC, up0.mac, CLIENT, VIP, 1, 80, 64)),
-            ("a pod address", tcp(PEER_NODE_MAC, up0.mac, CLIENT, POD1, 1, 80, 64)),
+            (
+                "a ClusterIP from outside",
+                tcp(PEER_NODE_MAC, up0.mac, CLIENT, VIP, 1, 80, 64),
+            ),
+            (
+                "a pod address",
+                tcp(PEER_NODE_MAC, up0.mac, CLIENT, POD1, 1, 80, 64),
+            ),
             ("ICMP", {
                 let mut p = udp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 1, 80, 64);
                 p[OFF_IP + 9] = 1;
                 fix_ip_checksum(&mut p);
                 p
             }),
-            ("a truncated IPv4 header", tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 1, 80, 64)[..24].to_vec()),
-            ("a cut TCP header", tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 1, 80, 64)[..40].to_vec()),
+            (
+                "a truncated IPv4 header",
+                tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 1, 80, 64)[..24].to_vec(),
+            ),
+            (
+                "a cut TCP header",
+                tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 1, 80, 64)[..40].to_vec(),
+            ),
         ];
         for (what, p) in cases {
             let out = net.run_xdp(up0.index, &p)?;

@@ -500,7 +500,7 @@ impl Lab {
 
     /// Attaches a pod through the CNI conflist and starts its server.
     pub fn add_pod(&self, p: &PodSpec) -> Result<PodRecord> {
-        let ns = self.pod_sandbox(&p.namespace, &p.name)?;
+        self.pod_sandbox(&p.namespace, &p.name)?;
         let result = self
             .runtime(&p.node)
             .add(&self.conflist, &self.attachment(&p.namespace, &p.name))
@@ -521,28 +521,88 @@ impl Lab {
             self.pod_record_path(&p.namespace, &p.name),
             serde_json::to_vec_pretty(&rec)?,
         )?;
+        // The container first, then Ready: as kubelet reports a pod ready only
+        // once it runs, a backend never enters a Service before it listens.
+        self.start_pod_server(p)?;
         self.write_pod_status(p, Some(ip))?;
-        if !p.tcp_ports.is_empty() || !p.udp_ports.is_empty() {
-            let join = |v: &[u16]| {
-                v.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            let mut args = vec!["lab".to_string(), "serve".into(), "--name".into(), p.key()];
-            if !p.tcp_ports.is_empty() {
-                args.extend(["--tcp".into(), join(&p.tcp_ports)]);
-            }
-            if !p.udp_ports.is_empty() {
-                args.extend(["--udp".into(), join(&p.udp_ports)]);
-            }
-            let log = self
-                .root
-                .join("pods")
-                .join(format!("{}_{}.log", p.namespace, p.name));
-            procs::spawn_in_netns(&ns, &procs::bin("strake")?, &args, &log)?;
-        }
         Ok(rec)
+    }
+
+    /// Starts the lab's server in a pod, on its declared container ports.
+    pub fn start_pod_server(&self, p: &PodSpec) -> Result<()> {
+        if p.tcp_ports.is_empty() && p.udp_ports.is_empty() {
+            return Ok(());
+        }
+        let join = |v: &[u16]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut args = vec!["lab".to_string(), "serve".into(), "--name".into(), p.key()];
+        if !p.tcp_ports.is_empty() {
+            args.extend(["--tcp".into(), join(&p.tcp_ports)]);
+        }
+        if !p.udp_ports.is_empty() {
+            args.extend(["--udp".into(), join(&p.udp_ports)]);
+        }
+        let log = self
+            .root
+            .join("pods")
+            .join(format!("{}_{}.log", p.namespace, p.name));
+        let ns = self.pod_netns(&p.namespace, &p.name);
+        procs::spawn_in_netns(&ns, &procs::bin("strake")?, &args, &log)?;
+        // Listening before returning (the Ready that follows must be true).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(port) = p.tcp_ports.first() {
+            let addr = std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
+            let up = netns::run_in(&ns, move || {
+                Ok(
+                    std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200))
+                        .is_ok(),
+                )
+            })?;
+            if up || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Stops everything running in a pod (its "containers"), as a crash would.
+    pub fn stop_pod_server(&self, namespace: &str, name: &str) {
+        procs::stop(
+            &procs::pids_in_netns(&self.pod_netns(namespace, name)),
+            Duration::from_secs(2),
+        );
+    }
+
+    /// Waits until every node's load balancer satisfies `pred`.
+    pub fn wait_lb(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&strake_api::LbStatus) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for n in &self.spec.nodes {
+                let st: strake_api::LbStatus = self.agent(&n.name, Request::LbList)?;
+                if !pred(&st) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("load balancers did not reach \"{what}\" within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kubelet's part: the pod's IP as Pod status, for every agent to read.

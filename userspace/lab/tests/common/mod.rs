@@ -109,3 +109,127 @@ pub fn raw_cni(
     let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (out.status.success(), v)
 }
+
+/// A lab from arbitrary YAML files (name -> content) in a directory named
+/// `name`; the directory stays writable for live changes.
+pub struct YamlLab {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    _base: tempfile::TempDir,
+}
+
+impl Drop for YamlLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.lab.down() {
+            eprintln!("lab down: {e:#}");
+        }
+    }
+}
+
+impl std::ops::Deref for YamlLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+pub fn yaml_lab(name: &str, files: &[(&str, String)]) -> YamlLab {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (f, text) in files {
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    let lab = Lab::load(&dir).unwrap();
+    let _ = lab.down();
+    let t = YamlLab {
+        lab,
+        dir,
+        _base: base,
+    };
+    if let Err(e) = t.lab.up() {
+        panic!("lab up: {e:#}");
+    }
+    t
+}
+
+pub fn node_yaml(name: &str, cidr: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n"
+    )
+}
+
+/// A pod serving TCP and UDP on 80 (port names http, dns), optionally
+/// terminating (deletionTimestamp set).
+pub fn pod_yaml(ns: &str, name: &str, node: &str, app: &str, terminating: bool) -> String {
+    let del = if terminating {
+        ", deletionTimestamp: \"2026-01-01T00:00:00Z\""
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}, labels: {{app: {app}}}{del}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    ports: [{{name: http, containerPort: 80, protocol: TCP}}, {{name: dns, containerPort: 80, protocol: UDP}}]\n"
+    )
+}
+
+pub fn pod_spec(ns: &str, name: &str, node: &str, app: &str) -> strake_lab::PodSpec {
+    strake_lab::PodSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        node: node.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        tcp_ports: vec![80],
+        udp_ports: vec![80],
+    }
+}
+
+/// Opens `n` TCP connections from inside `ns`, one after another, and counts
+/// the greetings (backend names); failures are counted under "!error".
+pub fn tcp_spread(
+    ns: &std::path::Path,
+    to: SocketAddrV4,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    strake_netlink::netns::run_in(ns, move || {
+        use std::io::BufRead;
+        let mut m = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let got = std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))
+                .and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut line = String::new();
+                    std::io::BufReader::new(s).read_line(&mut line)?;
+                    Ok(line.trim_end().to_string())
+                });
+            *m.entry(got.unwrap_or_else(|_| "!error".into()))
+                .or_default() += 1;
+        }
+        Ok(m)
+    })
+    .unwrap()
+}
+
+/// The same with UDP datagrams, each from a new socket (a new flow).
+pub fn udp_spread(
+    ns: &std::path::Path,
+    to: SocketAddrV4,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    strake_netlink::netns::run_in(ns, move || {
+        let mut m = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let got = (|| -> std::io::Result<String> {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.send_to(b"x", to)?;
+                let mut buf = [0u8; 256];
+                let (k, _) = s.recv_from(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..k]).to_string())
+            })();
+            *m.entry(got.unwrap_or_else(|_| "!error".into()))
+                .or_default() += 1;
+        }
+        Ok(m)
+    })
+    .unwrap()
+}

@@ -1,0 +1,376 @@
+//! Service load balancing in a real lab: real sockets through the XDP and tc
+//! programs, Services and pods changed live through the lab directory.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strake_api::{AgentStatus, LbStatus, Request};
+use strake_lab::probe;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+fn service(name: &str, vip: Ipv4Addr, app: &str, extra_spec: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: web\n  name: {name}\n  annotations: {{{annotations}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: http, port: 80, targetPort: http, protocol: TCP}}\n  - {{name: dns, port: 80, targetPort: dns, protocol: UDP}}\n{extra_spec}"
+    )
+}
+
+/// Two nodes; backends w1, w2 on the first, w3 on the second; a client pod
+/// on the second.
+fn base(prefix: &str) -> Vec<(&'static str, String)> {
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    vec![
+        (
+            "nodes.yaml",
+            node_yaml(&a, "10.244.1.0/24", "10.0.0.1")
+                + "---\n"
+                + &node_yaml(&b, "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("w1.yaml", pod_yaml("web", "w1", &a, "web", false)),
+        ("w2.yaml", pod_yaml("web", "w2", &a, "web", false)),
+        ("w3.yaml", pod_yaml("web", "w3", &b, "web", false)),
+        (
+            "client.yaml",
+            pod_yaml("web", "client", &b, "client", false),
+        ),
+    ]
+}
+
+fn lb_counter(lab: &strake_lab::Lab, node: &str, name: &str) -> u64 {
+    let st: AgentStatus = lab.agent(node, Request::Status).unwrap();
+    st.counters
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.packets)
+        .unwrap_or(0)
+}
+
+#[test]
+fn cluster_ip_spreads_3000_connections_evenly_over_backends_on_two_nodes() {
+    let mut files = base("ld");
+    files.push(("svc.yaml", service("web", VIP, "web", "", "")));
+    let lab = yaml_lab("ld", &files);
+    let client = lab.pod_netns("web", "client");
+    for (what, counts) in [
+        ("TCP", tcp_spread(&client, addr(VIP, 80), 3000)),
+        ("UDP", udp_spread(&client, addr(VIP, 80), 3000)),
+    ] {
+        assert!(
+            !counts.contains_key("!error"),
+            "{what}: failures {counts:?}"
+        );
+        assert_eq!(counts.len(), 3, "{what}: {counts:?}");
+        for (backend, n) in &counts {
+            assert!(
+                (850..=1150).contains(n),
+                "{what}: {backend} got {n} of 3000 (expected 1000 +-15%): {counts:?}"
+            );
+        }
+        eprintln!("{what}: {counts:?}");
+    }
+}
+
+#[test]
+fn nodeport_and_load_balancer_ip_from_outside_in_snat_and_dsr_modes() {
+    let mut files = base("ex");
+    let lb_spec =
+        "  type: LoadBalancer\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n";
+    let with_nodeport = |mode: &str| {
+        service(
+            "public",
+            Ipv4Addr::new(10, 96, 0, 11),
+            "web",
+            lb_spec,
+            &format!("lb.strake.dev/external-mode: {mode}"),
+        )
+        .replace(
+            "targetPort: http, protocol: TCP}",
+            "targetPort: http, protocol: TCP, nodePort: 30080}",
+        )
+    };
+    files.push(("svc.yaml", with_nodeport("snat")));
+    files.push((
+        "ext.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: exc}\nspec: {address: 10.0.0.100}\n".into(),
+    ));
+    let lab = yaml_lab("ex", &files);
+    let ext = lab.ext_netns("exc");
+    let targets = [
+        addr("10.0.0.1".parse().unwrap(), 30080),
+        addr("10.0.0.2".parse().unwrap(), 30080),
+        addr(LB_IP, 80),
+    ];
+    for mode in ["snat", "dsr"] {
+        if mode == "dsr" {
+            std::fs::write(lab.dir.join("svc.yaml"), with_nodeport("dsr")).unwrap();
+            lab.wait_lb(
+                "external mode dsr",
+                Duration::from_secs(5),
+                |s: &LbStatus| {
+                    s.services
+                        .iter()
+                        .any(|x| x.service == "web/public:http" && x.external_mode == "dsr")
+                },
+            )
+            .unwrap();
+        }
+        for t in targets {
+            let counts = tcp_spread(&ext, t, 60);
+            assert!(!counts.contains_key("!error"), "{mode} {t}: {counts:?}");
+            assert!(
+                counts.len() >= 2,
+                "{mode} {t}: reaches several backends {counts:?}"
+            );
+        }
+        let udp = udp_spread(&ext, addr(LB_IP, 80), 30);
+        assert!(!udp.contains_key("!error"), "{mode} UDP: {udp:?}");
+    }
+    // DSR really went by IPIP: the first node wrapped, the second unwrapped
+    // and answered directly; SNAT replies were turned back at the first.
+    let (a, b) = ("exa", "exb");
+    assert!(lb_counter(&lab, a, "lb_encap") > 0, "node a encapsulated");
+    assert!(lb_counter(&lab, b, "lb_decap") > 0, "node b decapsulated");
+    assert!(lb_counter(&lab, a, "lb_reversed") > 0);
+}
+
+#[test]
+fn client_ip_affinity_sticks_for_its_timeout_then_may_move() {
+    let mut files = base("af");
+    let sticky =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
+    files.push(("svc.yaml", service("web", VIP, "web", sticky, "")));
+    let lab = yaml_lab("af", &files);
+    let client = lab.pod_netns("web", "client");
+    let counts = tcp_spread(&client, addr(VIP, 80), 40);
+    assert_eq!(
+        counts.len(),
+        1,
+        "one client, one backend within the timeout: {counts:?}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(1200));
+        seen.extend(tcp_spread(&client, addr(VIP, 80), 1).into_keys());
+    }
+    assert!(!seen.contains("!error"));
+    assert!(
+        seen.len() >= 2,
+        "after the timeout a client is free to move: {seen:?}"
+    );
+}
+
+#[test]
+fn failing_backends_leave_within_the_health_check_window_and_come_back() {
+    let mut files = base("hc");
+    files.push((
+        "svc.yaml",
+        service(
+            "web",
+            VIP,
+            "web",
+            "",
+            "lb.strake.dev/health-check-interval: 300ms, lb.strake.dev/health-check-timeout: 200ms, lb.strake.dev/health-check-unhealthy-threshold: \"2\"",
+        ),
+    ));
+    let lab = yaml_lab("hc", &files);
+    let client = lab.pod_netns("web", "client");
+    let is_active = |want: bool| {
+        move |s: &LbStatus| {
+            s.services
+                .iter()
+                .filter(|x| x.service == "web/web:http")
+                .flat_map(|x| &x.backends)
+                .any(|b| b.pod.as_deref() == Some("web/w1") && b.active == want)
+        }
+    };
+    lab.stop_pod_server("web", "w1");
+    let killed = Instant::now();
+    // Window: 2 failures x 300 ms + the 200 ms timeout, plus a reconcile.
+    lab.wait_lb("w1 out", Duration::from_secs(3), is_active(false))
+        .unwrap();
+    let took = killed.elapsed();
+    assert!(took < Duration::from_millis(1500), "w1 left after {took:?}");
+    let counts = tcp_spread(&client, addr(VIP, 80), 200);
+    assert!(
+        !counts.contains_key("!error"),
+        "no failure after the window: {counts:?}"
+    );
+    assert!(
+        !counts.contains_key("web/w1"),
+        "no new connection to the dead backend: {counts:?}"
+    );
+
+    lab.start_pod_server(&pod_spec("web", "w1", "hca", "web"))
+        .unwrap();
+    lab.wait_lb("w1 back", Duration::from_secs(3), is_active(true))
+        .unwrap();
+    let counts = tcp_spread(&client, addr(VIP, 80), 200);
+    assert!(
+        counts.get("web/w1").copied().unwrap_or(0) > 20,
+        "w1 takes traffic again: {counts:?}"
+    );
+    assert!(!counts.contains_key("!error"), "{counts:?}");
+}
+
+#[test]
+fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
+    let mut files = base("rl");
+    files.push((
+        "svc.yaml",
+        service("web", VIP, "web", "", "lb.strake.dev/health-check: none"),
+    ));
+    let lab = Arc::new(yaml_lab("rl", &files));
+    let client = lab.pod_netns("web", "client");
+
+    // A long-lived stream through the service.
+    let (stream, backend) = probe::tcp_stream(&client, addr(VIP, 80), T).unwrap();
+    let keep = backend.trim_start_matches("web/").to_string();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (s, stop) = (stream.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                probe::write_all(&s, &[7u8; 1024])?;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            s.shutdown(std::net::Shutdown::Write)
+        })
+    };
+    let reader = {
+        let (mut s, echoed, stop) = (stream.try_clone().unwrap(), echoed.clone(), stop.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = [0u8; 65536];
+            loop {
+                match s.read(&mut buf)? {
+                    0 if stop.load(Ordering::Relaxed) => return Ok(()),
+                    0 => return Err(std::io::Error::other("closed while streaming")),
+                    n => echoed.fetch_add(n as u64, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    // New connections all the while.
+    let failures = Arc::new(AtomicU64::new(0));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let prober = {
+        let (f, a, stop, client) = (
+            failures.clone(),
+            attempts.clone(),
+            stop.clone(),
+            client.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let c = tcp_spread(&client, addr(VIP, 80), 5);
+                a.fetch_add(5, Ordering::Relaxed);
+                f.fetch_add(
+                    c.get("!error").copied().unwrap_or(0) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        })
+    };
+    let has = |pod: &str, active: bool| {
+        let pod = format!("web/{pod}");
+        move |s: &LbStatus| {
+            s.services
+                .iter()
+                .filter(|x| x.service == "web/web:http")
+                .flat_map(|x| &x.backends)
+                .any(|b| b.pod.as_deref() == Some(pod.as_str()) && b.active == active)
+        }
+    };
+    let gone = |pod: &str| {
+        let pod = format!("web/{pod}");
+        move |s: &LbStatus| {
+            !s.services
+                .iter()
+                .flat_map(|x| &x.backends)
+                .any(|b| b.pod.as_deref() == Some(pod.as_str()))
+        }
+    };
+    let t5 = Duration::from_secs(5);
+    // Replace every backend but the stream's, one by one: start the new pod,
+    // let the old one terminate gracefully, then remove it.
+    let nodes = ["rla", "rla", "rlb"];
+    let mut n = 10;
+    for (i, old) in ["w1", "w2", "w3"].iter().enumerate() {
+        if *old == keep {
+            continue;
+        }
+        n += 1;
+        let new = format!("w{n}");
+        let node = nodes[i];
+        std::fs::write(
+            lab.dir.join(format!("{new}.yaml")),
+            pod_yaml("web", &new, node, "web", false),
+        )
+        .unwrap();
+        lab.add_pod(&pod_spec("web", &new, node, "web")).unwrap();
+        lab.wait_lb("new pod active", t5, has(&new, true)).unwrap();
+        std::fs::write(
+            lab.dir.join(format!("{old}.yaml")),
+            pod_yaml("web", old, node, "web", true),
+        )
+        .unwrap();
+        lab.wait_lb("old pod terminating", t5, has(old, false))
+            .unwrap();
+        std::fs::remove_file(lab.dir.join(format!("{old}.yaml"))).unwrap();
+        lab.wait_lb("old pod gone", t5, gone(old)).unwrap();
+        lab.del_pod("web", old, node).unwrap();
+        let before = echoed.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            echoed.load(Ordering::Relaxed) > before,
+            "the stream flows after replacing {old}"
+        );
+    }
+    // The stream's own backend terminates gracefully: it keeps the stream,
+    // new connections go elsewhere.
+    let node = if keep == "w3" { "rlb" } else { "rla" };
+    std::fs::write(
+        lab.dir.join(format!("{keep}.yaml")),
+        pod_yaml("web", &keep, node, "web", true),
+    )
+    .unwrap();
+    lab.wait_lb("stream's backend terminating", t5, has(&keep, false))
+        .unwrap();
+    let counts = tcp_spread(&client, addr(VIP, 80), 50);
+    assert!(
+        !counts.contains_key(&format!("web/{keep}")),
+        "no new flows to a terminating backend: {counts:?}"
+    );
+    let before = echoed.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        echoed.load(Ordering::Relaxed) > before,
+        "the stream flows on its terminating backend"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    writer
+        .join()
+        .unwrap()
+        .expect("the stream was never reset (writer)");
+    reader
+        .join()
+        .unwrap()
+        .expect("the stream was never reset (reader)");
+    prober.join().unwrap();
+    let (f, a) = (
+        failures.load(Ordering::Relaxed),
+        attempts.load(Ordering::Relaxed),
+    );
+    assert!(a > 50, "the prober ran ({a} attempts)");
+    assert_eq!(f, 0, "{f} of {a} new connections failed during the rollout");
+}
