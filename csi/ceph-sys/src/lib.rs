@@ -212,7 +212,14 @@ extern "C" {
     pub fn rbd_trash_list_cleanup(entries: *mut rbd_trash_image_info_t, num_entries: size_t);
     pub fn rbd_trash_remove(io: rados_ioctx_t, id: *const c_char, force: bool) -> c_int;
 
-    pub fn rbd_open(io: rados_ioctx_t, name: *const c_char, image: *mut rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_open(io: rados_ioctx_t, name: *const c_char, image: *mut rbd_image_t, snap_name: *const c_char)
+        -> c_int;
+    pub fn rbd_open_by_id(
+        io: rados_ioctx_t,
+        id: *const c_char,
+        image: *mut rbd_image_t,
+        snap_name: *const c_char,
+    ) -> c_int;
     pub fn rbd_close(image: rbd_image_t) -> c_int;
     pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
     pub fn rbd_stat(image: rbd_image_t, info: *mut rbd_image_info_t, infosize: size_t) -> c_int;
@@ -237,7 +244,11 @@ extern "C" {
     pub fn rbd_snap_unprotect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
     pub fn rbd_snap_is_protected(image: rbd_image_t, snap_name: *const c_char, is_protected: *mut c_int) -> c_int;
     pub fn rbd_flatten(image: rbd_image_t) -> c_int;
-    pub fn rbd_list_children3(image: rbd_image_t, images: *mut rbd_linked_image_spec_t, max_images: *mut size_t) -> c_int;
+    pub fn rbd_list_children3(
+        image: rbd_image_t,
+        images: *mut rbd_linked_image_spec_t,
+        max_images: *mut size_t,
+    ) -> c_int;
 
     pub fn rbd_read(image: rbd_image_t, ofs: u64, len: size_t, buf: *mut c_char) -> ssize_t;
     pub fn rbd_write(image: rbd_image_t, ofs: u64, len: size_t, buf: *const c_char) -> ssize_t;
@@ -247,6 +258,10 @@ extern "C" {
     pub fn rbd_metadata_get(image: rbd_image_t, key: *const c_char, value: *mut c_char, val_len: *mut size_t) -> c_int;
     pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
 
-    pub fn rbd_watchers_list(image: rbd_image_t, watchers: *mut rbd_image_watcher_t, max_watchers: *mut size_t) -> c_int;
+    pub fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut size_t,
+    ) -> c_int;
     pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: size_t);
 }

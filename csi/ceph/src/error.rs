@@ -13,7 +13,12 @@ pub struct CephError {
 
 impl CephError {
     pub fn new(op: &'static str, target: impl Into<String>, ret: i32) -> Self {
-        CephError { op, target: target.into(), errno: ret.abs(), detail: String::new() }
+        CephError {
+            op,
+            target: target.into(),
+            errno: ret.abs(),
+            detail: String::new(),
+        }
     }
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = detail.into();
@@ -73,7 +78,14 @@ pub fn errno_name(errno: i32) -> &'static str {
 impl fmt::Display for CephError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let msg = std::io::Error::from_raw_os_error(self.errno);
-        write!(f, "{}({}) failed: {} ({})", self.op, self.target, msg, errno_name(self.errno))?;
+        write!(
+            f,
+            "{}({}) failed: {} ({})",
+            self.op,
+            self.target,
+            msg,
+            errno_name(self.errno)
+        )?;
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;
         }
@@ -84,4 +96,3 @@ impl fmt::Display for CephError {
 impl std::error::Error for CephError {}
 
 pub type Result<T> = std::result::Result<T, CephError>;
-

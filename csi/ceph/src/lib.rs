@@ -11,9 +11,7 @@ mod rbd;
 
 pub use error::{errno_name, CephError, Result};
 pub use rados::{Cluster, ConnectOptions, Credentials, IoCtx, OmapPage};
-pub use rbd::{
-    features, librbd_version, Image, ImageOptions, ImageSpec, ParentSpec, SnapInfo, TrashEntry, Watcher,
-};
+pub use rbd::{features, librbd_version, Image, ImageOptions, ImageSpec, ParentSpec, SnapInfo, TrashEntry, Watcher};
 
 use std::ffi::CString;
 

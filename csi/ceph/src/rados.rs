@@ -19,7 +19,10 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn new(user: impl Into<String>, key: impl Into<String>) -> Self {
-        Credentials { user: user.into(), key: key.into() }
+        Credentials {
+            user: user.into(),
+            key: key.into(),
+        }
     }
     pub fn key(&self) -> &str {
         &self.key
@@ -28,7 +31,10 @@ impl Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("user", &self.user).field("key", &"<redacted>").finish()
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -46,7 +52,11 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     pub fn new(conf: impl AsRef<Path>) -> Self {
-        ConnectOptions { conf: conf.as_ref().to_path_buf(), credentials: None, op_timeout: Duration::from_secs(30) }
+        ConnectOptions {
+            conf: conf.as_ref().to_path_buf(),
+            credentials: None,
+            op_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -75,11 +85,17 @@ impl fmt::Debug for Cluster {
 
 impl Cluster {
     pub fn connect(opts: &ConnectOptions) -> Result<Cluster> {
-        let user = opts.credentials.as_ref().map(|c| c.user.clone()).unwrap_or_else(|| "admin".to_string());
+        let user = opts
+            .credentials
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_else(|| "admin".to_string());
         let target = format!("client.{user}");
         let id = cstr("rados_create", &user)?;
         let mut h: sys::rados_t = ptr::null_mut();
-        check("rados_create", &target, unsafe { sys::rados_create(&mut h, id.as_ptr()) })?;
+        check("rados_create", &target, unsafe {
+            sys::rados_create(&mut h, id.as_ptr())
+        })?;
         let handle = Handle(h);
         let conf = cstr("rados_conf_read_file", &opts.conf.to_string_lossy())?;
         check("rados_conf_read_file", &opts.conf.to_string_lossy(), unsafe {
@@ -103,10 +119,15 @@ impl Cluster {
         for (k, v) in &settings {
             let kc = cstr("rados_conf_set", k)?;
             let vc = CString::new(v.as_str()).map_err(|_| CephError::new("rados_conf_set", *k, -libc::EINVAL))?;
-            check("rados_conf_set", k, unsafe { sys::rados_conf_set(h, kc.as_ptr(), vc.as_ptr()) })?;
+            check("rados_conf_set", k, unsafe {
+                sys::rados_conf_set(h, kc.as_ptr(), vc.as_ptr())
+            })?;
         }
         check("rados_connect", &target, unsafe { sys::rados_connect(h) })?;
-        Ok(Cluster { h: Arc::new(handle), user })
+        Ok(Cluster {
+            h: Arc::new(handle),
+            user,
+        })
     }
 
     pub fn user(&self) -> &str {
@@ -128,8 +149,14 @@ impl Cluster {
     pub fn ioctx(&self, pool: &str) -> Result<IoCtx> {
         let p = cstr("rados_ioctx_create", pool)?;
         let mut io: sys::rados_ioctx_t = ptr::null_mut();
-        check("rados_ioctx_create", pool, unsafe { sys::rados_ioctx_create(self.h.0, p.as_ptr(), &mut io) })?;
-        Ok(IoCtx { io, pool: pool.to_string(), _cluster: self.clone() })
+        check("rados_ioctx_create", pool, unsafe {
+            sys::rados_ioctx_create(self.h.0, p.as_ptr(), &mut io)
+        })?;
+        Ok(IoCtx {
+            io,
+            pool: pool.to_string(),
+            _cluster: self.clone(),
+        })
     }
 
     /// Sends a JSON mon command (e.g. `{"prefix":"df","format":"json"}`) and returns
@@ -173,8 +200,15 @@ impl Cluster {
 
     /// Raw cluster capacity in bytes: (total, available).
     pub fn cluster_stat(&self) -> Result<(u64, u64)> {
-        let mut st = sys::rados_cluster_stat_t { kb: 0, kb_used: 0, kb_avail: 0, num_objects: 0 };
-        check("rados_cluster_stat", "cluster", unsafe { sys::rados_cluster_stat(self.h.0, &mut st) })?;
+        let mut st = sys::rados_cluster_stat_t {
+            kb: 0,
+            kb_used: 0,
+            kb_avail: 0,
+            num_objects: 0,
+        };
+        check("rados_cluster_stat", "cluster", unsafe {
+            sys::rados_cluster_stat(self.h.0, &mut st)
+        })?;
         Ok((st.kb * 1024, st.kb_avail * 1024))
     }
 }
@@ -228,6 +262,11 @@ impl IoCtx {
         &self.pool
     }
 
+    /// The cluster this ioctx belongs to (to open other pools, e.g. a clone's parent).
+    pub fn cluster(&self) -> &Cluster {
+        &self._cluster
+    }
+
     /// Creates `oid` if it does not exist (no-op otherwise).
     pub fn ensure_object(&self, oid: &str) -> Result<()> {
         let o = cstr("rados_write_op_create", oid)?;
@@ -249,13 +288,7 @@ impl IoCtx {
     /// `absent` has no value, then sets `set`, then removes `remove`.
     /// Returns Ok(false) when an assertion failed (nothing was written), which is how
     /// two writers racing for one key are told apart on the OSD rather than in memory.
-    pub fn omap_update(
-        &self,
-        oid: &str,
-        absent: &[&str],
-        set: &[(&str, &[u8])],
-        remove: &[&str],
-    ) -> Result<bool> {
+    pub fn omap_update(&self, oid: &str, absent: &[&str], set: &[(&str, &[u8])], remove: &[&str]) -> Result<bool> {
         let o = cstr("rados_write_op_operate", oid)?;
         let op = WriteOp(unsafe { sys::rados_create_write_op() });
         let absent_c: Vec<CString> = absent.iter().map(|k| cstr("omap_cmp", k)).collect::<Result<_>>()?;
@@ -317,7 +350,10 @@ impl IoCtx {
         let iter_guard = OmapIter(iter);
         check("rados_read_op_operate(omap_get_vals2)", oid, r)?;
         check("omap_get_vals2", oid, prval)?;
-        let mut page = OmapPage { entries: Vec::new(), more: more != 0 };
+        let mut page = OmapPage {
+            entries: Vec::new(),
+            more: more != 0,
+        };
         loop {
             let mut k: *mut libc::c_char = ptr::null_mut();
             let mut v: *mut libc::c_char = ptr::null_mut();
@@ -330,8 +366,13 @@ impl IoCtx {
                 break;
             }
             let key = unsafe { std::slice::from_raw_parts(k as *const u8, klen) };
-            let val = if v.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(v as *const u8, vlen) } };
-            page.entries.push((String::from_utf8_lossy(key).into_owned(), val.to_vec()));
+            let val = if v.is_null() {
+                &[][..]
+            } else {
+                unsafe { std::slice::from_raw_parts(v as *const u8, vlen) }
+            };
+            page.entries
+                .push((String::from_utf8_lossy(key).into_owned(), val.to_vec()));
         }
         Ok(page)
     }

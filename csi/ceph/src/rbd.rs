@@ -54,7 +54,12 @@ pub mod features {
     }
 
     pub fn names(bits: u64) -> String {
-        NAMED.iter().filter(|(_, b)| bits & b != 0).map(|(n, _)| *n).collect::<Vec<_>>().join(",")
+        NAMED
+            .iter()
+            .filter(|(_, b)| bits & b != 0)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -105,7 +110,9 @@ impl ImageOptions {
         }
         if let Some(dp) = &self.data_pool {
             let c = cstr(op, dp)?;
-            check(op, target, unsafe { sys::rbd_image_options_set_string(o, sys::RBD_IMAGE_OPTION_DATA_POOL, c.as_ptr()) })?;
+            check(op, target, unsafe {
+                sys::rbd_image_options_set_string(o, sys::RBD_IMAGE_OPTION_DATA_POOL, c.as_ptr())
+            })?;
         }
         Ok(opts)
     }
@@ -156,8 +163,12 @@ impl IoCtx {
     pub fn list_images(&self) -> Result<Vec<ImageSpec>> {
         let mut cap: usize = 64;
         loop {
-            let mut buf: Vec<sys::rbd_image_spec_t> =
-                (0..cap).map(|_| sys::rbd_image_spec_t { id: ptr::null_mut(), name: ptr::null_mut() }).collect();
+            let mut buf: Vec<sys::rbd_image_spec_t> = (0..cap)
+                .map(|_| sys::rbd_image_spec_t {
+                    id: ptr::null_mut(),
+                    name: ptr::null_mut(),
+                })
+                .collect();
             let mut n = cap;
             let r = unsafe { sys::rbd_list2(self.io, buf.as_mut_ptr(), &mut n) };
             if r == -libc::ERANGE {
@@ -167,7 +178,10 @@ impl IoCtx {
             check("rbd_list2", self.pool(), r)?;
             let out = buf[..n]
                 .iter()
-                .map(|s| ImageSpec { id: unsafe { owned(s.id) }, name: unsafe { owned(s.name) } })
+                .map(|s| ImageSpec {
+                    id: unsafe { owned(s.id) },
+                    name: unsafe { owned(s.name) },
+                })
                 .collect();
             unsafe { sys::rbd_image_spec_list_cleanup(buf.as_mut_ptr(), n) };
             return Ok(out);
@@ -178,12 +192,21 @@ impl IoCtx {
     pub fn create_image(&self, name: &str, size: u64, opts: &ImageOptions) -> Result<()> {
         let c = cstr("rbd_create4", name)?;
         let o = opts.build("rbd_create4", name, true)?;
-        check("rbd_create4", name, unsafe { sys::rbd_create4(self.io, c.as_ptr(), size, o.0) })?;
+        check("rbd_create4", name, unsafe {
+            sys::rbd_create4(self.io, c.as_ptr(), size, o.0)
+        })?;
         Ok(())
     }
 
     /// Clones `parent@snap` (in this pool) into `child` (in `child_io`'s pool).
-    pub fn clone_image(&self, parent: &str, snap: &str, child_io: &IoCtx, child: &str, opts: &ImageOptions) -> Result<()> {
+    pub fn clone_image(
+        &self,
+        parent: &str,
+        snap: &str,
+        child_io: &IoCtx,
+        child: &str,
+        opts: &ImageOptions,
+    ) -> Result<()> {
         let target = format!("{}/{parent}@{snap} -> {}/{child}", self.pool(), child_io.pool());
         let p = cstr("rbd_clone3", parent)?;
         let s = cstr("rbd_clone3", snap)?;
@@ -206,7 +229,9 @@ impl IoCtx {
     /// Moves an image to the RBD trash (kept until `trash_remove`).
     pub fn trash_move(&self, name: &str) -> Result<()> {
         let c = cstr("rbd_trash_move", name)?;
-        check("rbd_trash_move", name, unsafe { sys::rbd_trash_move(self.io, c.as_ptr(), 0) })?;
+        check("rbd_trash_move", name, unsafe {
+            sys::rbd_trash_move(self.io, c.as_ptr(), 0)
+        })?;
         Ok(())
     }
 
@@ -244,7 +269,9 @@ impl IoCtx {
 
     pub fn trash_remove(&self, id: &str) -> Result<()> {
         let c = cstr("rbd_trash_remove", id)?;
-        check("rbd_trash_remove", id, unsafe { sys::rbd_trash_remove(self.io, c.as_ptr(), false) })?;
+        check("rbd_trash_remove", id, unsafe {
+            sys::rbd_trash_remove(self.io, c.as_ptr(), false)
+        })?;
         Ok(())
     }
 
@@ -252,8 +279,26 @@ impl IoCtx {
     pub fn open(&self, name: &str) -> Result<Image> {
         let c = cstr("rbd_open", name)?;
         let mut img: sys::rbd_image_t = ptr::null_mut();
-        check("rbd_open", name, unsafe { sys::rbd_open(self.io, c.as_ptr(), &mut img, ptr::null()) })?;
-        Ok(Image { img, name: name.to_string() })
+        check("rbd_open", name, unsafe {
+            sys::rbd_open(self.io, c.as_ptr(), &mut img, ptr::null())
+        })?;
+        Ok(Image {
+            img,
+            name: name.to_string(),
+        })
+    }
+
+    /// Opens an image by its id (works for images in the trash too).
+    pub fn open_by_id(&self, id: &str) -> Result<Image> {
+        let c = cstr("rbd_open_by_id", id)?;
+        let mut img: sys::rbd_image_t = ptr::null_mut();
+        check("rbd_open_by_id", id, unsafe {
+            sys::rbd_open_by_id(self.io, c.as_ptr(), &mut img, ptr::null())
+        })?;
+        Ok(Image {
+            img,
+            name: format!("id:{id}"),
+        })
     }
 
     /// Opens an image, mapping ENOENT to None.
@@ -298,20 +343,26 @@ impl Image {
 
     pub fn size(&self) -> Result<u64> {
         let mut s = 0u64;
-        check("rbd_get_size", &self.name, unsafe { sys::rbd_get_size(self.img, &mut s) })?;
+        check("rbd_get_size", &self.name, unsafe {
+            sys::rbd_get_size(self.img, &mut s)
+        })?;
         Ok(s)
     }
 
     pub fn features(&self) -> Result<u64> {
         let mut f = 0u64;
-        check("rbd_get_features", &self.name, unsafe { sys::rbd_get_features(self.img, &mut f) })?;
+        check("rbd_get_features", &self.name, unsafe {
+            sys::rbd_get_features(self.img, &mut f)
+        })?;
         Ok(f)
     }
 
     /// The image's immutable id (survives renames and trash moves).
     pub fn id(&self) -> Result<String> {
         let mut buf = vec![0 as libc::c_char; 64];
-        check("rbd_get_id", &self.name, unsafe { sys::rbd_get_id(self.img, buf.as_mut_ptr(), buf.len()) })?;
+        check("rbd_get_id", &self.name, unsafe {
+            sys::rbd_get_id(self.img, buf.as_mut_ptr(), buf.len())
+        })?;
         Ok(unsafe { owned(buf.as_ptr()) })
     }
 
@@ -384,7 +435,11 @@ impl Image {
         let mut cap: i32 = 16;
         loop {
             let mut buf: Vec<sys::rbd_snap_info_t> = (0..cap + 1)
-                .map(|_| sys::rbd_snap_info_t { id: 0, size: 0, name: ptr::null() })
+                .map(|_| sys::rbd_snap_info_t {
+                    id: 0,
+                    size: 0,
+                    name: ptr::null(),
+                })
                 .collect();
             let mut n = cap;
             let r = unsafe { sys::rbd_snap_list(self.img, buf.as_mut_ptr(), &mut n) };
@@ -395,7 +450,12 @@ impl Image {
             let count = check("rbd_snap_list", &self.name, r)? as usize;
             let mut out: Vec<SnapInfo> = buf[..count]
                 .iter()
-                .map(|s| SnapInfo { id: s.id, name: unsafe { owned(s.name) }, size: s.size, trashed: false })
+                .map(|s| SnapInfo {
+                    id: s.id,
+                    name: unsafe { owned(s.name) },
+                    size: s.size,
+                    trashed: false,
+                })
                 .collect();
             unsafe { sys::rbd_snap_list_end(buf.as_mut_ptr()) };
             for s in &mut out {
@@ -420,7 +480,9 @@ impl Image {
 
     pub fn snap_create(&self, snap: &str) -> Result<()> {
         let c = self.c("rbd_snap_create", snap)?;
-        check("rbd_snap_create", &format!("{}@{snap}", self.name), unsafe { sys::rbd_snap_create(self.img, c.as_ptr()) })?;
+        check("rbd_snap_create", &format!("{}@{snap}", self.name), unsafe {
+            sys::rbd_snap_create(self.img, c.as_ptr())
+        })?;
         Ok(())
     }
 
@@ -428,13 +490,17 @@ impl Image {
     /// the trash namespace and disappears when its last clone goes.
     pub fn snap_remove(&self, snap: &str) -> Result<()> {
         let c = self.c("rbd_snap_remove", snap)?;
-        check("rbd_snap_remove", &format!("{}@{snap}", self.name), unsafe { sys::rbd_snap_remove(self.img, c.as_ptr()) })?;
+        check("rbd_snap_remove", &format!("{}@{snap}", self.name), unsafe {
+            sys::rbd_snap_remove(self.img, c.as_ptr())
+        })?;
         Ok(())
     }
 
     pub fn snap_protect(&self, snap: &str) -> Result<()> {
         let c = self.c("rbd_snap_protect", snap)?;
-        check("rbd_snap_protect", &format!("{}@{snap}", self.name), unsafe { sys::rbd_snap_protect(self.img, c.as_ptr()) })?;
+        check("rbd_snap_protect", &format!("{}@{snap}", self.name), unsafe {
+            sys::rbd_snap_protect(self.img, c.as_ptr())
+        })?;
         Ok(())
     }
 
@@ -515,8 +581,13 @@ impl Image {
     pub fn watchers(&self) -> Result<Vec<Watcher>> {
         let mut cap: usize = 8;
         loop {
-            let mut buf: Vec<sys::rbd_image_watcher_t> =
-                (0..cap).map(|_| sys::rbd_image_watcher_t { addr: ptr::null_mut(), id: 0, cookie: 0 }).collect();
+            let mut buf: Vec<sys::rbd_image_watcher_t> = (0..cap)
+                .map(|_| sys::rbd_image_watcher_t {
+                    addr: ptr::null_mut(),
+                    id: 0,
+                    cookie: 0,
+                })
+                .collect();
             let mut n = cap;
             let r = unsafe { sys::rbd_watchers_list(self.img, buf.as_mut_ptr(), &mut n) };
             if r == -libc::ERANGE {
@@ -524,8 +595,14 @@ impl Image {
                 continue;
             }
             check("rbd_watchers_list", &self.name, r)?;
-            let out =
-                buf[..n].iter().map(|w| Watcher { addr: unsafe { owned(w.addr) }, id: w.id, cookie: w.cookie }).collect();
+            let out = buf[..n]
+                .iter()
+                .map(|w| Watcher {
+                    addr: unsafe { owned(w.addr) },
+                    id: w.id,
+                    cookie: w.cookie,
+                })
+                .collect();
             unsafe { sys::rbd_watchers_list_cleanup(buf.as_mut_ptr(), n) };
             return Ok(out);
         }

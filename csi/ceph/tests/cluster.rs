@@ -48,7 +48,17 @@ fn image_lifecycle_snapshot_protect_clone_flatten() {
     assert!(img.snap_remove("s1").is_err());
     // writes after the snapshot must not show in the clone
     img.write_at(4096, &vec![0xAB; 4096]).unwrap();
-    io.clone_image(&parent, "s1", &io, &child, &ImageOptions { clone_format: Some(1), ..Default::default() }).unwrap();
+    io.clone_image(
+        &parent,
+        "s1",
+        &io,
+        &child,
+        &ImageOptions {
+            clone_format: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ch = io.open(&child).unwrap();
     let p = ch.parent().unwrap().expect("clone has a parent");
     assert_eq!((p.image_name.as_str(), p.snap_name.as_str()), (parent.as_str(), "s1"));
@@ -64,7 +74,11 @@ fn image_lifecycle_snapshot_protect_clone_flatten() {
     img.metadata_set("strake.test", "v").unwrap();
     assert_eq!(img.metadata_get("strake.test").unwrap().as_deref(), Some("v"));
     assert_eq!(img.metadata_get("absent").unwrap(), None);
-    assert_eq!(img.watchers().unwrap().len(), 1, "our own open handle watches the image");
+    assert_eq!(
+        img.watchers().unwrap().len(),
+        1,
+        "our own open handle watches the image"
+    );
     drop(img);
     let names: Vec<String> = io.list_images().unwrap().into_iter().map(|s| s.name).collect();
     assert!(names.contains(&parent) && names.contains(&child));
@@ -82,7 +96,17 @@ fn clone_v2_parent_snapshot_goes_to_trash_namespace_and_parent_to_rbd_trash() {
     io.create_image(&parent, 8 << 20, &ImageOptions::default()).unwrap();
     let img = io.open(&parent).unwrap();
     img.snap_create("s").unwrap();
-    io.clone_image(&parent, "s", &io, &child, &ImageOptions { clone_format: Some(2), ..Default::default() }).unwrap();
+    io.clone_image(
+        &parent,
+        "s",
+        &io,
+        &child,
+        &ImageOptions {
+            clone_format: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // clone v2: removing a snapshot with clones moves it to the trash namespace
     img.snap_remove("s").unwrap();
     let snaps = img.snaps().unwrap();
@@ -92,7 +116,11 @@ fn clone_v2_parent_snapshot_goes_to_trash_namespace_and_parent_to_rbd_trash() {
     assert!(matches!(err.errno, libc::ENOTEMPTY | libc::EBUSY), "{err}");
     io.trash_move(&parent).unwrap();
     let trash = io.trash_list().unwrap();
-    let entry = trash.iter().find(|e| e.name == parent).expect("parent in trash").clone();
+    let entry = trash
+        .iter()
+        .find(|e| e.name == parent)
+        .expect("parent in trash")
+        .clone();
     assert!(io.trash_remove(&entry.id).is_err(), "still has a clone");
     io.remove_image(&child).unwrap();
     io.trash_remove(&entry.id).unwrap();
@@ -105,7 +133,10 @@ fn omap_compare_and_set_and_paging() {
     let oid = uniq("t-omap");
     io.ensure_object(&oid).unwrap();
     assert!(io.omap_update(&oid, &["k1"], &[("k1", b"v1")], &[]).unwrap());
-    assert!(!io.omap_update(&oid, &["k1"], &[("k1", b"v2")], &[]).unwrap(), "second reservation must lose");
+    assert!(
+        !io.omap_update(&oid, &["k1"], &[("k1", b"v2")], &[]).unwrap(),
+        "second reservation must lose"
+    );
     assert_eq!(io.omap_get(&oid, "k1").unwrap().as_deref(), Some(&b"v1"[..]));
     assert_eq!(io.omap_get(&oid, "k").unwrap(), None, "prefix of a key is not the key");
     let many: Vec<(String, Vec<u8>)> = (0..1100).map(|i| (format!("p/{i:05}"), vec![b'x'; 3])).collect();
@@ -134,11 +165,17 @@ fn cephx_key_is_checked_and_mon_command_reports_status() {
     let user = Cluster::connect(&opts).expect("connect with a good key");
     assert!(user.pool_exists("rbd").unwrap());
     assert!(!format!("{:?}", opts).contains(&key), "Debug must redact the key");
-    opts.credentials = Some(Credentials::new("strake-wrapper-test", "AQBbadbadbadbadbadbadbadbadbadbadbadbadA=="));
+    opts.credentials = Some(Credentials::new(
+        "strake-wrapper-test",
+        "AQBbadbadbadbadbadbadbadbadbadbadbadbadA==",
+    ));
     opts.op_timeout = std::time::Duration::from_secs(5);
     let err = Cluster::connect(&opts).unwrap_err();
     assert!(err.is_permission() || err.errno == libc::EINVAL, "{err}");
-    let err = c.mon_command(r#"{"prefix":"osd pool get","pool":"no-such-pool","var":"size"}"#).unwrap_err();
+    let err = c
+        .mon_command(r#"{"prefix":"osd pool get","pool":"no-such-pool","var":"size"}"#)
+        .unwrap_err();
     assert!(err.is_not_found() && err.detail.contains("no-such-pool"), "{err}");
-    c.mon_command(r#"{"prefix":"auth rm","entity":"client.strake-wrapper-test"}"#).unwrap();
+    c.mon_command(r#"{"prefix":"auth rm","entity":"client.strake-wrapper-test"}"#)
+        .unwrap();
 }
