@@ -400,12 +400,14 @@ impl Attacher for FuseLoop {
         let fuse_dir = a.fuse_dir.as_ref()?;
         match a.helper_pid {
             Some(pid) if pid_alive(pid) => {}
-            Some(pid) => return Some(format!(
+            Some(pid) => {
+                return Some(format!(
                 "rbd-fuse (pid {pid}) for {}/{} is gone: IO on {} fails until the volume is unstaged and staged again",
                 a.pool,
                 a.image,
                 a.device.display()
-            )),
+            ))
+            }
             None => return Some("rbd-fuse pid unknown".into()),
         }
         if !mount::is_mountpoint(fuse_dir) {

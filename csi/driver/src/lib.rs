@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod cephconn;
+pub mod client;
 pub mod controller;
 pub mod errors;
 pub mod failpoint;
