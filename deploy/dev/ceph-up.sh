@@ -168,6 +168,9 @@ osd objectstore = bluestore
 osd memory target = 939524096
 bluestore fsck on mkfs = false
 osd op num shards = 1
+# A client that dies holding an image's exclusive lock (a SIGKILLed rbd-fuse, a
+# crash test) blocks the next locker until its watch times out: 10 s, not 30.
+osd client watch timeout = 10
 
 [client]
 keyring = $DIR/ceph.client.admin.keyring

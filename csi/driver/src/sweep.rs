@@ -113,7 +113,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                     removed,
                 );
             }
-            State::Creating if now.saturating_sub(r.reserved_at) > cfg.grace.as_secs() => {
+            State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() => {
                 if has_image {
                     push(
                         "volume-record",
@@ -165,7 +165,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                     removed,
                 );
             }
-            State::Creating if now.saturating_sub(r.reserved_at) > cfg.grace.as_secs() && !has_image => {
+            State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() && !has_image => {
                 let removed = cfg.delete && j.remove_snap(r).is_ok();
                 push(
                     "snapshot-record",
