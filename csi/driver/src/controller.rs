@@ -1089,11 +1089,27 @@ impl Controller for ControllerService {
                     .map_err(|e| errors::ceph("reading pool usage (ceph df)", e))?;
                 let v: serde_json::Value = serde_json::from_slice(&out)
                     .map_err(|e| Status::internal(format!("parsing `ceph df` output: {e}")))?;
-                let avail = v["pools"]
+                let from_df = v["pools"]
                     .as_array()
                     .and_then(|ps| ps.iter().find(|p| p["name"] == pool.as_str()))
-                    .and_then(|p| p["stats"]["max_avail"].as_i64())
-                    .ok_or_else(|| Status::invalid_argument(format!("pool {pool:?} does not exist")))?;
+                    .and_then(|p| p["stats"]["max_avail"].as_i64());
+                let avail = match from_df {
+                    Some(a) => a,
+                    None => {
+                        if !cluster
+                            .pool_exists(&pool)
+                            .map_err(|e| errors::ceph("looking up the pool", e))?
+                        {
+                            return Err(Status::invalid_argument(format!("pool {pool:?} does not exist")));
+                        }
+                        // A pool created moments ago is not in the mgr's statistics yet:
+                        // answer with the cluster's raw free space until it is.
+                        cluster
+                            .cluster_stat()
+                            .map_err(|e| errors::ceph("reading cluster capacity", e))?
+                            .1 as i64
+                    }
+                };
                 Ok(GetCapacityResponse {
                     available_capacity: avail,
                     maximum_volume_size: Some(Int64Value { value: max_size }),
