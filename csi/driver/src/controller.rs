@@ -863,6 +863,7 @@ impl Controller for ControllerService {
             check_capabilities(&req.volume_capabilities, &self.cfg.default_fs)?;
             let p = parse_volume_params(&req.parameters)?;
             let size = size_for_range(req.capacity_range.as_ref(), self.cfg.default_size, self.cfg.max_size)?;
+            params::check_min_size(&req.volume_capabilities, size, &self.cfg.default_fs)?;
             let creds = credentials(&req.secrets, "CreateVolume", "provisioner")?;
             let source = req.volume_content_source.as_ref().and_then(|s| s.r#type.clone());
             if let Some(SourceType::Snapshot(s)) = &source {

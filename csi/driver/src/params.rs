@@ -195,6 +195,23 @@ pub fn check_capability(c: &VolumeCapability, default_fs: &str) -> Result<(Acces
     Ok((kind, mode))
 }
 
+/// mkfs.xfs refuses devices under 300 MB; refuse such volumes at CreateVolume rather
+/// than fail every NodeStageVolume later.
+pub const XFS_MIN_BYTES: u64 = 300 * 1_000_000;
+
+pub fn check_min_size(caps: &[VolumeCapability], size: u64, default_fs: &str) -> Result<(), Status> {
+    for c in caps {
+        if let Ok((AccessKind::Mount { fs_type, .. }, _)) = check_capability(c, default_fs) {
+            if fs_type == "xfs" && size < XFS_MIN_BYTES {
+                return Err(Status::out_of_range(format!(
+                    "an xfs volume must be at least 300 MB (mkfs.xfs refuses smaller devices); asked for {size} bytes"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn check_capabilities(caps: &[VolumeCapability], default_fs: &str) -> Result<(), Status> {
     if caps.is_empty() {
         return Err(Status::invalid_argument(

@@ -316,6 +316,51 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.kill();
+        if self._tmp.is_some() {
+            cleanup_dir(&self.dir);
+        }
+    }
+}
+
+/// After a failed test: unmount everything under `dir`, detach loop devices backed
+/// by files under it (deepest first, loops before their FUSE mounts), so one
+/// failure does not leak into the machine or the next test.
+pub fn cleanup_dir(dir: &Path) {
+    let d = dir.to_string_lossy().to_string();
+    let under = || {
+        let mut m: Vec<PathBuf> = strake_csi::mount::mounts()
+            .into_iter()
+            .map(|(m, _, _)| m)
+            .filter(|m| m.to_string_lossy().starts_with(&d))
+            .collect();
+        m.sort();
+        m.reverse();
+        m
+    };
+    for m in under() {
+        if !m.ends_with("fuse") {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+    }
+    if let Ok(out) = Command::new("losetup").args(["-n", "-O", "NAME,BACK-FILE"]).output() {
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut f = l.split_whitespace();
+            if let (Some(dev), Some(back)) = (f.next(), f.next()) {
+                if back.starts_with(&d) {
+                    let _ = Command::new("losetup").args(["-d", dev]).status();
+                }
+            }
+        }
+    }
+    for m in under() {
+        let _ = Command::new("umount").arg(&m).status();
+    }
+}
+
+pub struct CleanupOnDrop(pub PathBuf);
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        cleanup_dir(&self.0);
     }
 }
 
