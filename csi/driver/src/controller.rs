@@ -356,7 +356,7 @@ impl ControllerService {
                         CephError::is_exists,
                         &format!("cloning {simg}@{simg} into {}", rec.image),
                     )
-                    .map_err(|s| clone_hint(s))?;
+                    .map_err(clone_hint)?;
                 }
             }
             Some(Source::Volume { pool, image: vimg, .. }) => {
@@ -383,7 +383,7 @@ impl ControllerService {
                         CephError::is_exists,
                         &format!("cloning {vimg}@{tmp} into {}", rec.image),
                     )
-                    .map_err(|s| clone_hint(s))?;
+                    .map_err(clone_hint)?;
                     failpoint::hit("clone:after-clone");
                 }
                 // Always: a crash may have left the temporary snapshot behind.
@@ -626,7 +626,7 @@ impl ControllerService {
                 CephError::is_exists,
                 &format!("cloning {}@{snap} into {}", rec.source_image, rec.image),
             )
-            .map_err(|s| clone_hint(s))?;
+            .map_err(clone_hint)?;
             failpoint::hit("snapshot:after-clone");
         }
         let img = open(io, &rec.image)?;
@@ -814,7 +814,7 @@ fn remove_in_use_check(io: &IoCtx, image: &str) -> Result<(), Status> {
 /// rbd_clone3 with clone format 2 fails with EINVAL-ish errors when the cluster still
 /// allows pre-mimic clients; say so.
 fn clone_hint(s: Status) -> Status {
-    if s.code() == tonic::Code::Internal && s.message().contains("EINVAL") || s.message().contains("EOPNOTSUPP") {
+    if s.code() == tonic::Code::Internal && (s.message().contains("EINVAL") || s.message().contains("EOPNOTSUPP")) {
         Status::failed_precondition(format!(
             "{}. Clone v2 needs `ceph osd set-require-min-compat-client mimic` on the cluster",
             s.message()
