@@ -58,9 +58,10 @@ cluster_healthy() {
 # ceph(8) with a short connect timeout so a dead mon fails fast instead of hanging.
 c() { timeout 30 ceph --connect-timeout 10 "$@"; }
 
-start_mon() { ceph-mon -i a --pid-file "$DIR/run/mon.a.pid"; }
-start_mgr() { ceph-mgr -i x --pid-file "$DIR/run/mgr.x.pid"; }
-start_osd() { ceph-osd -i 0 --pid-file "$DIR/run/osd.0.pid"; }
+# Daemons fork into the background; their start-up chatter goes to the log dir.
+start_mon() { ceph-mon -i a --pid-file "$DIR/run/mon.a.pid" 2>>"$DIR/log/start.log"; }
+start_mgr() { ceph-mgr -i x --pid-file "$DIR/run/mgr.x.pid" 2>>"$DIR/log/start.log"; }
+start_osd() { ceph-osd -i 0 --pid-file "$DIR/run/osd.0.pid" 2>>"$DIR/log/start.log"; }
 
 pgs_clean() {
   # all PGs active+clean (and at least one PG exists)
@@ -184,13 +185,14 @@ ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/ceph.client.admin.keyrin
 monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_V2_PORT,v1:127.0.0.1:$MON_V1_PORT]" "$DIR/monmap" >/dev/null
 
 log "mon"
-ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring"
+ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/mon.keyring" 2>>"$DIR/log/start.log" ||
+  die "ceph-mon --mkfs failed; see $DIR/log/start.log"
 cp "$DIR/mon.keyring" "$DIR/mon.a/keyring"
 start_mon
 wait_for "the monitor to answer" c mon stat
 # clone v2 (no snapshot protection, parents may be removed while clones exist)
 # needs clients of at least mimic; strake-csi's snapshots and clones rely on it.
-c osd set-require-min-compat-client mimic >/dev/null
+c osd set-require-min-compat-client mimic >/dev/null 2>&1 || die "could not set require-min-compat-client mimic"
 
 log "mgr"
 c auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' >"$DIR/mgr.x/keyring"
