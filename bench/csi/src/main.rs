@@ -277,6 +277,42 @@ impl Drop for Cleanup {
 }
 
 struct Driver(Child);
+
+/// Starts strake-csi (all services) in `dir` and connects to it.
+async fn start_driver(
+    bin: &Path,
+    conf: &Path,
+    dir: &Path,
+    pool: &str,
+    extra: &[&str],
+) -> Result<(Driver, tonic::transport::Channel)> {
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("csi.sock");
+    let log = std::fs::File::create(dir.join("driver.log"))?;
+    let d = Driver(
+        Command::new(bin)
+            .arg("--endpoint")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--ceph-conf")
+            .arg(conf)
+            .args(["--metrics-addr", "", "--list-pools", pool])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("strake-csi did not start; see {}", dir.join("driver.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((d, strake_csi::client::connect(&socket).await?))
+}
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -321,36 +357,12 @@ async fn main() -> Result<()> {
 
     let tmp = std::env::temp_dir().join(format!("strake-csi-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let socket = tmp.join("csi.sock");
     let driver_bin = a
         .driver
         .clone()
         .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("strake-csi"));
-    let log = std::fs::File::create(tmp.join("driver.log"))?;
-    let _driver = Driver(
-        Command::new(&driver_bin)
-            .arg("--endpoint")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(tmp.join("state"))
-            .arg("--ceph-conf")
-            .arg(&a.ceph_conf)
-            .args(["--metrics-addr", "", "--list-pools", &pool])
-            .env("RUST_LOG", "warn")
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", driver_bin.display()))?,
-    );
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!("strake-csi did not start; see {}", tmp.join("driver.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ch = strake_csi::client::connect(&socket).await?;
-    let mut c = ControllerClient::new(ch.clone());
-    let mut n = NodeClient::new(ch);
+    let (_driver, ch) = start_driver(&driver_bin, &a.ceph_conf, &tmp.join("main"), &pool, &[]).await?;
+    let mut c = ControllerClient::new(ch);
     let params = HashMap::from([("pool".to_string(), pool.clone())]);
     let create = |name: String, src: Option<volume_content_source::Type>, size: u64| CreateVolumeRequest {
         name,
@@ -482,41 +494,53 @@ async fn main() -> Result<()> {
                 notes.push(format!("{kind}: not measured, {why}"));
                 continue;
             }
-            eprintln!("io: staged block volume via {kind}");
-            let mut req = create(format!("bench-io-{kind}"), None, size);
-            req.parameters.insert("mounter".into(), kind.to_string());
-            let v = c.create_volume(req).await?.into_inner().volume.unwrap();
-            let stg = tmp.join(format!("stg-{kind}"));
-            n.node_stage_volume(NodeStageVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: stg.to_string_lossy().into(),
-                volume_capability: Some(block_cap()),
-                secrets: secrets.clone(),
-                volume_context: v.volume_context.clone(),
-                ..Default::default()
-            })
-            .await?;
-            let dev = strake_csi::node::staged_ids(&tmp.join("state"))
-                .get(&v.volume_id)
-                .cloned()
-                .context("staged device")?;
-            let target = vec![
-                format!("--filename={}", dev.display()),
-                "--ioengine=libaio".into(),
-                "--direct=1".into(),
-            ];
-            let r = run_fio_set(&format!("strake-csi {kind} ({})", dev.display()), &target, &a);
-            n.node_unstage_volume(NodeUnstageVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: stg.to_string_lossy().into(),
-            })
-            .await?;
-            c.delete_volume(DeleteVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                secrets: secrets.clone(),
-            })
-            .await?;
-            io.push(r?);
+            let variants: Vec<(&str, Vec<&str>)> = match kind {
+                AttacherKind::FuseLoop => vec![
+                    ("loop direct-io (default)", vec!["--fuse-loop-direct-io=true"]),
+                    ("loop buffered", vec!["--fuse-loop-direct-io=false"]),
+                ],
+                _ => vec![("", vec![])],
+            };
+            for (label, extra) in variants {
+                eprintln!("io: staged block volume via {kind} {label}");
+                let dir = tmp.join(format!("io-{kind}-{}", io.len()));
+                let (_d, ch) = start_driver(&driver_bin, &a.ceph_conf, &dir, &pool, &extra).await?;
+                let (mut c, mut n) = (ControllerClient::new(ch.clone()), NodeClient::new(ch));
+                let mut req = create(format!("bench-io-{kind}-{}", io.len()), None, size);
+                req.parameters.insert("mounter".into(), kind.to_string());
+                let v = c.create_volume(req).await?.into_inner().volume.unwrap();
+                let stg = dir.join("stg");
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    staging_target_path: stg.to_string_lossy().into(),
+                    volume_capability: Some(block_cap()),
+                    secrets: secrets.clone(),
+                    volume_context: v.volume_context.clone(),
+                    ..Default::default()
+                })
+                .await?;
+                let dev = strake_csi::node::staged_ids(&dir.join("state"))
+                    .get(&v.volume_id)
+                    .cloned()
+                    .context("staged device")?;
+                let target = vec![
+                    format!("--filename={}", dev.display()),
+                    "--ioengine=libaio".into(),
+                    "--direct=1".into(),
+                ];
+                let r = run_fio_set(format!("strake-csi {kind} {label}").trim(), &target, &a);
+                n.node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    staging_target_path: stg.to_string_lossy().into(),
+                })
+                .await?;
+                c.delete_volume(DeleteVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    secrets: secrets.clone(),
+                })
+                .await?;
+                io.push(r?);
+            }
         }
     }
     let baseline = io.first().cloned();

@@ -142,14 +142,28 @@ pub trait Attacher: Send + Sync {
     fn check(&self, a: &Attachment) -> Option<String>;
 }
 
-pub fn attacher(kind: AttacherKind) -> Box<dyn Attacher> {
+/// Node-wide attach settings (flags of the node plugin).
+#[derive(Debug, Clone, Copy)]
+pub struct AttachOptions {
+    /// fuse-loop: `losetup --direct-io=on` (no second copy of the data in the page
+    /// cache of the FUSE file; costs readahead, see the benchmarks).
+    pub fuse_loop_direct_io: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            fuse_loop_direct_io: true,
+        }
+    }
+}
+
+pub fn attacher(kind: AttacherKind, opts: &AttachOptions) -> Box<dyn Attacher> {
     match kind {
         AttacherKind::Krbd => Box::new(Krbd),
         AttacherKind::RbdNbd => Box::new(RbdNbd),
         AttacherKind::FuseLoop => Box::new(FuseLoop {
-            direct_io: std::env::var("STRAKE_CSI_LOOP_DIRECT_IO")
-                .map(|v| v != "0")
-                .unwrap_or(true),
+            direct_io: opts.fuse_loop_direct_io,
         }),
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mount;
 pub mod node;
 pub mod params;
+mod redact;
 pub mod server;
 pub mod sweep;
 

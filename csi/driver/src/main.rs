@@ -110,6 +110,10 @@ struct Serve {
     /// Filesystem when a mount capability names none.
     #[arg(long, default_value = "ext4")]
     default_fs: String,
+    /// fuse-loop attach path: open the loop device with O_DIRECT on the FUSE file
+    /// (true: no double caching; false: page-cache readahead, faster sequential reads).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fuse_loop_direct_io: bool,
     /// NodeGetInfo max_volumes_per_node (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     max_volumes: i64,
@@ -285,6 +289,9 @@ async fn run(cli: Cli) -> Result<()> {
                 lock_timeout: Duration::from_secs(s.lock_timeout_secs),
                 default_fs: s.default_fs.clone(),
                 naming: naming.clone(),
+                attach: strake_csi::attach::AttachOptions {
+                    fuse_loop_direct_io: s.fuse_loop_direct_io,
+                },
             },
             conns.clone(),
         );

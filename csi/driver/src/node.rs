@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use crate::attach::{attacher, AttachRequest, AttacherKind, Attachment};
+use crate::attach::{attacher, AttachOptions, AttachRequest, Attacher, AttacherKind, Attachment};
 use crate::cephconn::{credentials, Connections};
 use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::rpc::Type as CapType;
@@ -37,6 +37,7 @@ pub struct NodeConfig {
     pub lock_timeout: Duration,
     pub default_fs: String,
     pub naming: Naming,
+    pub attach: AttachOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,10 @@ impl NodeService {
             conns,
             locks: KeyLocks::new(),
         }
+    }
+
+    fn attacher(&self, kind: AttacherKind) -> Box<dyn Attacher> {
+        attacher(kind, &self.cfg.attach)
     }
 
     fn volume_dir(&self, volume_id: &str) -> PathBuf {
@@ -128,7 +133,7 @@ impl NodeService {
         }
         let dead = staged
             .iter()
-            .filter(|s| attacher(s.attachment.kind).check(&s.attachment).is_some())
+            .filter(|s| self.attacher(s.attachment.kind).check(&s.attachment).is_some())
             .count();
         metrics::global().helpers_dead.set(dead as i64);
     }
@@ -140,7 +145,7 @@ impl NodeService {
     pub fn adopt(&self) -> (usize, usize) {
         let (mut ok, mut broken) = (0, 0);
         for mut st in self.all_staged() {
-            let a = attacher(st.attachment.kind);
+            let a = self.attacher(st.attachment.kind);
             // The helper PID may have been unknown when the state was written.
             if st.attachment.kind == AttacherKind::FuseLoop
                 && st.attachment.helper_pid.is_none_or(|p| !crate::attach::pid_alive(p))
@@ -223,7 +228,7 @@ impl NodeService {
         })?;
 
         let mut st = match self.load(&req.volume_id)? {
-            Some(st) if attacher(st.attachment.kind).check(&st.attachment).is_none() => st,
+            Some(st) if self.attacher(st.attachment.kind).check(&st.attachment).is_none() => st,
             existing => {
                 // Check credentials and that the image exists before starting helpers:
                 // the errors are much clearer from librbd than from a dying rbd-fuse.
@@ -242,10 +247,11 @@ impl NodeService {
                 if let Some(old) = existing {
                     // A dead attachment (e.g. the helper died): clean it before re-attaching.
                     let _ = mount::umount(&old.staging_path);
-                    let _ = attacher(old.attachment.kind).detach(&old.attachment);
+                    let _ = self.attacher(old.attachment.kind).detach(&old.attachment);
                 }
                 let dir = self.volume_dir(&req.volume_id);
-                let att = attacher(kind_attacher)
+                let att = self
+                    .attacher(kind_attacher)
                     .attach(&AttachRequest {
                         pool: &pool,
                         image: &image,
@@ -329,7 +335,7 @@ impl NodeService {
             return Ok(());
         };
         mount::umount(&st.staging_path).map_err(|e| internal("unmounting the staging path", e))?;
-        attacher(st.attachment.kind)
+        self.attacher(st.attachment.kind)
             .detach(&st.attachment)
             .map_err(|e| internal("detaching", e))?;
         let dir = self.volume_dir(&req.volume_id);
@@ -521,7 +527,7 @@ impl Node for NodeService {
                     )));
                 }
                 let condition = match this.load(&req.volume_id)? {
-                    Some(st) => match attacher(st.attachment.kind).check(&st.attachment) {
+                    Some(st) => match this.attacher(st.attachment.kind).check(&st.attachment) {
                         Some(why) => VolumeCondition {
                             abnormal: true,
                             message: why,
@@ -590,7 +596,7 @@ impl Node for NodeService {
                 if !Path::new(&req.volume_path).exists() {
                     return Err(Status::not_found(format!("volume path {} does not exist", req.volume_path)));
                 }
-                let a = attacher(st.attachment.kind);
+                let a = this.attacher(st.attachment.kind);
                 a.refresh_size(&st.attachment).map_err(|e| internal("refreshing the device size", e))?;
                 let dev = st.attachment.device.clone();
                 let size = mount::device_size(&dev).map_err(|e| internal("sizing", e))? as i64;
