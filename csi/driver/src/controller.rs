@@ -548,6 +548,7 @@ impl ControllerService {
                 source: source.clone(),
                 reserved_at: now_secs(),
             };
+            failpoint::delay("create:before-reserve");
             if !j.reserve_volume(&rec)? {
                 // Another process reserved the name between our read and write: use theirs.
                 continue;

@@ -48,3 +48,23 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Race injection: `STRAKE_CSI_DELAY=create:before-reserve=400` sleeps 400 ms at that
+/// point, so a test can line two driver processes up between "read the journal" and
+/// "reserve the name" and prove the OSD-side compare-and-set decides.
+pub fn delay(name: &str) {
+    static DELAYS: OnceLock<Vec<(String, u64)>> = OnceLock::new();
+    let delays = DELAYS.get_or_init(|| {
+        std::env::var("STRAKE_CSI_DELAY")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|s| {
+                let (k, v) = s.trim().split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    });
+    if let Some((_, ms)) = delays.iter().find(|(k, _)| k == name) {
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
+}

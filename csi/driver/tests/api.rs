@@ -57,6 +57,58 @@ async fn every_rpc_is_idempotent_and_ten_concurrent_creates_make_one_image() {
     assert_eq!(ids.len(), 1, "concurrent creates returned different volumes: {ids:?}");
     assert_eq!(pool.images().len(), 1, "{:?}", pool.images());
 
+    // Two driver processes (two controller replicas) racing for one new name: the
+    // in-process lock cannot help, the OSD-side compare-and-set must.
+    // Both processes pause between reading the journal and reserving, so both see the
+    // name free: only the compare-and-set can keep them from making two images.
+    let delay = || vec![("STRAKE_CSI_DELAY".to_string(), "create:before-reserve=500".to_string())];
+    let drv_a = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        extra_env: delay(),
+        ..Default::default()
+    });
+    let other_drv = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        extra_env: delay(),
+        ..Default::default()
+    });
+    let mut tasks = vec![];
+    for i in 0..10 {
+        let mut c = if i % 2 == 0 {
+            drv_a.controller().await
+        } else {
+            other_drv.controller().await
+        };
+        let p = pool.params();
+        tasks.push(tokio::spawn(async move {
+            c.create_volume(CreateVolumeRequest {
+                name: "pvc-two-processes".into(),
+                capacity_range: range(64 * MIB),
+                volume_capabilities: vec![block_cap()],
+                parameters: p,
+                secrets: secrets(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().volume.unwrap().volume_id)
+        }));
+    }
+    let mut two = vec![];
+    for t in tasks {
+        two.push(t.await.unwrap().expect("CreateVolume across two processes succeeds"));
+    }
+    two.sort();
+    two.dedup();
+    assert_eq!(
+        two.len(),
+        1,
+        "two processes created different volumes for one name: {two:?}"
+    );
+    assert_eq!(pool.images().len(), 2, "{:?}", pool.images());
+    delete(&mut c, &two[0]).await;
+    drop(other_drv);
+    drop(drv_a);
+
     // Same name, same arguments → same volume; same name, incompatible size → ALREADY_EXISTS.
     let v = create(&mut c, "pvc-concurrent", &pool, 64 * MIB, mount_cap("ext4"), None).await;
     assert_eq!(v.volume_id, ids[0]);
@@ -99,6 +151,26 @@ async fn every_rpc_is_idempotent_and_ten_concurrent_creates_make_one_image() {
     for _ in 0..2 {
         publish(&mut n, &v, &stg, &tgt, mount_cap("ext4"), false).await;
     }
+    // Deleting a volume that a node still has attached is refused, and says why.
+    let e = c
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            secrets: secrets(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("still in use") && e.message().contains("unstage"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        pool.journal_keys()
+            .iter()
+            .any(|k| k.starts_with("vol.name.pvc-concurrent")),
+        "a refused delete must keep the record"
+    );
     let m = drv.metrics_text();
     assert!(
         m.contains(r#"strake_csi_attached_volumes{attacher="fuse-loop"} 1"#),
