@@ -107,6 +107,13 @@ struct Serve {
     /// How long an RPC waits for another RPC on the same volume/snapshot before ABORTED.
     #[arg(long, default_value_t = 120)]
     lock_timeout_secs: u64,
+    /// Controller: run `sweep --delete` over --list-pools every N seconds (0 = never),
+    /// removing only provable orphans (see `strake-csi sweep --help`).
+    #[arg(long, default_value_t = 0)]
+    sweep_interval_secs: u64,
+    /// Age after which an unfinished reservation with no image counts as abandoned.
+    #[arg(long, default_value_t = 600)]
+    sweep_grace_secs: u64,
     /// Filesystem when a mount capability names none.
     #[arg(long, default_value = "ext4")]
     default_fs: String,
@@ -301,6 +308,20 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         None
     };
+    if controller.is_some() && s.sweep_interval_secs > 0 {
+        let cfg = SweepConfig {
+            instance: c.instance_id.clone(),
+            naming: naming.clone(),
+            grace: Duration::from_secs(s.sweep_grace_secs),
+            delete: true,
+        };
+        tokio::spawn(periodic_sweep(
+            conns.clone(),
+            s.list_pools.clone(),
+            cfg,
+            Duration::from_secs(s.sweep_interval_secs),
+        ));
+    }
     let identity = IdentityService {
         controller: controller.is_some(),
     };
@@ -315,6 +336,42 @@ async fn run(cli: Cli) -> Result<()> {
         tracing::info!("shutting down; attachments stay in place");
     };
     server::serve(&s.endpoint, identity, controller, node, shutdown).await
+}
+
+/// The runbook ceph-csi users run by hand (find leaked images and omap entries),
+/// as a loop: every finding is logged, proven orphans are removed.
+async fn periodic_sweep(conns: Arc<Connections>, pools: Vec<String>, cfg: SweepConfig, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // not at start-up: let in-flight operations from a crash be retried first
+    loop {
+        tick.tick().await;
+        let (conns, pools, cfg) = (conns.clone(), pools.clone(), cfg.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let cluster = conns.get(None).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let mut n = 0;
+            for p in &pools {
+                let io = cluster.ioctx(p).with_context(|| format!("opening pool {p}"))?;
+                for f in sweep(&io, &cfg).map_err(|s| anyhow::anyhow!("sweeping {p}: {}", s.message()))? {
+                    tracing::warn!(
+                        pool = f.pool,
+                        kind = f.kind,
+                        object = f.object,
+                        reason = f.reason,
+                        removed = f.removed,
+                        "sweep finding"
+                    );
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await;
+        match r {
+            Ok(Ok(n)) => tracing::info!(findings = n, "periodic sweep done"),
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic sweep failed"),
+            Err(e) => tracing::error!(error = %e, "periodic sweep task failed"),
+        }
+    }
 }
 
 #[cfg(test)]

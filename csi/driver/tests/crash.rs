@@ -393,3 +393,64 @@ async fn sweep_removes_proven_orphans_and_keeps_live_volumes() {
     io.remove_image("csi-vol-not-ours").unwrap();
     pool.assert_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_sweeps_orphans_by_itself_when_asked() {
+    let pool = TestPool::new("autosweep");
+    let drv = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        ..Default::default()
+    });
+    let mut c = drv.controller().await;
+    let live = c
+        .create_volume(create_req(&pool, "pvc-live", None).await)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let orphan = format!("{PREFIX}vol-{}", uuid::Uuid::new_v4());
+    pool.io().create_image(&orphan, 4 * MIB, &Default::default()).unwrap();
+
+    // A second controller process with the periodic sweep on.
+    let dir = tempfile::Builder::new().prefix("strake-csi-test").tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut sweeper = Command::new(env!("CARGO_BIN_EXE_strake-csi"))
+        .args([
+            "--mode",
+            "controller",
+            "--metrics-addr",
+            "",
+            "--sweep-interval-secs",
+            "1",
+            "--list-pools",
+            &pool.name,
+            "--endpoint",
+        ])
+        .arg(dir.path().join("csi.sock"))
+        .arg("--ceph-conf")
+        .arg(conf())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while pool.images().contains(&orphan) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = sweeper.kill();
+            panic!(
+                "the periodic sweep did not remove {orphan}:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = sweeper.kill();
+    let _ = sweeper.wait();
+    assert!(std::fs::read_to_string(&log).unwrap().contains("sweep finding"));
+    assert!(
+        pool.images().contains(&live.volume_context["imageName"]),
+        "the live volume must survive"
+    );
+    delete(&mut c, &live.volume_id).await;
+    pool.assert_empty();
+}
