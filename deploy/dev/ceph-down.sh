@@ -58,4 +58,6 @@ for m in "${mounts[@]}"; do
 done
 
 rm -rf "$DIR"
+# The parent (/var/lib/strake by default) was created by ceph-up.sh; drop it if empty.
+rmdir "$(dirname "$DIR")" 2>/dev/null || true
 log "stopped and removed $DIR"
