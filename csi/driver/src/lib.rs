@@ -1,0 +1,38 @@
+//! strake-csi: a CSI driver for Ceph RBD.
+//!
+//! * [`controller`]: volumes, snapshots, clones, expansion, listing, capacity. Every
+//!   mutation is recorded in an omap [`journal`] first so a crash at any step converges
+//!   when the CO retries.
+//! * [`node`]: stage (attach + mkfs on first use + mount), publish (bind mount), stats,
+//!   expansion. Attach paths live behind the [`attach::Attacher`] trait.
+//! * [`sweep`]: finds (and with `--delete` removes) images and journal records that are
+//!   provably orphaned.
+
+pub mod attach;
+pub mod cephconn;
+pub mod client;
+pub mod controller;
+pub mod errors;
+pub mod failpoint;
+pub mod identity;
+pub mod ids;
+pub mod journal;
+pub mod locks;
+pub mod metrics;
+pub mod mount;
+pub mod node;
+pub mod params;
+mod redact;
+pub mod server;
+pub mod sweep;
+
+/// Generated CSI v1 types, clients and servers.
+pub mod csi {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("csi.v1");
+}
+
+/// The name this driver registers under (GetPluginInfo, CSIDriver object, StorageClass
+/// provisioner).
+pub const DRIVER_NAME: &str = "rbd.csi.strake.io";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

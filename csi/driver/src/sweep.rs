@@ -1,0 +1,258 @@
+//! `strake-csi sweep`: finds what a crash or a CO that gave up left behind, and with
+//! `--delete` removes what it can *prove* is orphaned (never a live volume).
+//!
+//! Proofs rest on the journal's ordering (see `journal`): a record is written before
+//! its image and removed after it.
+//! * image with our prefix and no record (any state) → orphan image
+//! * record `deleting` → interrupted DeleteVolume/DeleteSnapshot: finish it
+//! * record `ready` whose image is gone → record without image
+//! * record `creating` older than `--grace` whose image never appeared → abandoned reservation
+//! * `vol.id.*`/`snap.id.*` index entry without its name entry → dangling index
+//! * temporary clone/snapshot RBD snapshots whose operation is not in progress
+//! * our images in the RBD trash that nothing depends on any more
+//!
+//! A record `creating` whose image exists is reported but kept: the CO may still retry
+//! and finish it.
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use strake_ceph::IoCtx;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::controller::{purge_trash, remove_or_trash};
+use crate::errors;
+use crate::ids::Naming;
+use crate::journal::{now_secs, Journal, State};
+
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    pub instance: String,
+    pub naming: Naming,
+    pub grace: Duration,
+    pub delete: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    pub pool: String,
+    pub kind: &'static str,
+    pub object: String,
+    pub reason: String,
+    /// Whether it was removed (only with --delete, and only for proven orphans).
+    pub removed: bool,
+    /// Proven orphan (removable) vs. reported for a human to judge.
+    pub proven: bool,
+}
+
+pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
+    let pool = io.pool().to_string();
+    let mut out = Vec::new();
+    let mut push = |kind: &'static str, object: String, reason: String, proven: bool, removed: bool| {
+        out.push(Finding {
+            pool: pool.clone(),
+            kind,
+            object,
+            reason,
+            removed,
+            proven,
+        });
+    };
+    // Images first, journal second: see the module docs for why this order is safe.
+    let images = io.list_images().map_err(|e| errors::ceph("listing images", e))?;
+    let j = Journal::new(io, &cfg.instance);
+    let vols = j.all_volumes()?;
+    let snaps = j.all_snaps()?;
+    let vol_by_uuid: HashMap<Uuid, State> = vols.iter().map(|r| (r.uuid, r.state)).collect();
+    let snap_by_uuid: HashMap<Uuid, State> = snaps.iter().map(|r| (r.uuid, r.state)).collect();
+    let image_names: HashSet<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    let now = now_secs();
+
+    for img in &images {
+        let Some((is_snap, uuid)) = cfg.naming.parse_image(&img.name) else {
+            continue;
+        };
+        let known = if is_snap {
+            snap_by_uuid.contains_key(&uuid)
+        } else {
+            vol_by_uuid.contains_key(&uuid)
+        };
+        if !known {
+            let removed = cfg.delete && remove_or_trash(io, &img.name).is_ok();
+            push(
+                "image",
+                img.name.clone(),
+                "image has no journal record (crash between steps, or a record removed by hand)".into(),
+                true,
+                removed,
+            );
+        }
+    }
+
+    for r in &vols {
+        let has_image = image_names.contains(r.image.as_str());
+        match r.state {
+            State::Deleting => {
+                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove_volume(r).is_ok();
+                push(
+                    "volume-record",
+                    r.name.clone(),
+                    format!("DeleteVolume of {} was interrupted", r.image),
+                    true,
+                    removed,
+                );
+            }
+            State::Ready if !has_image => {
+                let removed = cfg.delete && j.remove_volume(r).is_ok();
+                push(
+                    "volume-record",
+                    r.name.clone(),
+                    format!("record is ready but image {} does not exist", r.image),
+                    true,
+                    removed,
+                );
+            }
+            State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() => {
+                if has_image {
+                    push(
+                        "volume-record",
+                        r.name.clone(),
+                        format!(
+                            "CreateVolume has not finished for {}s; the CO may still retry it",
+                            now - r.reserved_at
+                        ),
+                        false,
+                        false,
+                    );
+                } else {
+                    let removed = cfg.delete && j.remove_volume(r).is_ok();
+                    push(
+                        "volume-record",
+                        r.name.clone(),
+                        format!(
+                            "reservation older than {}s whose image never appeared",
+                            cfg.grace.as_secs()
+                        ),
+                        true,
+                        removed,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for r in &snaps {
+        let has_image = image_names.contains(r.image.as_str());
+        match r.state {
+            State::Deleting => {
+                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove_snap(r).is_ok();
+                push(
+                    "snapshot-record",
+                    r.name.clone(),
+                    format!("DeleteSnapshot of {} was interrupted", r.image),
+                    true,
+                    removed,
+                );
+            }
+            State::Ready if !has_image => {
+                let removed = cfg.delete && j.remove_snap(r).is_ok();
+                push(
+                    "snapshot-record",
+                    r.name.clone(),
+                    format!("record is ready but image {} does not exist", r.image),
+                    true,
+                    removed,
+                );
+            }
+            State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() && !has_image => {
+                let removed = cfg.delete && j.remove_snap(r).is_ok();
+                push(
+                    "snapshot-record",
+                    r.name.clone(),
+                    format!(
+                        "reservation older than {}s whose image never appeared",
+                        cfg.grace.as_secs()
+                    ),
+                    true,
+                    removed,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // Index entries whose name entry is missing or points elsewhere.
+    let vol_names: HashMap<&str, Uuid> = vols.iter().map(|r| (r.name.as_str(), r.uuid)).collect();
+    for (uuid, name) in j.id_index("vol.id.")? {
+        if vol_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
+            let key = format!("vol.id.{uuid}");
+            let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+            push(
+                "journal-index",
+                key,
+                format!("points at {name:?}, which has no matching record"),
+                true,
+                removed,
+            );
+        }
+    }
+    let snap_names: HashMap<&str, Uuid> = snaps.iter().map(|r| (r.name.as_str(), r.uuid)).collect();
+    for (uuid, name) in j.id_index("snap.id.")? {
+        if snap_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
+            let key = format!("snap.id.{uuid}");
+            let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+            push(
+                "journal-index",
+                key,
+                format!("points at {name:?}, which has no matching record"),
+                true,
+                removed,
+            );
+        }
+    }
+
+    // Temporary RBD snapshots on our volume images.
+    for img in images
+        .iter()
+        .filter(|i| cfg.naming.parse_image(&i.name).is_some_and(|(s, _)| !s))
+    {
+        let Ok(Some(h)) = io.open_if_exists(&img.name) else {
+            continue;
+        };
+        let Ok(list) = h.snaps() else { continue };
+        for s in list.iter().filter(|s| !s.trashed) {
+            let in_progress = if let Some(u) = cfg.naming.parse_temp_snap(&s.name) {
+                vol_by_uuid.get(&u) == Some(&State::Creating)
+            } else if let Some((true, u)) = cfg.naming.parse_image(&s.name) {
+                snap_by_uuid.get(&u) == Some(&State::Creating)
+            } else {
+                continue;
+            };
+            if !in_progress {
+                let removed = cfg.delete && h.snap_remove(&s.name).is_ok();
+                push(
+                    "temporary-snapshot",
+                    format!("{}@{}", img.name, s.name),
+                    "left by an interrupted clone or snapshot".into(),
+                    true,
+                    removed,
+                );
+            }
+        }
+    }
+
+    if cfg.delete {
+        let n = purge_trash(io, &cfg.naming);
+        if n > 0 {
+            push(
+                "trash",
+                format!("{n} image(s)"),
+                "purged from the RBD trash (no clones left)".into(),
+                true,
+                true,
+            );
+        }
+    }
+    Ok(out)
+}
