@@ -15,9 +15,16 @@ use strake_lab::probe;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
-fn service(name: &str, vip: Ipv4Addr, app: &str, extra_spec: &str, annotations: &str) -> String {
+fn service(
+    ns: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    app: &str,
+    extra_spec: &str,
+    annotations: &str,
+) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: web\n  name: {name}\n  annotations: {{{annotations}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: http, port: 80, targetPort: http, protocol: TCP}}\n  - {{name: dns, port: 80, targetPort: dns, protocol: UDP}}\n{extra_spec}"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: {ns}\n  name: {name}\n  annotations: {{{annotations}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: http, port: 80, targetPort: http, protocol: TCP}}\n  - {{name: dns, port: 80, targetPort: dns, protocol: UDP}}\n{extra_spec}"
     )
 }
 
@@ -32,12 +39,12 @@ fn base(prefix: &str) -> Vec<(&'static str, String)> {
                 + "---\n"
                 + &node_yaml(&b, "10.244.2.0/24", "10.0.0.2"),
         ),
-        ("w1.yaml", pod_yaml("web", "w1", &a, "web", false)),
-        ("w2.yaml", pod_yaml("web", "w2", &a, "web", false)),
-        ("w3.yaml", pod_yaml("web", "w3", &b, "web", false)),
+        ("w1.yaml", pod_yaml(prefix, "w1", &a, "web", false)),
+        ("w2.yaml", pod_yaml(prefix, "w2", &a, "web", false)),
+        ("w3.yaml", pod_yaml(prefix, "w3", &b, "web", false)),
         (
             "client.yaml",
-            pod_yaml("web", "client", &b, "client", false),
+            pod_yaml(prefix, "client", &b, "client", false),
         ),
     ]
 }
@@ -54,9 +61,9 @@ fn lb_counter(lab: &strake_lab::Lab, node: &str, name: &str) -> u64 {
 #[test]
 fn cluster_ip_spreads_3000_connections_evenly_over_backends_on_two_nodes() {
     let mut files = base("ld");
-    files.push(("svc.yaml", service("web", VIP, "web", "", "")));
+    files.push(("svc.yaml", service("ld", "web", VIP, "web", "", "")));
     let lab = yaml_lab("ld", &files);
-    let client = lab.pod_netns("web", "client");
+    let client = lab.pod_netns("ld", "client");
     for (what, counts) in [
         ("TCP", tcp_spread(&client, addr(VIP, 80), 3000)),
         ("UDP", udp_spread(&client, addr(VIP, 80), 3000)),
@@ -83,6 +90,7 @@ fn nodeport_and_load_balancer_ip_from_outside_in_snat_and_dsr_modes() {
         "  type: LoadBalancer\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n";
     let with_nodeport = |mode: &str| {
         service(
+            "ex",
             "public",
             Ipv4Addr::new(10, 96, 0, 11),
             "web",
@@ -115,7 +123,7 @@ fn nodeport_and_load_balancer_ip_from_outside_in_snat_and_dsr_modes() {
                 |s: &LbStatus| {
                     s.services
                         .iter()
-                        .any(|x| x.service == "web/public:http" && x.external_mode == "dsr")
+                        .any(|x| x.service == "ex/public:http" && x.external_mode == "dsr")
                 },
             )
             .unwrap();
@@ -144,9 +152,9 @@ fn client_ip_affinity_sticks_for_its_timeout_then_may_move() {
     let mut files = base("af");
     let sticky =
         "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
-    files.push(("svc.yaml", service("web", VIP, "web", sticky, "")));
+    files.push(("svc.yaml", service("af", "web", VIP, "web", sticky, "")));
     let lab = yaml_lab("af", &files);
-    let client = lab.pod_netns("web", "client");
+    let client = lab.pod_netns("af", "client");
     let counts = tcp_spread(&client, addr(VIP, 80), 40);
     assert_eq!(
         counts.len(),
@@ -171,6 +179,7 @@ fn failing_backends_leave_within_the_health_check_window_and_come_back() {
     files.push((
         "svc.yaml",
         service(
+            "hc",
             "web",
             VIP,
             "web",
@@ -179,17 +188,17 @@ fn failing_backends_leave_within_the_health_check_window_and_come_back() {
         ),
     ));
     let lab = yaml_lab("hc", &files);
-    let client = lab.pod_netns("web", "client");
+    let client = lab.pod_netns("hc", "client");
     let is_active = |want: bool| {
         move |s: &LbStatus| {
             s.services
                 .iter()
-                .filter(|x| x.service == "web/web:http")
+                .filter(|x| x.service == "hc/web:http")
                 .flat_map(|x| &x.backends)
-                .any(|b| b.pod.as_deref() == Some("web/w1") && b.active == want)
+                .any(|b| b.pod.as_deref() == Some("hc/w1") && b.active == want)
         }
     };
-    lab.stop_pod_server("web", "w1");
+    lab.stop_pod_server("hc", "w1");
     let killed = Instant::now();
     // Window: 2 failures x 300 ms + the 200 ms timeout, plus a reconcile.
     lab.wait_lb("w1 out", Duration::from_secs(3), is_active(false))
@@ -202,17 +211,17 @@ fn failing_backends_leave_within_the_health_check_window_and_come_back() {
         "no failure after the window: {counts:?}"
     );
     assert!(
-        !counts.contains_key("web/w1"),
+        !counts.contains_key("hc/w1"),
         "no new connection to the dead backend: {counts:?}"
     );
 
-    lab.start_pod_server(&pod_spec("web", "w1", "hca", "web"))
+    lab.start_pod_server(&pod_spec("hc", "w1", "hca", "web"))
         .unwrap();
     lab.wait_lb("w1 back", Duration::from_secs(3), is_active(true))
         .unwrap();
     let counts = tcp_spread(&client, addr(VIP, 80), 200);
     assert!(
-        counts.get("web/w1").copied().unwrap_or(0) > 20,
+        counts.get("hc/w1").copied().unwrap_or(0) > 20,
         "w1 takes traffic again: {counts:?}"
     );
     assert!(!counts.contains_key("!error"), "{counts:?}");
@@ -223,14 +232,21 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
     let mut files = base("rl");
     files.push((
         "svc.yaml",
-        service("web", VIP, "web", "", "lb.strake.dev/health-check: none"),
+        service(
+            "rl",
+            "web",
+            VIP,
+            "web",
+            "",
+            "lb.strake.dev/health-check: none",
+        ),
     ));
     let lab = Arc::new(yaml_lab("rl", &files));
-    let client = lab.pod_netns("web", "client");
+    let client = lab.pod_netns("rl", "client");
 
     // A long-lived stream through the service.
     let (stream, backend) = probe::tcp_stream(&client, addr(VIP, 80), T).unwrap();
-    let keep = backend.trim_start_matches("web/").to_string();
+    let keep = backend.trim_start_matches("rl/").to_string();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -281,17 +297,17 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
         })
     };
     let has = |pod: &str, active: bool| {
-        let pod = format!("web/{pod}");
+        let pod = format!("rl/{pod}");
         move |s: &LbStatus| {
             s.services
                 .iter()
-                .filter(|x| x.service == "web/web:http")
+                .filter(|x| x.service == "rl/web:http")
                 .flat_map(|x| &x.backends)
                 .any(|b| b.pod.as_deref() == Some(pod.as_str()) && b.active == active)
         }
     };
     let gone = |pod: &str| {
-        let pod = format!("web/{pod}");
+        let pod = format!("rl/{pod}");
         move |s: &LbStatus| {
             !s.services
                 .iter()
@@ -313,21 +329,21 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
         let node = nodes[i];
         std::fs::write(
             lab.dir.join(format!("{new}.yaml")),
-            pod_yaml("web", &new, node, "web", false),
+            pod_yaml("rl", &new, node, "web", false),
         )
         .unwrap();
-        lab.add_pod(&pod_spec("web", &new, node, "web")).unwrap();
+        lab.add_pod(&pod_spec("rl", &new, node, "web")).unwrap();
         lab.wait_lb("new pod active", t5, has(&new, true)).unwrap();
         std::fs::write(
             lab.dir.join(format!("{old}.yaml")),
-            pod_yaml("web", old, node, "web", true),
+            pod_yaml("rl", old, node, "web", true),
         )
         .unwrap();
         lab.wait_lb("old pod terminating", t5, has(old, false))
             .unwrap();
         std::fs::remove_file(lab.dir.join(format!("{old}.yaml"))).unwrap();
         lab.wait_lb("old pod gone", t5, gone(old)).unwrap();
-        lab.del_pod("web", old, node).unwrap();
+        lab.del_pod("rl", old, node).unwrap();
         let before = echoed.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(200));
         assert!(
@@ -340,14 +356,14 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
     let node = if keep == "w3" { "rlb" } else { "rla" };
     std::fs::write(
         lab.dir.join(format!("{keep}.yaml")),
-        pod_yaml("web", &keep, node, "web", true),
+        pod_yaml("rl", &keep, node, "web", true),
     )
     .unwrap();
     lab.wait_lb("stream's backend terminating", t5, has(&keep, false))
         .unwrap();
     let counts = tcp_spread(&client, addr(VIP, 80), 50);
     assert!(
-        !counts.contains_key(&format!("web/{keep}")),
+        !counts.contains_key(&format!("rl/{keep}")),
         "no new flows to a terminating backend: {counts:?}"
     );
     let before = echoed.load(Ordering::Relaxed);

@@ -101,6 +101,25 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// Netlink dumps come back EBUSY when the table changed while it was being
+/// dumped (NLM_F_DUMP_INTR); a fresh dump is then consistent.
+async fn dump_retrying<T, F, Fut>(mut dump: F) -> Result<T, rtnetlink::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match dump().await {
+            Err(e) if is_errno(&e, nix::errno::Errno::EBUSY as i32) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
@@ -139,14 +158,10 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .context("listing links")?;
+        let msgs: Vec<LinkMessage> =
+            dump_retrying(|| self.handle.link().get().execute().try_collect::<Vec<_>>())
+                .await
+                .context("listing links")?;
         Ok(msgs.iter().map(to_link).collect())
     }
 
@@ -290,15 +305,16 @@ impl Netlink {
 
     /// IPv4 addresses (with prefix length) on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .with_context(|| format!("listing addresses of link #{index}"))?;
+        let msgs: Vec<_> = dump_retrying(|| {
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect::<Vec<_>>()
+        })
+        .await
+        .with_context(|| format!("listing addresses of link #{index}"))?;
         let mut out = Vec::new();
         for m in msgs {
             if m.header.family != AddressFamily::Inet {
@@ -363,15 +379,16 @@ impl Netlink {
 
     /// IPv4 routes of the main table; with `protocol`, only those it tags.
     pub async fn routes(&self, protocol: Option<u8>) -> Result<Vec<Route4>> {
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(filter)
-            .execute()
-            .try_collect()
-            .await
-            .context("listing routes")?;
+        let msgs: Vec<RouteMessage> = dump_retrying(|| {
+            let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+            self.handle
+                .route()
+                .get(filter)
+                .execute()
+                .try_collect::<Vec<_>>()
+        })
+        .await
+        .context("listing routes")?;
         let mut out = Vec::new();
         for m in msgs {
             if m.header.table != 254 {
