@@ -25,6 +25,7 @@
 #include "hash.h"
 #include "l4.h"
 #include "maps.h"
+#include "node.h"
 
 #define IP_OFF ETH_HLEN
 #define IP_CHECK_OFF (IP_OFF + __builtin_offsetof(struct iphdr, check))
@@ -36,11 +37,6 @@ static __always_inline const struct lb_config *lb_config(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&st_lb_config, &zero);
-}
-
-static __always_inline int is_node_addr(__be32 addr)
-{
-	return bpf_map_lookup_elem(&st_node_addrs, &addr) != 0;
 }
 
 static __always_inline struct svc_info *lb_frontend(__be32 daddr, __be16 dport, __u8 proto)

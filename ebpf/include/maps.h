@@ -30,6 +30,51 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_counters SEC(".maps");
 
+/* ---- NetworkPolicy ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAKE_MAX_IPCACHE);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAKE_MAX_POLICY);
+	__type(key, struct policy_key);
+	__type(value, struct policy_verdict);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_CT_SIZE);
+	__type(key, struct pol_ct_key);
+	__type(value, struct pol_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_pol_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pol_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_pol_config SEC(".maps");
+
+/* Policy drops per endpoint: index endpoint_id * 2 + direction. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STRAKE_MAX_ENDPOINT_IDS * 2);
+	__type(key, __u32);
+	__type(value, struct counter_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_pol_drops SEC(".maps");
+
 /* ---- Load balancing ---- */
 
 struct {

@@ -23,6 +23,9 @@
 #define STRAKE_MAX_SLOTS (STRAKE_MAX_BACKEND_SETS * 4)
 #define STRAKE_CT_SIZE 262144
 #define STRAKE_MAGLEV_DEFAULT_SIZE 16381
+#define STRAKE_MAX_IPCACHE 131072
+#define STRAKE_MAX_POLICY 1048576
+#define STRAKE_MAX_ENDPOINT_IDS 16384
 
 /* Value of st_endpoints, keyed by the pod's IPv4 address (network order). */
 struct endpoint_info {
@@ -37,6 +40,10 @@ struct endpoint_info {
 /* The endpoint's source address was checked at attach time; spoofed sources
  * from it are dropped. Set for every CNI-attached pod. */
 #define STRAKE_EP_F_ANTISPOOF (1U << 0)
+/* Some NetworkPolicy selects the pod for that direction: traffic not allowed
+ * by a rule is dropped. */
+#define STRAKE_EP_F_INGRESS_ISOLATED (1U << 1)
+#define STRAKE_EP_F_EGRESS_ISOLATED (1U << 2)
 
 /* ---- Load balancing -------------------------------------------------- */
 
@@ -146,6 +153,72 @@ struct lb_config {
 	__u16 snat_port_max;
 };
 
+/* ---- NetworkPolicy ----------------------------------------------------- */
+
+/* st_ipcache (LPM): remote address -> class. A class is a set of policy
+ * peers an address matches (pod selectors, ipBlocks minus excepts); the
+ * compiler gives every distinct set one id, so the program needs one lookup
+ * whatever the number of policies. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+enum strake_direction {
+	STRAKE_DIR_INGRESS = 0,
+	STRAKE_DIR_EGRESS = 1,
+};
+
+/* st_policy (LPM): what an endpoint may exchange with a class, by protocol
+ * and port. Fixed fields first; the port is matched by prefix, so an endPort
+ * range is a handful of entries; a rule without ports stops before `proto`. */
+struct policy_key_data {
+	__u32 endpoint_id;
+	__u32 class_id;
+	__u8 direction;
+	__u8 proto;
+	__be16 port;
+};
+
+struct policy_key {
+	__u32 prefixlen;
+	struct policy_key_data data;
+};
+
+#define STRAKE_POLICY_KEY_BITS 96       /* endpoint_id + class_id + direction + proto + port */
+#define STRAKE_POLICY_ANY_PROTO_BITS 72 /* endpoint_id + class_id + direction */
+
+/* Which rule allowed: for counters and explanations. */
+struct policy_verdict {
+	__u32 rule_id;
+};
+
+/* st_pol_ct: flows a policy check let through, per endpoint and direction,
+ * so replies (and ICMP errors about them) pass. `generation` is the policy
+ * generation that allowed it: after any policy change the flow is judged
+ * again at its next packet. */
+struct pol_ct_key {
+	struct flow_key flow;
+	__u32 endpoint_id;
+	__u8 direction;
+	__u8 pad[3];
+};
+
+struct pol_ct_entry {
+	__u32 generation;
+	__u32 rule_id;
+	/* What the flow was judged on, for judging it again: the real remote
+	 * address and destination port (after service translation). */
+	__be32 judged_remote;
+	__be16 judged_port;
+	__u8 pad[2];
+};
+
+struct pol_config {
+	__u32 generation;
+	__u32 pad;
+};
+
 /* Per-CPU packet counters, index into st_counters. Userspace sums CPUs. */
 enum strake_counter {
 	STRAKE_CNT_FWD_LOCAL = 0,   /* redirected into a local pod (redirect_peer) */
@@ -163,6 +236,9 @@ enum strake_counter {
 	STRAKE_CNT_LB_SNAT_FULL,    /* no free SNAT port: dropped */
 	STRAKE_CNT_LB_ENCAP,        /* sent to a remote backend by IPIP (DSR) */
 	STRAKE_CNT_LB_DECAP,        /* IPIP from a load balancer, unwrapped for a local backend */
+	STRAKE_CNT_POLICY_DROP_INGRESS, /* no NetworkPolicy rule allows it into the pod */
+	STRAKE_CNT_POLICY_DROP_EGRESS,  /* no NetworkPolicy rule allows it out of the pod */
+	STRAKE_CNT_POLICY_REVOKED,      /* an established flow no longer allowed after a policy change */
 	STRAKE_CNT_MAX,
 };
 

@@ -19,36 +19,28 @@
 #include "counters.h"
 #include "forward.h"
 #include "lb.h"
+#include "policy.h"
 #include "skb.h"
 
-/* Service translation and reply translation; LB_DROP or a parsed packet. */
-static __always_inline int translate(struct __sk_buff *skb, struct packet *p, int services)
+/* A local pod's packet on its way into a local pod: ingress policy, then
+ * straight into its namespace. */
+static __always_inline int deliver(struct __sk_buff *skb, struct packet *p, const struct endpoint_info *ep)
 {
-	struct l4 l4;
-	int v;
-
-	switch (parse_l4(p, (void *)(long)skb->data_end, &l4)) {
-	case L4_OK:
-		break;
-	case L4_TRUNCATED:
-		count(STRAKE_CNT_DROP_MALFORMED, skb->len);
-		return LB_DROP;
-	default:
-		return LB_NONE; /* ICMP, later fragments: routed as they are */
-	}
-	v = lb_reverse(skb, p, &l4);
-	if (v == LB_NONE && services)
-		v = lb_from_pod(skb, p, &l4);
-	if (v == LB_DONE && skb_parse_ipv4(skb, p) != PARSE_OK)
-		return LB_DROP;
-	return v;
+	if (policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
+		return TC_ACT_SHOT;
+	return deliver_local(skb, p, ep);
 }
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	const struct endpoint_info *src, *dst;
+	void *data_end;
+	struct pol_tuple seen, judged;
+	struct pol_judge j;
 	struct packet p;
+	struct l4 l4;
+	int v = LB_NONE;
 
 	switch (skb_parse_ipv4(skb, &p)) {
 	case PARSE_NOT_IPV4:
@@ -66,23 +58,62 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
-	if (translate(skb, &p, 1) == LB_DROP)
+	/* The flow as the pod sees it (before any translation). */
+	data_end = (void *)(long)skb->data_end;
+	if (policy_tuple(&p, data_end, &seen) < 0) {
+		count(STRAKE_CNT_DROP_MALFORMED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	judge_of(&seen.flow, STRAKE_DIR_EGRESS, &j);
+
+	/* Services: a reply of a balanced flow gets the service address back; a
+	 * packet to a service goes to its backend, and egress policy judges the
+	 * backend, not the service address. */
+	if (parse_l4(&p, data_end, &l4) == L4_OK) {
+		v = lb_reverse(skb, &p, &l4);
+		if (v == LB_NONE) {
+			v = lb_from_pod(skb, &p, &l4);
+			if (v == LB_DONE) {
+				if (skb_parse_ipv4(skb, &p) != PARSE_OK ||
+				    policy_tuple(&p, (void *)(long)skb->data_end, &judged) < 0)
+					return TC_ACT_SHOT;
+				judge_of(&judged.flow, STRAKE_DIR_EGRESS, &j);
+			}
+		} else if (v == LB_DONE && skb_parse_ipv4(skb, &p) != PARSE_OK) {
+			return TC_ACT_SHOT;
+		}
+		if (v == LB_DROP)
+			return TC_ACT_SHOT;
+	}
+
+	if (policy_check(&seen, &j, src, STRAKE_DIR_EGRESS, seen.flow.saddr, skb->len) == POLICY_DROP)
 		return TC_ACT_SHOT;
 
 	dst = lookup_endpoint(p.ip->daddr);
 	if (dst)
-		return deliver_local(skb, &p, dst);
+		return deliver(skb, &p, dst);
 	return fib_forward(skb, &p);
 }
 
 SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
+	const struct endpoint_info *ep;
 	struct packet p;
+	struct l4 l4;
+	int v;
 
 	count(STRAKE_CNT_TO_POD, skb->len);
+	if (skb_parse_ipv4(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
 	/* Replies that took the stack's path still need their service address. */
-	if (skb_parse_ipv4(skb, &p) == PARSE_OK && translate(skb, &p, 0) == LB_DROP)
+	if (parse_l4(&p, (void *)(long)skb->data_end, &l4) == L4_OK) {
+		v = lb_reverse(skb, &p, &l4);
+		if (v == LB_DROP || (v == LB_DONE && skb_parse_ipv4(skb, &p) != PARSE_OK))
+			return TC_ACT_SHOT;
+	}
+	ep = lookup_endpoint(p.ip->daddr);
+	if (ep && policy_ingress(&p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

@@ -18,6 +18,7 @@
 #include "encap.h"
 #include "forward.h"
 #include "lb.h"
+#include "policy.h"
 #include "skb.h"
 
 /* IPIP from a load-balancing node for a local backend (direct return). */
@@ -48,7 +49,7 @@ static __always_inline int dsr_deliver(struct __sk_buff *skb, struct packet *p)
 	if (lb_rewrite(skb, &l4, 1, fk.daddr, be.addr, fk.dport, be.port) || skb_parse_ipv4(skb, p) != PARSE_OK)
 		return TC_ACT_SHOT;
 	ep = lookup_endpoint(p->ip->daddr);
-	if (!ep)
+	if (!ep || policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
 		return TC_ACT_SHOT;
 	return deliver_local(skb, p, ep);
 }
@@ -83,6 +84,8 @@ int from_wire(struct __sk_buff *skb)
 				return TC_ACT_OK;
 		}
 	}
+	if (policy_ingress(&p, (void *)(long)skb->data_end, dst, skb->len) == POLICY_DROP)
+		return TC_ACT_SHOT;
 	return deliver_local(skb, &p, dst);
 }
 

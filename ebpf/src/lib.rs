@@ -24,6 +24,13 @@ pub mod shared {
     unsafe impl aya::Pod for affinity_entry {}
     unsafe impl aya::Pod for lb_stats {}
     unsafe impl aya::Pod for lb_config {}
+    unsafe impl aya::Pod for ipcache_key {}
+    unsafe impl aya::Pod for policy_key {}
+    unsafe impl aya::Pod for policy_key_data {}
+    unsafe impl aya::Pod for policy_verdict {}
+    unsafe impl aya::Pod for pol_ct_key {}
+    unsafe impl aya::Pod for pol_ct_entry {}
+    unsafe impl aya::Pod for pol_config {}
 }
 
 /// Programs on the host side of each pod's veth: `from_pod` (ingress) and
@@ -56,4 +63,10 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("lb_snat_full", shared::STRAKE_CNT_LB_SNAT_FULL),
     ("lb_encap", shared::STRAKE_CNT_LB_ENCAP),
     ("lb_decap", shared::STRAKE_CNT_LB_DECAP),
+    (
+        "policy_drop_ingress",
+        shared::STRAKE_CNT_POLICY_DROP_INGRESS,
+    ),
+    ("policy_drop_egress", shared::STRAKE_CNT_POLICY_DROP_EGRESS),
+    ("policy_revoked", shared::STRAKE_CNT_POLICY_REVOKED),
 ];

@@ -40,6 +40,9 @@ pub struct Agent {
     pub lb: Mutex<crate::lb_sync::LbState>,
     /// Connection-table fill, counted on the slow path (a map walk).
     pub ct_fill: std::sync::atomic::AtomicU64,
+    pub policy: Mutex<crate::policy_sync::PolicyState>,
+    /// The desired-state revision the data plane fully reflects.
+    pub applied_revision: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -65,6 +68,8 @@ impl Agent {
             health: strake_lb::health::HealthChecker::new(),
             lb: Mutex::new(Default::default()),
             ct_fill: Default::default(),
+            policy: Mutex::new(Default::default()),
+            applied_revision: Default::default(),
         })
     }
 

@@ -91,6 +91,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Status => "status",
         Request::Endpoints => "endpoints",
         Request::LbList => "lb_list",
+        Request::PolicyTrace { .. } => "policy_trace",
     }
 }
 
@@ -112,5 +113,11 @@ fn dispatch(agent: &Agent, req: Request) -> Reply {
         Request::Status => ok(agent.status()),
         Request::Endpoints => ok(agent.endpoint_views()),
         Request::LbList => ok(agent.lb_status()),
+        Request::PolicyTrace {
+            from,
+            to,
+            port,
+            protocol,
+        } => ok(agent.policy_trace(&from, &to, port, &protocol)),
     }
 }

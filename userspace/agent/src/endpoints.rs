@@ -54,12 +54,18 @@ impl Agent {
         let mtu = self.pod_mtu().map_err(internal_ctx)?;
         let mut ipam = self.ipam();
         ipam.set_block(block)?;
-        let endpoint_id = ipam
-            .allocations()
-            .map(|a| a.record.endpoint_id)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        // The lowest free id: ids index per-endpoint counters, so they stay
+        // small and are reused (release forgets what the last owner left).
+        let used: std::collections::BTreeSet<u32> =
+            ipam.allocations().map(|a| a.record.endpoint_id).collect();
+        let endpoint_id = (1..strake_datapath::shared::STRAKE_MAX_ENDPOINT_IDS)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Exhausted,
+                    "no free endpoint id; the node has too many pods",
+                )
+            })?;
         let record = EndpointRecord {
             pod: pod.clone(),
             netns,
@@ -99,9 +105,19 @@ impl Agent {
                     format!("host veth {} does not exist", alloc.record.host_ifname),
                 )
             })?;
+        // NetworkPolicy first: a pod a policy isolates must be isolated from
+        // its very first packet, so its rules and flags are in place before
+        // it enters the data plane.
+        let st = self.state.borrow().clone();
+        let (_, isolation) = crate::policy_sync::sync(self, &st).map_err(internal_ctx)?;
         let info = endpoint_info {
             ifindex: link.index,
-            flags: STRAKE_EP_F_ANTISPOOF,
+            flags: crate::policy_sync::flags(
+                isolation
+                    .get(&alloc.record.endpoint_id)
+                    .copied()
+                    .unwrap_or_default(),
+            ),
             pod_mac,
             host_mac: link.mac,
             endpoint_id: alloc.record.endpoint_id,
@@ -153,6 +169,16 @@ impl Agent {
         }
         self.block_on(self.nl.delete_link_by_name(&ifname))
             .map_err(internal_ctx)?;
+        if let Some(a) = &alloc {
+            // The id will be reused: its next owner starts clean.
+            let mut dp = self.dp();
+            dp.policy
+                .forget_flows(a.record.endpoint_id)
+                .map_err(internal_ctx)?;
+            dp.policy
+                .reset_drops(a.record.endpoint_id)
+                .map_err(internal_ctx)?;
+        }
         let released = self.ipam().release(key)?;
         self.metrics.endpoints.set(self.ipam().len() as i64);
         if let Some(a) = &released {
@@ -284,11 +310,19 @@ impl Agent {
             };
             let link = self.block_on(self.nl.link_by_name(&a.record.host_ifname))?;
             let mut dp = self.dp();
+            // Keep the isolation the pinned entry already has: the policy
+            // reconcile that follows may change it, but nothing fails open.
+            let flags = dp
+                .endpoint_entries()?
+                .into_iter()
+                .find(|(ip, _)| *ip == a.ip)
+                .map(|(_, e)| e.flags)
+                .unwrap_or(STRAKE_EP_F_ANTISPOOF);
             match link {
                 Some(l) => {
                     let info = endpoint_info {
                         ifindex: l.index,
-                        flags: STRAKE_EP_F_ANTISPOOF,
+                        flags,
                         pod_mac,
                         host_mac: l.mac,
                         endpoint_id: a.record.endpoint_id,

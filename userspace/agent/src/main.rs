@@ -13,6 +13,7 @@ mod endpoints;
 mod lb_sync;
 mod lb_view;
 mod metrics;
+mod policy_sync;
 mod routes;
 mod status;
 
@@ -266,6 +267,18 @@ async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
         agent
             .metrics
             .observe_reconcile("lb", t_lb.elapsed().as_secs_f64());
+        let t_pol = Instant::now();
+        let (a, s3) = (agent.clone(), st.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || policy_sync::sync(&a, &s3)).await? {
+            agent.metrics.error("policy");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "applying network policy failed; will retry"
+            );
+        }
+        agent
+            .metrics
+            .observe_reconcile("policy", t_pol.elapsed().as_secs_f64());
         match routes::reconcile_routes(&agent, &st).await {
             Ok((added, removed)) if added + removed > 0 => {
                 tracing::info!(
@@ -287,6 +300,9 @@ async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
         agent
             .metrics
             .observe_reconcile("routes", t0.elapsed().as_secs_f64());
+        agent
+            .applied_revision
+            .store(st.revision, std::sync::atomic::Ordering::Release);
 
         let health = agent.health.changed();
         tokio::select! {

@@ -115,6 +115,66 @@ impl Collector for DatapathCollector {
                 ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
+        // Policy drops per pod and direction, and the compiled policy's size.
+        let eps: Vec<(String, u32)> = agent
+            .ipam()
+            .allocations()
+            .map(|a| {
+                (
+                    a.record
+                        .pod
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| a.key.container_id.clone()),
+                    a.record.endpoint_id,
+                )
+            })
+            .collect();
+        {
+            let drops: Vec<(String, u64, u64)> = {
+                let dp = agent.dp();
+                eps.iter()
+                    .map(|(pod, id)| {
+                        let (i, e) = dp.policy.drops(*id);
+                        (pod.clone(), i, e)
+                    })
+                    .collect()
+            };
+            let mut m = enc.encode_descriptor(
+                "strake_policy_drops",
+                "Packets NetworkPolicy dropped, by pod and direction",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (pod, i, e) in &drops {
+                for (dir, v) in [("ingress", i), ("egress", e)] {
+                    let labels = vec![
+                        ("pod".to_string(), pod.clone()),
+                        ("direction".to_string(), dir.to_string()),
+                    ];
+                    ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let (entries, classes) = {
+            let p = agent.policy.lock().unwrap();
+            (p.applied.entries.len(), p.applied.classes.len())
+        };
+        for (name, help, v) in [
+            (
+                "strake_policy_entries",
+                "Verdict entries compiled for this node's pods",
+                entries,
+            ),
+            (
+                "strake_policy_classes",
+                "Address classes (distinct sets of policy peers)",
+                classes,
+            ),
+        ] {
+            let g = ConstGauge::new(v as i64);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
         if let Ok(lb) = agent.lb_status() {
             let fe =
                 |m: &strake_api::LbCountersView, i: usize| [m.packets, m.bytes, m.new_flows][i];

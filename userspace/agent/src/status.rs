@@ -31,6 +31,11 @@ impl Agent {
 
     pub fn status(&self) -> Result<AgentStatus, ApiError> {
         let internal = |e: anyhow::Error| ApiError::new(ErrorKind::Internal, format!("{e:#}"));
+        // Lock order: policy, ipam, dp.
+        let (policy_entries, policy_classes) = {
+            let p = self.policy.lock().unwrap();
+            (p.applied.entries.len(), p.applied.classes.len())
+        };
         let st = self.state.borrow().clone();
         let endpoints = self.ipam().len();
         let dp = self.dp();
@@ -88,6 +93,13 @@ impl Agent {
             maps,
             counters,
             source_errors: st.errors.clone(),
+            applied_revision: self
+                .applied_revision
+                .load(std::sync::atomic::Ordering::Acquire),
+            source_newest_mtime_ms: st.newest_mtime_ms,
+            policy_generation: dp.policy.generation(),
+            policy_entries,
+            policy_classes,
         })
     }
 }

@@ -108,6 +108,13 @@ pub enum Request {
     Endpoints,
     /// Services, backends, health and counters of the load balancer.
     LbList,
+    /// Why a flow is allowed or not by NetworkPolicy.
+    PolicyTrace {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +202,13 @@ pub struct AgentStatus {
     pub maps: Vec<MapView>,
     pub counters: Vec<CounterView>,
     pub source_errors: Vec<String>,
+    /// The desired-state revision the data plane fully reflects.
+    pub applied_revision: u64,
+    /// `ClusterState::newest_mtime_ms` of the current desired state.
+    pub source_newest_mtime_ms: u64,
+    pub policy_generation: u32,
+    pub policy_entries: usize,
+    pub policy_classes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +285,27 @@ pub struct LbStatus {
     pub ct_capacity: u64,
     pub rnat_entries: u64,
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyDecisionView {
+    pub pod: String,
+    pub direction: String,
+    pub isolated: bool,
+    pub allowed: bool,
+    pub allowed_by: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyTraceView {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: String,
+    pub allowed: bool,
+    pub egress: Option<PolicyDecisionView>,
+    pub ingress: Option<PolicyDecisionView>,
 }
 
 /// Why a request failed, for callers that map it onto their own codes (the

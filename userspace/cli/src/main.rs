@@ -53,12 +53,39 @@ enum Cmd {
     Status(Target),
     /// Endpoints (pods) of each node, with addresses and data-plane state.
     Endpoints(Target),
+    /// NetworkPolicy: why a flow is allowed or not.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Wait until every node's data plane reflects the current desired state.
+    Wait {
+        /// Lab directory whose nodes to wait for.
+        #[arg(long)]
+        lab: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
     /// The load balancer: services, frontends, backends, health, counters.
     #[command(subcommand)]
     Lb(LbCmd),
     /// A simulated multi-node cluster in network namespaces.
     #[command(subcommand)]
     Lab(LabCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// The verdict for FROM -> TO on PORT/PROTO, and which policy and rule
+    /// gave it (or that none did). FROM is namespace/pod; TO is namespace/pod
+    /// or an IPv4 address.
+    Trace {
+        from: String,
+        to: String,
+        /// e.g. 80/tcp
+        port: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +189,51 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Cmd::Policy(PolicyCmd::Trace {
+            from,
+            to,
+            port,
+            target,
+        }) => {
+            let (p, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("{p:?} is not a port; use e.g. 80/tcp"))?;
+            let req = Request::PolicyTrace {
+                from,
+                to,
+                port,
+                protocol: proto.into(),
+            };
+            // Any node knows every policy; ask one.
+            let mut t = target.clone();
+            if t.lab.is_some() && t.node.is_none() {
+                t.node = Some(
+                    Lab::load(t.lab.as_ref().unwrap())?.spec.nodes[0]
+                        .name
+                        .clone(),
+                );
+            }
+            let all: Vec<(String, strake_api::PolicyTraceView)> = ask(&t, req)?;
+            let (_, trace) = &all[0];
+            match target.output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(trace)?),
+                Format::Text => print!("{}", output::trace(trace)),
+            }
+            if !trace.allowed {
+                std::process::exit(2);
+            }
+        }
+        Cmd::Wait { lab, timeout_secs } => {
+            let lab = Lab::load(&lab)?;
+            let t0 = std::time::Instant::now();
+            lab.wait_synced(Duration::from_secs(timeout_secs))?;
+            eprintln!(
+                "{} nodes in sync ({} ms)",
+                lab.spec.nodes.len(),
+                t0.elapsed().as_millis()
+            );
         }
         Cmd::Lab(l) => lab(l)?,
     }

@@ -223,3 +223,33 @@ pub fn lb(s: &strake_api::LbStatus) -> String {
     }
     o
 }
+
+pub fn trace(t: &strake_api::PolicyTraceView) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} -> {} {}/{}: {}",
+        t.from,
+        t.to,
+        t.port,
+        t.protocol,
+        if t.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    for d in [&t.egress, &t.ingress].into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {:<7} of {:<20} {}  {}",
+            d.direction,
+            d.pod,
+            if d.allowed { "allow" } else { "deny " },
+            d.reason
+        );
+    }
+    if t.egress.is_none() {
+        let _ = writeln!(o, "  egress  not a pod: no policy applies");
+    }
+    if t.ingress.is_none() {
+        let _ = writeln!(o, "  ingress not a pod: no policy applies");
+    }
+    o
+}

@@ -10,6 +10,7 @@
 
 mod bpffs;
 pub mod lb;
+pub mod policy;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
@@ -123,6 +124,7 @@ pub struct Datapath {
     uplink: Ebpf,
     xdp: Ebpf,
     pub lb: lb::LbMaps,
+    pub policy: policy::PolicyMaps,
     endpoints: BpfHashMap<MapData, u32, endpoint_info>,
     counters: PerCpuArray<MapData, counter_value>,
     max_endpoints: u32,
@@ -146,6 +148,7 @@ impl Datapath {
                 .map_max_entries("st_ct", cfg.ct_size)
                 .map_max_entries("st_rnat", cfg.ct_size)
                 .map_max_entries("st_affinity", cfg.ct_size)
+                .map_max_entries("st_pol_ct", cfg.ct_size)
                 .load(bytes)
                 .with_context(|| {
                     format!(
@@ -186,12 +189,14 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("map st_counters missing"))?,
         )?;
         let lb = lb::LbMaps::take(&mut pod, cfg.ct_size)?;
+        let policy = policy::PolicyMaps::take(&mut pod)?;
         Ok(Datapath {
             root: cfg.bpffs_root.clone(),
             pod,
             uplink,
             xdp,
             lb,
+            policy,
             endpoints,
             counters,
             max_endpoints: cfg.max_endpoints,

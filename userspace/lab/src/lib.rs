@@ -578,6 +578,31 @@ impl Lab {
         );
     }
 
+    /// Waits until every node's data plane reflects everything written to
+    /// the lab's directories so far (what `strake wait` does).
+    pub fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        let want = strake_source::dir::newest_mtime_ms(&[self.dir.clone(), self.status_dir()]);
+        let deadline = Instant::now() + timeout;
+        for n in &self.spec.nodes {
+            loop {
+                let st: strake_api::AgentStatus = self.agent(&n.name, Request::Status)?;
+                if st.source_newest_mtime_ms >= want && st.applied_revision == st.source_revision {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {} has not applied the latest desired state after {timeout:?} (revision {} applied of {})",
+                        n.name,
+                        st.applied_revision,
+                        st.source_revision
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every node's load balancer satisfies `pred`.
     pub fn wait_lb(
         &self,

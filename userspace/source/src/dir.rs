@@ -196,6 +196,7 @@ impl DirSource {
     fn load_cached(&self, cache: &mut BTreeMap<PathBuf, CachedFile>) -> ClusterState {
         let mut state = ClusterState {
             synced: true,
+            newest_mtime_ms: newest_mtime_ms(&self.dirs),
             ..Default::default()
         };
         let mut seen = Vec::new();
@@ -292,6 +293,30 @@ async fn wait_for_change(ev_rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, r
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
     while ev_rx.try_recv().is_ok() {}
+}
+
+/// Newest modification time (ms) of the YAML files and directories below
+/// `dirs` (a directory's own time changes when files come and go).
+pub fn newest_mtime_ms(dirs: &[PathBuf]) -> u64 {
+    let ms = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    let mut newest = 0;
+    for d in dirs {
+        newest = newest.max(ms(d));
+        for f in yaml_files(d) {
+            newest = newest.max(ms(&f));
+            if let Some(parent) = f.parent() {
+                newest = newest.max(ms(parent));
+            }
+        }
+    }
+    newest
 }
 
 /// YAML and JSON files below `dir`, sorted, skipping hidden entries.

@@ -37,6 +37,10 @@ pub struct ClusterState {
     pub synced: bool,
     /// Bumped by the source on every change.
     pub revision: u64,
+    /// Newest modification time (ms since the epoch) of every file and
+    /// directory this snapshot was read from: a snapshot with a value at
+    /// least T reflects every change made before T (`strake wait`).
+    pub newest_mtime_ms: u64,
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectKey, Pod>,

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * NetworkPolicy enforcement, stateful.
+ *
+ * A check judges one packet for one endpoint in one direction, by the flow
+ * as that endpoint sees it (a client sees the service address, a backend its
+ * real peer):
+ *   1. an ICMP error about a flow the endpoint has (RELATED) passes;
+ *   2. a reply of a flow the endpoint allowed the other way passes;
+ *   3. a packet of a flow already allowed this way passes;
+ *   4. anything else is new: allowed if the endpoint is not isolated for
+ *      this direction, or if st_policy allows (endpoint, class of the real
+ *      remote address, direction, protocol, real port); remembered if so.
+ * Remembered flows carry the policy generation that allowed them; after any
+ * policy change (the agent bumps the generation) a flow is judged again at
+ * its next packet and dropped, both ways, if no longer allowed. The work per
+ * packet is a fixed number of hash and LPM lookups, whatever the number of
+ * policies.
+ */
+#ifndef STRAKE_POLICY_H
+#define STRAKE_POLICY_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "counters.h"
+#include "l4.h"
+#include "maps.h"
+#include "node.h"
+#include "parse.h"
+
+/* linux/icmp.h pulls in libc headers that do not build for BPF. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id; /* echo request/reply; unused for errors */
+	__be16 sequence;
+};
+
+enum policy_verdict_code {
+	POLICY_ALLOW = 0,
+	POLICY_DROP,
+};
+
+/* The policy view of a packet. For ICMP echo the identifier stands in for a
+ * port (request: source side; reply: destination side, so a reply is the
+ * reverse of its request). For an ICMP error, `related` holds the flow it
+ * quotes. Non-first fragments have no ports: they are judged with port 0,
+ * which only rules without ports allow. */
+struct pol_tuple {
+	struct flow_key flow;
+	struct flow_key related;
+	int is_related;
+};
+
+/* What a new flow is judged on: the real remote side. */
+struct pol_judge {
+	__be32 remote;
+	__be16 port;
+	__u8 proto;
+};
+
+static __always_inline int policy_tuple(struct packet *p, void *data_end, struct pol_tuple *t)
+{
+	struct iphdr *ip = p->ip;
+
+	__builtin_memset(t, 0, sizeof(*t));
+	t->flow.saddr = ip->saddr;
+	t->flow.daddr = ip->daddr;
+	t->flow.proto = ip->protocol;
+	if (p->later_fragment)
+		return 0;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		struct l4 l4;
+
+		if (parse_l4(p, data_end, &l4) != L4_OK)
+			return -1;
+		t->flow.sport = l4.sport;
+		t->flow.dport = l4.dport;
+		return 0;
+	}
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmp_head *ic = p->l4;
+
+		if ((void *)(ic + 1) > data_end)
+			return -1;
+		if (ic->type == ICMP_ECHO) {
+			t->flow.sport = ic->id;
+		} else if (ic->type == ICMP_ECHOREPLY) {
+			t->flow.dport = ic->id;
+		} else if (ic->type == ICMP_DEST_UNREACH || ic->type == ICMP_TIME_EXCEEDED ||
+			   ic->type == ICMP_PARAMETERPROB) {
+			struct iphdr *in = (void *)(ic + 1);
+			__be16 *ports = (void *)(in + 1);
+
+			/* Not enough quoted to name a flow: plain ICMP. */
+			if ((void *)(ports + 2) > data_end || in->ihl != 5)
+				return 0;
+			t->related.saddr = in->saddr;
+			t->related.daddr = in->daddr;
+			t->related.proto = in->protocol;
+			if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP) {
+				t->related.sport = ports[0];
+				t->related.dport = ports[1];
+			}
+			t->is_related = 1;
+		}
+	}
+	return 0;
+}
+
+static __always_inline void judge_of(const struct flow_key *f, __u8 dir, struct pol_judge *j)
+{
+	j->remote = dir == STRAKE_DIR_INGRESS ? f->saddr : f->daddr;
+	j->port = f->dport;
+	j->proto = f->proto;
+}
+
+static __always_inline __u32 ipcache_class(__be32 addr)
+{
+	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
+	__u32 *c = bpf_map_lookup_elem(&st_ipcache, &k);
+
+	return c ? *c : 0;
+}
+
+static __always_inline __u32 policy_generation(void)
+{
+	__u32 zero = 0;
+	struct pol_config *c = bpf_map_lookup_elem(&st_pol_config, &zero);
+
+	return c ? c->generation : 0;
+}
+
+/* Whether the rules let `ep` (address `self`) have a new flow judged `j`. */
+static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __u8 dir, __be32 self,
+					      const struct pol_judge *j, __u32 *rule_id)
+{
+	__u32 isolated = dir == STRAKE_DIR_INGRESS ? STRAKE_EP_F_INGRESS_ISOLATED : STRAKE_EP_F_EGRESS_ISOLATED;
+	struct policy_key k = {
+		.prefixlen = STRAKE_POLICY_KEY_BITS,
+		.data = {
+			.endpoint_id = ep->endpoint_id,
+			.direction = dir,
+			.proto = j->proto,
+			.port = j->port,
+		},
+	};
+	struct policy_verdict *v;
+
+	*rule_id = 0;
+	if (!(ep->flags & isolated))
+		return 1;
+	/* A pod reaching itself (directly or through a Service: hairpin), and
+	 * the node reaching its pods (kubelet's probes), are never blocked. */
+	if (j->remote == self || j->remote == bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST) ||
+	    (dir == STRAKE_DIR_INGRESS && is_node_addr(j->remote)))
+		return 1;
+	k.data.class_id = ipcache_class(j->remote);
+	v = bpf_map_lookup_elem(&st_policy, &k);
+	if (!v)
+		return 0;
+	*rule_id = v->rule_id;
+	return 1;
+}
+
+static __always_inline void policy_count_drop(const struct endpoint_info *ep, __u8 dir, __u32 bytes)
+{
+	__u32 idx = (ep->endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2 + dir;
+	struct counter_value *v = bpf_map_lookup_elem(&st_pol_drops, &idx);
+
+	if (v) {
+		v->packets++;
+		v->bytes += bytes;
+	}
+	count(dir == STRAKE_DIR_INGRESS ? STRAKE_CNT_POLICY_DROP_INGRESS : STRAKE_CNT_POLICY_DROP_EGRESS, bytes);
+}
+
+/* A remembered flow, judged again if policies changed since it was allowed. */
+static __always_inline int policy_revalidate(const struct endpoint_info *ep, struct pol_ct_key *k,
+					     struct pol_ct_entry *e, __be32 self, __u32 gen)
+{
+	struct pol_judge j = { .remote = e->judged_remote, .port = e->judged_port, .proto = k->flow.proto };
+	__u32 rule;
+
+	if (e->generation == gen)
+		return 1;
+	if (!policy_rules_allow(ep, k->direction, self, &j, &rule)) {
+		bpf_map_delete_elem(&st_pol_ct, k);
+		count(STRAKE_CNT_POLICY_REVOKED, 0);
+		return 0;
+	}
+	e->generation = gen;
+	e->rule_id = rule;
+	return 1;
+}
+
+static __always_inline void flow_reverse(const struct flow_key *f, struct flow_key *r)
+{
+	r->saddr = f->daddr;
+	r->daddr = f->saddr;
+	r->sport = f->dport;
+	r->dport = f->sport;
+	r->proto = f->proto;
+	__builtin_memset(r->pad, 0, sizeof(r->pad));
+}
+
+/*
+ * Judges a packet for endpoint `ep` (address `self`) in direction `dir`.
+ * `t` is the flow as the endpoint sees it; `j` what a new flow is judged on
+ * (the same, unless a service translated the destination).
+ */
+static __always_inline int policy_check(const struct pol_tuple *t, const struct pol_judge *j,
+					const struct endpoint_info *ep, __u8 dir, __be32 self, __u32 bytes)
+{
+	struct pol_ct_key k = { .endpoint_id = ep->endpoint_id };
+	struct pol_ct_entry *e, ne = {};
+	__u32 gen = policy_generation();
+	__u32 rule;
+	int ok;
+
+	/* 1. An ICMP error about a flow this endpoint has. */
+	if (t->is_related) {
+		k.flow = t->related;
+		k.direction = !dir;
+		e = bpf_map_lookup_elem(&st_pol_ct, &k);
+		if (e && policy_revalidate(ep, &k, e, self, gen))
+			return POLICY_ALLOW;
+	}
+	/* 2. A reply of a flow allowed the other way. */
+	flow_reverse(&t->flow, &k.flow);
+	k.direction = !dir;
+	e = bpf_map_lookup_elem(&st_pol_ct, &k);
+	if (!e) {
+		/* 3. A flow already allowed this way. */
+		k.flow = t->flow;
+		k.direction = dir;
+		e = bpf_map_lookup_elem(&st_pol_ct, &k);
+	}
+	if (e) {
+		ok = policy_revalidate(ep, &k, e, self, gen);
+	} else {
+		/* 4. New. */
+		ok = policy_rules_allow(ep, dir, self, j, &rule);
+		if (ok) {
+			ne.generation = gen;
+			ne.rule_id = rule;
+			ne.judged_remote = j->remote;
+			ne.judged_port = j->port;
+			bpf_map_update_elem(&st_pol_ct, &k, &ne, BPF_ANY);
+		}
+	}
+	if (!ok) {
+		policy_count_drop(ep, dir, bytes);
+		return POLICY_DROP;
+	}
+	return POLICY_ALLOW;
+}
+
+/* The ingress check for a packet about to enter a local pod, on the packet
+ * as the pod will see it. */
+static __always_inline int policy_ingress(struct packet *p, void *data_end, const struct endpoint_info *ep,
+					  __u32 bytes)
+{
+	struct pol_tuple t;
+	struct pol_judge j;
+
+	/* Flows are remembered even for endpoints no policy isolates: when one
+	 * later does, their established flows are judged in the direction they
+	 * were opened, not mistaken for new ones coming the other way. */
+	if (policy_tuple(p, data_end, &t) < 0) {
+		count(STRAKE_CNT_DROP_MALFORMED, bytes);
+		return POLICY_DROP;
+	}
+	judge_of(&t.flow, STRAKE_DIR_INGRESS, &j);
+	return policy_check(&t, &j, ep, STRAKE_DIR_INGRESS, p->ip->daddr, bytes);
+}
+
+#endif

@@ -1,0 +1,193 @@
+//! The NetworkPolicy maps, typed: address classes, verdicts, the flows the
+//! policy let through, the generation, drops per endpoint.
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use aya::Ebpf;
+use std::net::Ipv4Addr;
+use strake_ebpf::shared::{
+    counter_value, pol_config, pol_ct_entry, pol_ct_key, policy_key_data, policy_verdict,
+    STRAKE_MAX_ENDPOINT_IDS, STRAKE_POLICY_ANY_PROTO_BITS,
+};
+
+pub struct PolicyMaps {
+    ipcache: LpmTrie<MapData, u32, u32>,
+    verdicts: LpmTrie<MapData, policy_key_data, policy_verdict>,
+    ct: BpfHashMap<MapData, pol_ct_key, pol_ct_entry>,
+    config: Array<MapData, pol_config>,
+    drops: PerCpuArray<MapData, counter_value>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let m = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected layout"))
+}
+
+fn missing_ok(r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A verdict entry in userspace terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VerdictKey {
+    pub endpoint_id: u32,
+    pub class_id: u32,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// `None`: any protocol and port.
+    pub proto: Option<u8>,
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+impl VerdictKey {
+    fn lpm(&self) -> Key<policy_key_data> {
+        let data = policy_key_data {
+            endpoint_id: self.endpoint_id,
+            class_id: self.class_id,
+            direction: self.direction,
+            proto: self.proto.unwrap_or(0),
+            port: self.port.to_be(),
+        };
+        let bits = match self.proto {
+            None => STRAKE_POLICY_ANY_PROTO_BITS,
+            Some(_) => STRAKE_POLICY_ANY_PROTO_BITS + 8 + self.port_bits as u32,
+        };
+        Key::new(bits, data)
+    }
+}
+
+impl PolicyMaps {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(PolicyMaps {
+            ipcache: take(ebpf, "st_ipcache")?,
+            verdicts: take(ebpf, "st_policy")?,
+            ct: take(ebpf, "st_pol_ct")?,
+            config: take(ebpf, "st_pol_config")?,
+            drops: take(ebpf, "st_pol_drops")?,
+        })
+    }
+
+    pub fn set_class(&mut self, net: Ipv4Addr, len: u8, class: u32) -> Result<()> {
+        self.ipcache
+            .insert(
+                &Key::new(len as u32, u32::from_ne_bytes(net.octets())),
+                class,
+                0,
+            )
+            .with_context(|| format!("writing st_ipcache {net}/{len}"))
+    }
+
+    pub fn remove_class(&mut self, net: Ipv4Addr, len: u8) -> Result<()> {
+        missing_ok(
+            self.ipcache
+                .remove(&Key::new(len as u32, u32::from_ne_bytes(net.octets()))),
+        )
+    }
+
+    pub fn set_verdict(&mut self, k: &VerdictKey, rule_id: u32) -> Result<()> {
+        self.verdicts
+            .insert(&k.lpm(), policy_verdict { rule_id }, 0)
+            .context("writing st_policy (raise STRAKE_MAX_POLICY if full)")
+    }
+
+    pub fn remove_verdict(&mut self, k: &VerdictKey) -> Result<()> {
+        missing_ok(self.verdicts.remove(&k.lpm()))
+    }
+
+    /// Every class prefix in st_ipcache.
+    pub fn classes(&self) -> Vec<(Ipv4Addr, u8)> {
+        self.ipcache
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| (Ipv4Addr::from(k.data().to_ne_bytes()), k.prefix_len() as u8))
+            .collect()
+    }
+
+    /// Every verdict key in st_policy.
+    pub fn verdicts(&self) -> Vec<VerdictKey> {
+        self.verdicts
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| {
+                let d = k.data();
+                let bits = k.prefix_len();
+                VerdictKey {
+                    endpoint_id: d.endpoint_id,
+                    class_id: d.class_id,
+                    direction: d.direction,
+                    proto: (bits > STRAKE_POLICY_ANY_PROTO_BITS).then_some(d.proto),
+                    port: u16::from_be(d.port),
+                    port_bits: bits.saturating_sub(STRAKE_POLICY_ANY_PROTO_BITS + 8) as u8,
+                }
+            })
+            .collect()
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.config.get(&0, 0).map(|c| c.generation).unwrap_or(0)
+    }
+
+    /// Makes every remembered flow be judged again at its next packet.
+    pub fn bump_generation(&mut self) -> Result<u32> {
+        let next = self.generation().wrapping_add(1).max(1);
+        self.config.set(
+            0,
+            pol_config {
+                generation: next,
+                pad: 0,
+            },
+            0,
+        )?;
+        Ok(next)
+    }
+
+    /// Packets dropped by policy for an endpoint: (ingress, egress).
+    pub fn drops(&self, endpoint_id: u32) -> (u64, u64) {
+        let sum = |i: u32| {
+            self.drops
+                .get(&i, 0)
+                .map(|v| v.iter().map(|c| c.packets).sum())
+                .unwrap_or(0)
+        };
+        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2;
+        (sum(base), sum(base + 1))
+    }
+
+    /// Zeroes an endpoint's drop counters (its id is being reused).
+    pub fn reset_drops(&mut self, endpoint_id: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2;
+        for i in [base, base + 1] {
+            self.drops.set(
+                i,
+                aya::maps::PerCpuValues::try_from(vec![counter_value::default(); n])?,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets an endpoint's remembered flows (its id is being reused).
+    pub fn forget_flows(&mut self, endpoint_id: u32) -> Result<usize> {
+        let keys: Vec<pol_ct_key> = self
+            .ct
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.endpoint_id == endpoint_id)
+            .collect();
+        for k in &keys {
+            missing_ok(self.ct.remove(k))?;
+        }
+        Ok(keys.len())
+    }
+}
