@@ -208,12 +208,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             // Any node knows every policy; ask one.
             let mut t = target.clone();
-            if t.lab.is_some() && t.node.is_none() {
-                t.node = Some(
-                    Lab::load(t.lab.as_ref().unwrap())?.spec.nodes[0]
-                        .name
-                        .clone(),
-                );
+            if let (Some(dir), None) = (&t.lab, &t.node) {
+                t.node = Some(Lab::load(dir)?.spec.nodes[0].name.clone());
             }
             let all: Vec<(String, strake_api::PolicyTraceView)> = ask(&t, req)?;
             let (_, trace) = &all[0];
