@@ -156,6 +156,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_node_addrs SEC(".maps");
 
+/* Every cluster node's InternalIP, this one's included: the agents' backend
+ * health checks come from these (see policy_health_check). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAKE_MAX_CLUSTER_NODES);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_cluster_nodes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

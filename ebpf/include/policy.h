@@ -11,9 +11,10 @@
  *   4. anything else is new: allowed if the endpoint is not isolated for
  *      this direction, or if st_policy allows (endpoint, class of the real
  *      remote address, direction, protocol, real port); remembered if so.
- * Remembered flows carry the policy generation that allowed them; after any
+ * Remembered flows carry the policy generation that judged them; after any
  * policy change (the agent bumps the generation) a flow is judged again at
- * its next packet and dropped, both ways, if no longer allowed. The work per
+ * its next packet and, if no longer allowed, kept as revoked: dropped both
+ * ways until a later change allows it again. The work per
  * packet is a fixed number of hash and LPM lookups, whatever the number of
  * policies.
  */
@@ -67,6 +68,7 @@ struct pol_tuple {
 struct pol_judge {
 	__be32 remote;
 	__be16 port;
+	__be16 remote_port; /* ingress: the remote's source port */
 	__u8 proto;
 };
 
@@ -123,6 +125,7 @@ static __always_inline void judge_of(const struct flow_key *f, __u8 dir, struct 
 {
 	j->remote = dir == STRAKE_DIR_INGRESS ? f->saddr : f->daddr;
 	j->port = f->dport;
+	j->remote_port = f->sport;
 	j->proto = f->proto;
 }
 
@@ -140,6 +143,32 @@ static __always_inline __u32 policy_generation(void)
 	struct pol_config *c = bpf_map_lookup_elem(&st_pol_config, &zero);
 
 	return c ? c->generation : 0;
+}
+
+/*
+ * A backend health check of the load balancer: TCP from a cluster node's
+ * address and from the agents' reserved source ports. Every node checks
+ * every backend, so a policy isolating a backend would otherwise make it
+ * unhealthy on every other node and break its Services for the very clients
+ * the policy allows. Nothing else from other nodes is let in this way
+ * (SNATed NodePort traffic uses other ports), so policies still apply to
+ * everything a remote node forwards.
+ */
+static __always_inline int policy_health_check(const struct pol_judge *j)
+{
+	__u32 zero = 0;
+	struct pol_config *c;
+	__u16 sport;
+
+	if (j->proto != IPPROTO_TCP)
+		return 0;
+	c = bpf_map_lookup_elem(&st_pol_config, &zero);
+	if (!c || !c->health_sport_min)
+		return 0;
+	sport = bpf_ntohs(j->remote_port);
+	if (sport < c->health_sport_min || sport > c->health_sport_max)
+		return 0;
+	return bpf_map_lookup_elem(&st_cluster_nodes, &j->remote) != 0;
 }
 
 /* Whether the rules let `ep` (address `self`) have a new flow judged `j`. */
@@ -164,7 +193,7 @@ static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __
 	/* A pod reaching itself (directly or through a Service: hairpin), and
 	 * the node reaching its pods (kubelet's probes), are never blocked. */
 	if (j->remote == self || j->remote == bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST) ||
-	    (dir == STRAKE_DIR_INGRESS && is_node_addr(j->remote)))
+	    (dir == STRAKE_DIR_INGRESS && (is_node_addr(j->remote) || policy_health_check(j))))
 		return 1;
 	k.data.class_id = ipcache_class(j->remote);
 	v = bpf_map_lookup_elem(&st_policy, &k);
@@ -186,23 +215,29 @@ static __always_inline void policy_count_drop(const struct endpoint_info *ep, __
 	count(dir == STRAKE_DIR_INGRESS ? STRAKE_CNT_POLICY_DROP_INGRESS : STRAKE_CNT_POLICY_DROP_EGRESS, bytes);
 }
 
-/* A remembered flow, judged again if policies changed since it was allowed. */
+/* A remembered flow, judged again if policies changed since it was last
+ * judged. A revoked flow stays revoked until a later change allows it. */
 static __always_inline int policy_revalidate(const struct endpoint_info *ep, struct pol_ct_key *k,
 					     struct pol_ct_entry *e, __be32 self, __u32 gen)
 {
-	struct pol_judge j = { .remote = e->judged_remote, .port = e->judged_port, .proto = k->flow.proto };
+	struct pol_judge j = {
+		.remote = e->judged_remote,
+		.port = e->judged_port,
+		.remote_port = k->flow.sport,
+		.proto = k->flow.proto,
+	};
 	__u32 rule;
+	int ok;
 
 	if (e->generation == gen)
-		return 1;
-	if (!policy_rules_allow(ep, k->direction, self, &j, &rule)) {
-		bpf_map_delete_elem(&st_pol_ct, k);
+		return !e->revoked;
+	ok = policy_rules_allow(ep, k->direction, self, &j, &rule);
+	if (!ok && !e->revoked)
 		count(STRAKE_CNT_POLICY_REVOKED, 0);
-		return 0;
-	}
 	e->generation = gen;
 	e->rule_id = rule;
-	return 1;
+	e->revoked = !ok;
+	return ok;
 }
 
 static __always_inline void flow_reverse(const struct flow_key *f, struct flow_key *r)

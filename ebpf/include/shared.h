@@ -17,6 +17,7 @@
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
+#define STRAKE_MAX_CLUSTER_NODES 8192
 #define STRAKE_MAX_FRONTENDS 65536   /* service addresses (VIP/NodePort/LB/externalIP x port) */
 #define STRAKE_MAX_BACKENDS 65536
 #define STRAKE_MAX_BACKEND_SETS 65536
@@ -195,8 +196,10 @@ struct policy_verdict {
 
 /* st_pol_ct: flows a policy check let through, per endpoint and direction,
  * so replies (and ICMP errors about them) pass. `generation` is the policy
- * generation that allowed it: after any policy change the flow is judged
- * again at its next packet. */
+ * generation that judged it last: after any policy change the flow is judged
+ * again at its next packet. A flow judged no longer allowed stays as a
+ * tombstone (`revoked`), so its packets are dropped both ways: were it
+ * forgotten, the peer's next packet would open it afresh the other way. */
 struct pol_ct_key {
 	struct flow_key flow;
 	__u32 endpoint_id;
@@ -211,12 +214,15 @@ struct pol_ct_entry {
 	 * address and destination port (after service translation). */
 	__be32 judged_remote;
 	__be16 judged_port;
-	__u8 pad[2];
+	__u8 revoked;
+	__u8 pad;
 };
 
 struct pol_config {
 	__u32 generation;
-	__u32 pad;
+	/* Source ports (host order) the agents' health checks use; 0: none. */
+	__u16 health_sport_min;
+	__u16 health_sport_max;
 };
 
 /* Per-CPU packet counters, index into st_counters. Userspace sums CPUs. */

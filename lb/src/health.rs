@@ -8,10 +8,11 @@
 use crate::model::{BackendAddr, HealthCheck, HealthProbe};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -29,11 +30,31 @@ pub struct HealthChecker {
     state: Arc<Mutex<HashMap<BackendAddr, Status>>>,
     tasks: Mutex<HashMap<BackendAddr, (HealthCheck, JoinHandle<()>)>>,
     changed: Arc<Notify>,
+    ports: Option<Arc<SourcePorts>>,
+}
+
+/// The source ports checks connect from, taken in turn. NetworkPolicy
+/// recognises health checks by them (see ebpf/include/policy.h).
+struct SourcePorts {
+    first: u16,
+    count: u32,
+    next: AtomicU32,
 }
 
 impl HealthChecker {
-    pub fn new() -> Self {
-        Self::default()
+    /// `source_ports`: connect from these ports (inclusive range) rather
+    /// than ephemeral ones.
+    pub fn new(source_ports: Option<(u16, u16)>) -> Self {
+        HealthChecker {
+            ports: source_ports.map(|(a, b)| {
+                Arc::new(SourcePorts {
+                    first: a,
+                    count: u32::from(b - a) + 1,
+                    next: AtomicU32::new(0),
+                })
+            }),
+            ..Default::default()
+        }
     }
 
     /// Notified whenever a backend's health flips.
@@ -76,7 +97,8 @@ impl HealthChecker {
                 ..Default::default()
             });
             let (st, changed, c) = (self.state.clone(), self.changed.clone(), cfg.clone());
-            let handle = tokio::spawn(async move { check_loop(b, c, st, changed).await });
+            let ports = self.ports.clone();
+            let handle = tokio::spawn(async move { check_loop(b, c, ports, st, changed).await });
             tasks.insert(b, (cfg, handle));
         }
     }
@@ -85,6 +107,7 @@ impl HealthChecker {
 async fn check_loop(
     b: BackendAddr,
     cfg: HealthCheck,
+    ports: Option<Arc<SourcePorts>>,
     state: Arc<Mutex<HashMap<BackendAddr, Status>>>,
     changed: Arc<Notify>,
 ) {
@@ -93,7 +116,7 @@ async fn check_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe(target, &cfg).await;
+        let result = probe(target, &cfg, ports.as_deref()).await;
         let mut flipped = None;
         {
             let mut st = state.lock().unwrap();
@@ -131,9 +154,39 @@ async fn check_loop(
     }
 }
 
-async fn probe(target: SocketAddr, cfg: &HealthCheck) -> Result<(), String> {
+/// Connects to `target`, from one of `ports` if given. The socket closes
+/// with a reset (linger 0), as load balancers' checks do, so checks leave no
+/// TIME_WAIT behind to block their port for the next one.
+async fn connect(target: SocketAddr, ports: Option<&SourcePorts>) -> std::io::Result<TcpStream> {
+    let Some(p) = ports else {
+        return TcpStream::connect(target).await;
+    };
+    let mut last = None;
+    for _ in 0..p.count.min(8) {
+        let port = p.first + (p.next.fetch_add(1, Ordering::Relaxed) % p.count) as u16;
+        let sock = TcpSocket::new_v4()?;
+        sock.set_reuseaddr(true)?;
+        sock.set_zero_linger()?;
+        if let Err(e) = sock.bind(SocketAddr::from(([0, 0, 0, 0], port))) {
+            last = Some(e);
+            continue;
+        }
+        match sock.connect(target).await {
+            // Another check holds this port toward the same backend.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no health-check source port free")))
+}
+
+async fn probe(
+    target: SocketAddr,
+    cfg: &HealthCheck,
+    ports: Option<&SourcePorts>,
+) -> Result<(), String> {
     let attempt = async {
-        let mut s = TcpStream::connect(target)
+        let mut s = connect(target, ports)
             .await
             .map_err(|e| format!("connect {target}: {e}"))?;
         if let HealthProbe::Http { path } = &cfg.probe {

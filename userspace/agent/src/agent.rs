@@ -54,6 +54,7 @@ impl Agent {
         state: StateReceiver,
         metrics: Metrics,
     ) -> Arc<Self> {
+        let health = strake_lb::health::HealthChecker::new(Some(cfg.health_check_ports));
         Arc::new(Agent {
             cfg,
             started: Instant::now(),
@@ -65,7 +66,7 @@ impl Agent {
             ipam: Mutex::new(ipam),
             uplink: Mutex::new(None),
             routes_installed: AtomicUsize::new(0),
-            health: strake_lb::health::HealthChecker::new(),
+            health,
             lb: Mutex::new(Default::default()),
             ct_fill: Default::default(),
             policy: Mutex::new(Default::default()),

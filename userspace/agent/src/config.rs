@@ -90,6 +90,14 @@ pub struct Config {
     #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, env = "STRAKE_SNAT_PORTS")]
     pub snat_ports: (u16, u16),
 
+    /// Source ports of the backend health checks. NetworkPolicy lets TCP
+    /// from cluster nodes' addresses and these ports into pods, so that a
+    /// policy isolating a backend does not make it unhealthy on every other
+    /// node. Keep it clear of --snat-ports and of the kernel's ephemeral
+    /// range (net.ipv4.ip_local_port_range, 32768-60999 by default).
+    #[arg(long, default_value = "32000-32255", value_parser = parse_port_range, env = "STRAKE_HEALTH_CHECK_PORTS")]
+    pub health_check_ports: (u16, u16),
+
     /// Attach the XDP load balancer to the uplink (north-south Services).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_LB_XDP")]
     pub lb_xdp: bool,
@@ -109,6 +117,19 @@ pub struct Config {
     /// uid allowed on the API socket besides root.
     #[arg(long, env = "STRAKE_API_ALLOW_UID")]
     pub api_allow_uid: Option<u32>,
+}
+
+impl Config {
+    /// Checks what clap cannot check flag by flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let ((a, b), (c, d)) = (self.snat_ports, self.health_check_ports);
+        if a <= d && c <= b {
+            return Err(format!(
+                "--snat-ports {a}-{b} and --health-check-ports {c}-{d} overlap: policy would let SNATed traffic from other nodes pass as health checks; pick disjoint ranges"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `500ms`, `30s`, `5m`.
@@ -152,4 +173,18 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         ));
     }
     Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_snat_and_health_check_ports_are_refused() {
+        let mut c = Config::parse_from(["strake-agent", "--node-name", "n"]);
+        assert!(c.validate().is_ok(), "the defaults are disjoint");
+        c.health_check_ports = (29000, 30100);
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("overlap"), "{e}");
+    }
 }

@@ -31,6 +31,10 @@ use strake_source::dir::DirSource;
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
+    if let Err(e) = cfg.validate() {
+        eprintln!("strake-agent: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = init_logging(&cfg) {
         eprintln!("strake-agent: {e:#}");
         return ExitCode::FAILURE;
@@ -87,11 +91,13 @@ async fn run(cfg: Config) -> Result<()> {
     netns::sysctl("net/ipv4/ip_forward", "1")?;
     netns::sysctl("net/ipv4/conf/all/forwarding", "1")?;
 
-    let dp = Datapath::load(&DatapathConfig {
+    let mut dp = Datapath::load(&DatapathConfig {
         bpffs_root: cfg.bpffs_root.clone(),
         max_endpoints: cfg.max_endpoints,
         ct_size: cfg.ct_size,
     })?;
+    dp.policy
+        .set_health_check_ports(Some(cfg.health_check_ports))?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let ipam = Ipam::open(cfg.state_dir.join("endpoints.json"))?;

@@ -92,6 +92,13 @@ pub fn sync(agent: &Agent, state: &ClusterState) -> Result<(usize, Isolation)> {
                 changes += 1;
             }
         }
+        // Where the load balancer's health checks come from.
+        let nodes: Vec<Ipv4Addr> = state
+            .node_names()
+            .iter()
+            .filter_map(|n| state.node_internal_ip(n))
+            .collect();
+        changes += dp.policy.set_cluster_nodes(&nodes)?;
         // Isolation of endpoints already in the data plane.
         for (ip, mut info) in dp.endpoint_entries()? {
             let Some(ep) = local.iter().find(|l| l.ip == ip) else {

@@ -96,7 +96,7 @@ impl Agent {
             applied_revision: self
                 .applied_revision
                 .load(std::sync::atomic::Ordering::Acquire),
-            source_newest_mtime_ms: st.newest_mtime_ms,
+            source_content_stamp: st.content_stamp,
             policy_generation: dp.policy.generation(),
             policy_entries,
             policy_classes,

@@ -204,8 +204,8 @@ pub struct AgentStatus {
     pub source_errors: Vec<String>,
     /// The desired-state revision the data plane fully reflects.
     pub applied_revision: u64,
-    /// `ClusterState::newest_mtime_ms` of the current desired state.
-    pub source_newest_mtime_ms: u64,
+    /// `ClusterState::content_stamp` of the current desired state.
+    pub source_content_stamp: u64,
     pub policy_generation: u32,
     pub policy_entries: usize,
     pub policy_classes: usize,

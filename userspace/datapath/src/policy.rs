@@ -17,6 +17,7 @@ pub struct PolicyMaps {
     ct: BpfHashMap<MapData, pol_ct_key, pol_ct_entry>,
     config: Array<MapData, pol_config>,
     drops: PerCpuArray<MapData, counter_value>,
+    cluster_nodes: BpfHashMap<MapData, u32, u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -74,6 +75,7 @@ impl PolicyMaps {
             ct: take(ebpf, "st_pol_ct")?,
             config: take(ebpf, "st_pol_config")?,
             drops: take(ebpf, "st_pol_drops")?,
+            cluster_nodes: take(ebpf, "st_cluster_nodes")?,
         })
     }
 
@@ -133,22 +135,50 @@ impl PolicyMaps {
             .collect()
     }
 
+    fn config(&self) -> pol_config {
+        self.config.get(&0, 0).unwrap_or(pol_config {
+            generation: 0,
+            health_sport_min: 0,
+            health_sport_max: 0,
+        })
+    }
+
     pub fn generation(&self) -> u32 {
-        self.config.get(&0, 0).map(|c| c.generation).unwrap_or(0)
+        self.config().generation
     }
 
     /// Makes every remembered flow be judged again at its next packet.
     pub fn bump_generation(&mut self) -> Result<u32> {
-        let next = self.generation().wrapping_add(1).max(1);
-        self.config.set(
-            0,
-            pol_config {
-                generation: next,
-                pad: 0,
-            },
-            0,
-        )?;
-        Ok(next)
+        let mut c = self.config();
+        c.generation = c.generation.wrapping_add(1).max(1);
+        self.config.set(0, c, 0)?;
+        Ok(c.generation)
+    }
+
+    /// The source ports the agents' health checks use, let into pods from
+    /// cluster nodes whatever the policies (`None`: nothing is).
+    pub fn set_health_check_ports(&mut self, ports: Option<(u16, u16)>) -> Result<()> {
+        let mut c = self.config();
+        (c.health_sport_min, c.health_sport_max) = ports.unwrap_or((0, 0));
+        self.config.set(0, c, 0).context("writing st_pol_config")
+    }
+
+    /// Replaces the set of cluster nodes' addresses.
+    pub fn set_cluster_nodes(&mut self, addrs: &[Ipv4Addr]) -> Result<usize> {
+        let want: Vec<u32> = addrs.iter().map(|a| crate::lb::addr_key(*a)).collect();
+        let have: Vec<u32> = self.cluster_nodes.keys().collect::<Result<_, _>>()?;
+        let mut changes = 0;
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            missing_ok(self.cluster_nodes.remove(k))?;
+            changes += 1;
+        }
+        for k in want.iter().filter(|k| !have.contains(k)) {
+            self.cluster_nodes
+                .insert(k, 1, 0)
+                .context("writing st_cluster_nodes")?;
+            changes += 1;
+        }
+        Ok(changes)
     }
 
     /// Packets dropped by policy for an endpoint: (ingress, egress).

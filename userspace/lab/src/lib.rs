@@ -581,12 +581,12 @@ impl Lab {
     /// Waits until every node's data plane reflects everything written to
     /// the lab's directories so far (what `strake wait` does).
     pub fn wait_synced(&self, timeout: Duration) -> Result<()> {
-        let want = strake_source::dir::newest_mtime_ms(&[self.dir.clone(), self.status_dir()]);
+        let want = strake_source::dir::content_stamp(&[self.dir.clone(), self.status_dir()]);
         let deadline = Instant::now() + timeout;
         for n in &self.spec.nodes {
             loop {
                 let st: strake_api::AgentStatus = self.agent(&n.name, Request::Status)?;
-                if st.source_newest_mtime_ms >= want && st.applied_revision == st.source_revision {
+                if st.source_content_stamp == want && st.applied_revision == st.source_revision {
                     break;
                 }
                 if Instant::now() > deadline {

@@ -196,7 +196,7 @@ impl DirSource {
     fn load_cached(&self, cache: &mut BTreeMap<PathBuf, CachedFile>) -> ClusterState {
         let mut state = ClusterState {
             synced: true,
-            newest_mtime_ms: newest_mtime_ms(&self.dirs),
+            content_stamp: content_stamp(&self.dirs),
             ..Default::default()
         };
         let mut seen = Vec::new();
@@ -256,18 +256,16 @@ impl DirSource {
         let mut cache = BTreeMap::new();
         let mut revision = 0u64;
         let mut last_errors = Vec::new();
-        let mut last_stamps = None;
+        let mut last_stamp = None;
         loop {
             let mut state = self.load_cached(&mut cache);
-            let stamps: Vec<(PathBuf, (SystemTime, u64))> =
-                cache.iter().map(|(p, c)| (p.clone(), c.stamp)).collect();
-            if last_stamps.as_ref() == Some(&stamps) {
+            if last_stamp == Some(state.content_stamp) {
                 // Nothing changed (a resync tick, or an event for a file we
                 // do not read): consumers already have this state.
                 wait_for_change(&mut ev_rx, self.resync).await;
                 continue;
             }
-            last_stamps = Some(stamps);
+            last_stamp = Some(state.content_stamp);
             if state.errors != last_errors {
                 for e in &state.errors {
                     tracing::warn!(error = %e, "ignoring an invalid document in the desired-state directory");
@@ -295,28 +293,45 @@ async fn wait_for_change(ev_rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, r
     while ev_rx.try_recv().is_ok() {}
 }
 
-/// Newest modification time (ms) of the YAML files and directories below
-/// `dirs` (a directory's own time changes when files come and go).
-pub fn newest_mtime_ms(dirs: &[PathBuf]) -> u64 {
-    let ms = |p: &Path| {
-        std::fs::metadata(p)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    };
-    let mut newest = 0;
-    for d in dirs {
-        newest = newest.max(ms(d));
-        for f in yaml_files(d) {
-            newest = newest.max(ms(&f));
-            if let Some(parent) = f.parent() {
-                newest = newest.max(ms(parent));
-            }
+/// A stamp of everything `dirs` hold: each YAML file's path, length and
+/// modification time (nanoseconds) and each directory's modification time,
+/// folded with FNV-1a. A snapshot read after computing the stamp reflects at
+/// least that content, so `strake wait` compares stamps for equality.
+/// Lengths matter: a file created empty and written within one coarse clock
+/// tick keeps its modification time but not its length.
+pub fn content_stamp(dirs: &[PathBuf]) -> u64 {
+    fn fold(h: &mut u64, bytes: &[u8]) {
+        for b in bytes {
+            *h ^= u64::from(*b);
+            *h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    newest
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut stamp = |p: &Path| {
+        let (ns, len) = std::fs::metadata(p)
+            .map(|m| {
+                let ns = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (ns, m.len())
+            })
+            .unwrap_or((0, 0));
+        fold(&mut h, p.as_os_str().as_encoded_bytes());
+        fold(&mut h, &ns.to_le_bytes());
+        fold(&mut h, &len.to_le_bytes());
+    };
+    for d in dirs {
+        stamp(d);
+        for f in yaml_files(d) {
+            if let Some(parent) = f.parent().filter(|p| p != d) {
+                stamp(parent);
+            }
+            stamp(&f);
+        }
+    }
+    h
 }
 
 /// YAML and JSON files below `dir`, sorted, skipping hidden entries.

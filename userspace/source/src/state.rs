@@ -37,10 +37,10 @@ pub struct ClusterState {
     pub synced: bool,
     /// Bumped by the source on every change.
     pub revision: u64,
-    /// Newest modification time (ms since the epoch) of every file and
-    /// directory this snapshot was read from: a snapshot with a value at
-    /// least T reflects every change made before T (`strake wait`).
-    pub newest_mtime_ms: u64,
+    /// `dir::content_stamp` of the directories, taken before they were read:
+    /// a snapshot whose stamp equals the directories' current one reflects
+    /// their current content (`strake wait`).
+    pub content_stamp: u64,
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectKey, Pod>,
