@@ -9,6 +9,28 @@
 //! Weights are virtual backends: a backend of weight w takes w turns per
 //! round, each with a permutation of its own.
 
+/// Table sizes chosen automatically: primes near powers of two.
+pub const TABLE_TIERS: [u32; 13] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071, 262139, 524287, 1000003,
+];
+
+/// The table size for `backends` backends: the smallest tier of at least
+/// 100 slots per backend (Maglev's imbalance stays within about 1% there),
+/// at most `max`. A table grows only when its backend count crosses a tier,
+/// so most backend changes keep the size and move only ~1/N of the slots;
+/// a resize remaps more, which only flows without a connection-table entry
+/// can notice. Memory: 8 bytes per slot, so a Service with 10 backends takes
+/// 8 KiB rather than the 128 KiB a fixed 16381-slot table would.
+pub fn table_size_for(backends: usize, max: u32) -> u32 {
+    let want = (backends as u64).saturating_mul(100);
+    let tier = TABLE_TIERS
+        .iter()
+        .copied()
+        .find(|&t| t as u64 >= want)
+        .unwrap_or(TABLE_TIERS[TABLE_TIERS.len() - 1]);
+    tier.min(max)
+}
+
 /// Whether `n` is prime (table sizes must be).
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -196,5 +218,18 @@ mod tests {
         assert!(
             is_prime(16381) && is_prime(65537) && is_prime(251) && !is_prime(16383) && !is_prime(1)
         );
+    }
+
+    #[test]
+    fn automatic_table_sizes_are_prime_and_grow_with_the_backends() {
+        for t in TABLE_TIERS {
+            assert!(is_prime(t), "{t}");
+        }
+        assert_eq!(table_size_for(1, 16381), 251);
+        assert_eq!(table_size_for(3, 16381), 509);
+        assert_eq!(table_size_for(10, 16381), 1021);
+        assert_eq!(table_size_for(160, 16381), 16381);
+        assert_eq!(table_size_for(1000, 16381), 16381, "capped");
+        assert_eq!(table_size_for(1000, 1000003), 131071);
     }
 }

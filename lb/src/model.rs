@@ -147,7 +147,10 @@ pub struct ServicePort {
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
     pub scheduler: Scheduler,
+    /// Maglev table size: the largest automatic size, or the size the
+    /// Service's annotation fixes (`table_size_fixed`).
     pub table_size: u32,
+    pub table_size_fixed: bool,
     /// ClientIP session affinity timeout, seconds.
     pub affinity_timeout: Option<u32>,
     pub external_mode: ExternalMode,
@@ -164,7 +167,8 @@ impl ServicePort {
     }
 }
 
-/// Default Maglev table size (prime; Cilium's default: > 100 x ~160 backends).
+/// The largest automatic Maglev table size (prime; Cilium's default: 100 x
+/// ~160 backends). Tables are sized by backend count below it.
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
 /// All service ports of the cluster, and the problems found on the way (bad
@@ -210,13 +214,13 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
                 Scheduler::Maglev
             }
         };
-        let table_size = match ann.get(annotation::MAGLEV_TABLE_SIZE) {
-            None => default_table_size,
+        let (table_size, table_size_fixed) = match ann.get(annotation::MAGLEV_TABLE_SIZE) {
+            None => (default_table_size, false),
             Some(v) => match v.parse::<u32>() {
-                Ok(n) if crate::maglev::is_prime(n) && (251..=1_000_003).contains(&n) => n,
+                Ok(n) if crate::maglev::is_prime(n) && (251..=1_000_003).contains(&n) => (n, true),
                 _ => {
-                    bad(format!("{}={v:?} must be a prime between 251 and 1000003; using {default_table_size}", annotation::MAGLEV_TABLE_SIZE));
-                    default_table_size
+                    bad(format!("{}={v:?} must be a prime between 251 and 1000003; sizing automatically", annotation::MAGLEV_TABLE_SIZE));
+                    (default_table_size, false)
                 }
             },
         };
@@ -322,6 +326,7 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
                 backends,
                 scheduler,
                 table_size,
+                table_size_fixed,
                 affinity_timeout,
                 external_mode,
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local"),

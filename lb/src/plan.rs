@@ -71,10 +71,6 @@ pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr)
                 }
             }
         }
-        let table_size = match sp.scheduler {
-            Scheduler::Maglev => sp.table_size,
-            Scheduler::Random => 0,
-        };
         for f in &sp.frontends {
             let external = f.kind.external();
             let use_local = if external {
@@ -88,6 +84,11 @@ pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr)
                 if use_local { "local" } else { "cluster" }
             );
             let members = if use_local { &local } else { &cluster };
+            let table_size = match sp.scheduler {
+                Scheduler::Maglev if sp.table_size_fixed => sp.table_size,
+                Scheduler::Maglev => crate::maglev::table_size_for(members.len(), sp.table_size),
+                Scheduler::Random => 0,
+            };
             p.sets.entry(set.clone()).or_insert_with(|| SetPlan {
                 members: members.clone(),
                 table_size,

@@ -74,8 +74,15 @@ pub struct Config {
     #[arg(long, default_value_t = 262144, env = "STRAKE_CT_SIZE")]
     pub ct_size: u32,
 
-    /// Maglev table size for Services that do not set one (prime; 64 KiB of
-    /// kernel memory per Service port).
+    /// Capacity of the load balancer's backend-set table: at least the sum,
+    /// over all Service ports, of their backends. Changing it on a node that
+    /// already pinned the table needs that table removed (maps_v1/st_slots).
+    #[arg(long, default_value_t = strake_datapath::shared::STRAKE_MAX_SLOTS, env = "STRAKE_LB_MAX_SLOTS")]
+    pub lb_max_slots: u32,
+
+    /// Largest Maglev table for Services that do not fix one (prime). Below
+    /// it, a table holds the smallest of 251, 509, 1021, ... slots that gives
+    /// each backend 100; 8 bytes of kernel memory per slot.
     #[arg(long, default_value_t = strake_lb::model::DEFAULT_TABLE_SIZE, env = "STRAKE_MAGLEV_TABLE_SIZE",
           value_parser = parse_prime)]
     pub maglev_table_size: u32,

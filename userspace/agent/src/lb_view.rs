@@ -93,7 +93,13 @@ impl Agent {
                     Scheduler::Random => "random",
                 }
                 .into(),
-                table_size: sp.table_size,
+                // The cluster-wide set's table (a Local set's may be smaller).
+                table_size: lb
+                    .applied
+                    .sets
+                    .get(&format!("{}/cluster", sp.name()))
+                    .or_else(|| lb.applied.sets.get(&format!("{}/local", sp.name())))
+                    .map_or(0, |s| s.table_size),
                 affinity_timeout: sp.affinity_timeout,
                 external_mode: match sp.external_mode {
                     ExternalMode::Snat => "snat",

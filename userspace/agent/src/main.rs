@@ -95,6 +95,7 @@ async fn run(cfg: Config) -> Result<()> {
         bpffs_root: cfg.bpffs_root.clone(),
         max_endpoints: cfg.max_endpoints,
         ct_size: cfg.ct_size,
+        lb_max_slots: cfg.lb_max_slots,
     })?;
     dp.policy
         .set_health_check_ports(Some(cfg.health_check_ports))?;
@@ -258,6 +259,7 @@ async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
                     changes,
                     frontends,
                     revision = st.revision,
+                    elapsed_ms = t_lb.elapsed().as_millis() as u64,
                     "load balancer reconciled"
                 )
             }

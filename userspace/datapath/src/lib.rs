@@ -38,6 +38,9 @@ pub struct DatapathConfig {
     pub max_endpoints: u32,
     /// Capacity of the load balancer's connection and reverse-NAT tables.
     pub ct_size: u32,
+    /// Capacity of the backend-set member table: the sum over Service ports
+    /// of their backends.
+    pub lb_max_slots: u32,
 }
 
 impl DatapathConfig {
@@ -46,6 +49,7 @@ impl DatapathConfig {
             bpffs_root: bpffs_root.into(),
             max_endpoints: 16384,
             ct_size: 262144,
+            lb_max_slots: shared::STRAKE_MAX_SLOTS,
         }
     }
 }
@@ -149,6 +153,7 @@ impl Datapath {
                 .map_max_entries("st_rnat", cfg.ct_size)
                 .map_max_entries("st_affinity", cfg.ct_size)
                 .map_max_entries("st_pol_ct", cfg.ct_size)
+                .map_max_entries("st_slots", cfg.lb_max_slots)
                 .load(bytes)
                 .with_context(|| {
                     format!(
