@@ -78,6 +78,7 @@ where
             bpffs_root: root2,
             max_endpoints: 1024,
             ct_size: 4096,
+            lb_max_slots: 65536,
         })?;
         let mut net = TestNet { dp, topo };
         f(&mut net)

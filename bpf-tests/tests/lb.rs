@@ -428,3 +428,24 @@ fn xdp_leaves_everything_else_alone() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_maglev_service_whose_table_is_missing_picks_from_its_slots() {
+    // Between the agent installing a set's new table and updating the
+    // service (a table of another size, or not in yet), new flows must still
+    // find a backend rather than be dropped.
+    with_testnet(|net| {
+        net.add_local_pods()?;
+        net.lb_node()?;
+        net.add_service(&TestService::tcp(VIP, 80, vec![(POD2, 8080, true)]))?;
+        net.dp.lb.remove_set(1, 0)?; // the table only: slots stay
+        net.dp.lb.commit_tables()?;
+        let p = tcp(POD1_MAC, ANY_MAC, POD1, VIP, 40100, 80, 64);
+        let out = net.run("from_pod", net.topo.lxc1.index, &p)?;
+        assert_eq!(out.retval, TC_ACT_REDIRECT);
+        assert_eq!(addrs(&out.data), (POD1, 40100, POD2, 8080));
+        assert_eq!(net.counter("lb_no_backend"), 0);
+        Ok(())
+    })
+    .unwrap();
+}

@@ -93,16 +93,20 @@ static __always_inline int lb_pick(const struct svc_info *svc, const struct flow
 			}
 		}
 	}
+	b = 0;
 	if (svc->table_size) {
 		void *table = bpf_map_lookup_elem(&st_maglev, &svc->set_id);
-		__u32 idx;
+		__u32 hash = flow_hash(fk->saddr, fk->daddr, ((__u32)fk->sport << 16) | fk->dport,
+				       fk->proto, cfg ? cfg->hash_seed : 0);
+		__u32 idx = hash % svc->table_size;
 
-		if (!table)
-			return -1;
-		idx = flow_hash(fk->saddr, fk->daddr, ((__u32)fk->sport << 16) | fk->dport, fk->proto,
-				cfg ? cfg->hash_seed : 0) % svc->table_size;
-		b = bpf_map_lookup_elem(table, &idx);
-	} else {
+		if (table)
+			b = bpf_map_lookup_elem(table, &idx);
+	}
+	/* The random scheduler; or a Maglev set whose table is not in yet, or
+	 * was just swapped for one of another size (the agent installs tables
+	 * before it updates the service): pick among the set's slots. */
+	if (!b && svc->count) {
 		struct slot_key sk = { .set_id = svc->set_id, .slot = bpf_get_prandom_u32() % svc->count };
 
 		b = bpf_map_lookup_elem(&st_slots, &sk);

@@ -219,7 +219,10 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if crate::maglev::is_prime(n) && (251..=1_000_003).contains(&n) => (n, true),
                 _ => {
-                    bad(format!("{}={v:?} must be a prime between 251 and 1000003; sizing automatically", annotation::MAGLEV_TABLE_SIZE));
+                    bad(format!(
+                        "{}={v:?} must be a prime between 251 and 1000003; sizing automatically",
+                        annotation::MAGLEV_TABLE_SIZE
+                    ));
                     (default_table_size, false)
                 }
             },

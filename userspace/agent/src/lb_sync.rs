@@ -249,6 +249,10 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
         changes += 1;
     }
 
+    // Tables in, with one RCU wait for all of them, before any frontend
+    // points at them.
+    dp.lb.commit_tables()?;
+
     // 3. Frontends, pointing at their sets.
     for (k, fp) in &plan.frontends {
         let before = lb.ids.frontends.len();
@@ -326,6 +330,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
         lb.ids_dirty = true;
         changes += 1;
     }
+    dp.lb.commit_tables()?;
     let stale_backends: Vec<String> = lb
         .ids
         .backends

@@ -14,6 +14,62 @@ use strake_ebpf::shared::{
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Tables staged before an automatic commit (each holds an fd until then).
+const TABLE_BATCH: usize = 512;
+
+/// `union bpf_attr`'s `batch` member (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH of u32 keys and values.
+fn map_batch(
+    map: &std::os::fd::OwnedFd,
+    cmd: libc::c_long,
+    keys: &[u32],
+    values: Option<&[u32]>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.map_or(0, |v| v.as_ptr() as u64),
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr points at keys/values that outlive the call; the kernel
+    // reads `count` elements of each and writes back `count`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count as usize != keys.len() {
+        return Err(std::io::Error::other(format!(
+            "batch stopped after {} of {} elements",
+            attr.count,
+            keys.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Summed per-CPU counters of one frontend or backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -28,6 +84,12 @@ pub struct LbMaps {
     backends: BpfHashMap<MapData, u32, backend_info>,
     slots: BpfHashMap<MapData, slot_key, u32>,
     maglev: HashOfMaps<MapData, u32>,
+    /// st_maglev's fd, for batch updates (aya has none).
+    maglev_fd: std::os::fd::OwnedFd,
+    /// Tables made but not yet in st_maglev, and tables to remove from it:
+    /// see [`LbMaps::commit_tables`].
+    staged_tables: Vec<(u32, MapData)>,
+    staged_removals: Vec<u32>,
     node_addrs: BpfHashMap<MapData, u32, u32>,
     config: Array<MapData, lb_config>,
     fe_stats: PerCpuArray<MapData, lb_stats>,
@@ -69,7 +131,18 @@ impl LbMaps {
             services: take(ebpf, "st_services")?,
             backends: take(ebpf, "st_backends")?,
             slots: take(ebpf, "st_slots")?,
+            maglev_fd: {
+                let m = ebpf
+                    .map("st_maglev")
+                    .ok_or_else(|| anyhow!("map st_maglev missing from the object"))?;
+                let aya::maps::Map::HashOfMaps(d) = m else {
+                    return Err(anyhow!("map st_maglev is not a hash of maps"));
+                };
+                d.fd().as_fd().try_clone_to_owned()?
+            },
             maglev: take(ebpf, "st_maglev")?,
+            staged_tables: Vec::new(),
+            staged_removals: Vec::new(),
             node_addrs: take(ebpf, "st_node_addrs")?,
             config: take(ebpf, "st_lb_config")?,
             fe_stats: take(ebpf, "st_fe_stats")?,
@@ -150,10 +223,19 @@ impl LbMaps {
         Ok(())
     }
 
-    /// Installs a set's Maglev table: a new inner array filled through mmap,
-    /// then one atomic swap of the outer entry. Packets see the old table or
-    /// the new one, never a mix.
+    /// Installs a set's Maglev table now (see [`LbMaps::stage_maglev`]).
     pub fn set_maglev(&mut self, set_id: u32, table: &[u32]) -> Result<()> {
+        self.stage_maglev(set_id, table)?;
+        self.commit_tables()
+    }
+
+    /// Makes a set's new Maglev table: a fresh inner array filled through
+    /// mmap. It takes effect at [`LbMaps::commit_tables`], by one swap of the
+    /// outer entry: packets see the old table or the new one, never a mix.
+    /// Every change to st_maglev makes the kernel wait for an RCU grace
+    /// period (tens of ms here), so tables are installed in batches: one wait
+    /// per batch instead of one per Service.
+    pub fn stage_maglev(&mut self, set_id: u32, table: &[u32]) -> Result<()> {
         let n = table.len() as u32;
         let obj = aya_obj::Map::new_from_params(
             BPF_MAP_TYPE_ARRAY,
@@ -185,14 +267,65 @@ impl LbMaps {
             }
             nix::sys::mman::munmap(p, len).context("unmapping a Maglev table")?;
         }
-        self.maglev
-            .insert(set_id, &inner, 0)
-            .context("installing a Maglev table")
+        self.staged_removals.retain(|k| *k != set_id);
+        self.staged_tables.retain(|(k, _)| *k != set_id);
+        self.staged_tables.push((set_id, inner));
+        // Each staged table holds a file descriptor until committed.
+        if self.staged_tables.len() >= TABLE_BATCH {
+            self.commit_tables()?;
+        }
+        Ok(())
     }
 
-    /// Removes a set's table and slots (slots below `old_len`).
+    /// Installs the staged tables and removes the staged removals, with one
+    /// batch update and one batch delete of st_maglev.
+    pub fn commit_tables(&mut self) -> Result<()> {
+        let tables = std::mem::take(&mut self.staged_tables);
+        if !tables.is_empty() {
+            let keys: Vec<u32> = tables.iter().map(|(k, _)| *k).collect();
+            let fds: Vec<u32> = tables
+                .iter()
+                .map(|(_, m)| {
+                    use std::os::fd::AsRawFd;
+                    m.fd().as_fd().as_raw_fd() as u32
+                })
+                .collect();
+            if let Err(e) = map_batch(&self.maglev_fd, BPF_MAP_UPDATE_BATCH, &keys, Some(&fds)) {
+                // Kernels without batch operations on maps of maps: one by one.
+                tracing::debug!(error = %e, "batch update of st_maglev failed; updating one by one");
+                for (k, m) in &tables {
+                    self.maglev
+                        .insert(k, m, 0)
+                        .context("installing a Maglev table")?;
+                }
+            }
+        }
+        let removals = std::mem::take(&mut self.staged_removals);
+        if !removals.is_empty() {
+            // A batch delete stops at the first missing key: delete only
+            // what is there.
+            let present: std::collections::HashSet<u32> =
+                self.maglev.keys().filter_map(|k| k.ok()).collect();
+            let keys: Vec<u32> = removals
+                .into_iter()
+                .filter(|k| present.contains(k))
+                .collect();
+            if !keys.is_empty()
+                && map_batch(&self.maglev_fd, BPF_MAP_DELETE_BATCH, &keys, None).is_err()
+            {
+                for k in &keys {
+                    not_found_ok(self.maglev.remove(k))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a set's slots (below `old_len`) now and stages the removal of
+    /// its table (see [`LbMaps::commit_tables`]).
     pub fn remove_set(&mut self, set_id: u32, old_len: u32) -> Result<()> {
-        not_found_ok(self.maglev.remove(&set_id))?;
+        self.staged_tables.retain(|(k, _)| *k != set_id);
+        self.staged_removals.push(set_id);
         for slot in 0..old_len {
             not_found_ok(self.slots.remove(&slot_key { set_id, slot }))?;
         }
