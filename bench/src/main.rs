@@ -4,7 +4,12 @@
 //! Markdown and PNG.
 
 mod cni;
+mod kube_rules;
+mod lb;
+mod lb_control;
+mod lb_packet;
 mod net;
+mod policy;
 mod report;
 mod rr;
 
@@ -43,6 +48,47 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         parallel: usize,
     },
+    /// Service traffic through a VIP (TCP connections/s, request/response,
+    /// UDP packets/s): strake vs kube-proxy's iptables and nftables rules.
+    Lb {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Numbers of Services installed, comma-separated.
+        #[arg(long, default_value = "10,5000", value_delimiter = ',')]
+        scales: Vec<usize>,
+    },
+    /// Nanoseconds per packet of the load balancer's programs
+    /// (BPF_PROG_TEST_RUN): table hits and new flows.
+    LbPacket {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        #[arg(long, default_value_t = 5000)]
+        new_flows: u32,
+    },
+    /// Installing 1k/10k/50k Services and changing one: strake's agent vs
+    /// iptables-restore and nft -f of kube-proxy's rules.
+    LbControl {
+        #[arg(long, default_value = "1000,10000,50000", value_delimiter = ',')]
+        scales: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        backends: usize,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
+    /// NetworkPolicy: pod-to-pod rates with 0/1k/10k rules selecting the
+    /// pods, and time from writing policies to enforcement on every node.
+    Policy {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        #[arg(long, default_value = "0,1000,10000", value_delimiter = ',')]
+        rules: Vec<usize>,
+    },
     /// The 64-byte request/response server (run inside a pod).
     #[command(hide = true)]
     RrServer {
@@ -56,6 +102,54 @@ fn main() -> ExitCode {
     let r: Result<()> = match cli.cmd {
         Cmd::Net { rounds, secs, cpu } => net::run(&net::Opts { rounds, secs, cpu }, &cli.out),
         Cmd::Cni { pods, parallel } => cni::run(pods, parallel, &cli.out),
+        Cmd::Lb {
+            rounds,
+            secs,
+            scales,
+        } => lb::run(
+            &lb::Opts {
+                rounds,
+                secs,
+                scales,
+            },
+            &cli.out,
+        ),
+        Cmd::LbPacket {
+            rounds,
+            repeat,
+            new_flows,
+        } => lb_packet::run(
+            &lb_packet::Opts {
+                rounds,
+                repeat,
+                new_flows,
+            },
+            &cli.out,
+        ),
+        Cmd::LbControl {
+            scales,
+            backends,
+            rounds,
+        } => lb_control::run(
+            &lb_control::Opts {
+                scales,
+                backends,
+                rounds,
+            },
+            &cli.out,
+        ),
+        Cmd::Policy {
+            rounds,
+            secs,
+            rules,
+        } => policy::run(
+            &policy::Opts {
+                rounds,
+                secs,
+                rules,
+            },
+            &cli.out,
+        ),
         Cmd::RrServer { port } => rr::server(port),
     };
     match r {

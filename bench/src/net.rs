@@ -53,7 +53,7 @@ spec: {nodeName: bn-b, containers: [{name: c}]}
 
 /// Stops the agents and removes every pinned link: the programs detach
 /// (uplink and pod veths); routes, addresses and neighbours stay.
-fn detach_programs(lab: &Lab) -> Result<()> {
+pub(crate) fn detach_programs(lab: &Lab) -> Result<()> {
     for n in &lab.spec.nodes {
         let pid = lab.agent_pid(&n.name).context("agent pid")?;
         procs::stop(&[pid], Duration::from_secs(5));
@@ -66,7 +66,7 @@ fn detach_programs(lab: &Lab) -> Result<()> {
 }
 
 /// Starts the agents again: they re-attach every endpoint from their records.
-fn attach_programs(lab: &Lab) -> Result<()> {
+pub(crate) fn attach_programs(lab: &Lab) -> Result<()> {
     for n in &lab.spec.nodes {
         if lab.agent_pid(&n.name).is_some_and(procs::alive) {
             continue;

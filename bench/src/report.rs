@@ -200,7 +200,13 @@ impl Report {
         std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
         let plot = Path::new(env!("CARGO_MANIFEST_DIR")).join("plot.py");
         let png = dir.join(format!("{stem}.png"));
-        match std::process::Command::new("python3")
+        // Debian's python3 has python3-matplotlib (install-deps.sh); a python3
+        // earlier on PATH (pyenv, venvs) may not.
+        let python = ["/usr/bin/python3", "python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("python3");
+        match std::process::Command::new(python)
             .arg(&plot)
             .arg(&json)
             .arg(&png)
