@@ -36,16 +36,36 @@ pub fn bkey(b: &BackendAddr) -> String {
     format!("{}:{}/{}", b.ip, b.port, b.proto)
 }
 
-fn allocate(map: &mut BTreeMap<String, u32>, key: String, max: u32) -> Result<u32> {
-    if let Some(id) = map.get(&key) {
-        return Ok(*id);
+/// The free ids of one kind (frontends, sets, backends), lowest first:
+/// built once per apply, so allocating stays O(log n) at 50,000 Services.
+struct IdPool {
+    free: BTreeSet<u32>,
+    what: &'static str,
+}
+
+impl IdPool {
+    fn new(map: &BTreeMap<String, u32>, max: u32, what: &'static str) -> Self {
+        let used: std::collections::HashSet<u32> = map.values().copied().collect();
+        IdPool {
+            free: (1..max).filter(|i| !used.contains(i)).collect(),
+            what,
+        }
     }
-    let used: BTreeSet<u32> = map.values().copied().collect();
-    let id = (1..max)
-        .find(|i| !used.contains(i))
-        .context("no free id: too many services or backends")?;
-    map.insert(key, id);
-    Ok(id)
+
+    /// The id of `key`, allocating the lowest free one for a new key.
+    fn allocate(&mut self, map: &mut BTreeMap<String, u32>, key: String) -> Result<u32> {
+        if let Some(id) = map.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.free.pop_first().with_context(|| {
+            format!(
+                "no free {} id: too many for the maps (see --lb-max-slots and README)",
+                self.what
+            )
+        })?;
+        map.insert(key, id);
+        Ok(id)
+    }
 }
 
 /// What the load balancer holds now, as last applied.
@@ -159,17 +179,34 @@ pub fn reconcile(agent: &Agent, state: &strake_source::ClusterState) -> Result<(
     Ok((changes, lb.applied.frontends.len()))
 }
 
+/// Items written between releases of the data-plane lock, so that CNI and
+/// API calls are not held up for the whole of a large apply.
+const LOCK_CHUNK: usize = 1024;
+
 fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
     let mut dp = agent.dp();
     let mut changes = 0;
     let old = std::mem::take(&mut lb.applied);
+    let mut backend_pool = IdPool::new(&lb.ids.backends, STRAKE_MAX_BACKENDS, "backend");
+    let mut set_pool = IdPool::new(&lb.ids.sets, STRAKE_MAX_BACKEND_SETS, "backend set");
+    let mut frontend_pool = IdPool::new(&lb.ids.frontends, STRAKE_MAX_FRONTENDS, "frontend");
+    let mut written = 0usize;
+    macro_rules! breathe {
+        () => {
+            written += 1;
+            if written % LOCK_CHUNK == 0 {
+                drop(dp);
+                dp = agent.dp();
+            }
+        };
+    }
 
     // 1. Backends first, so sets never point at a backend the program
     //    cannot find.
     let mut backend_ids: BTreeMap<BackendAddr, u32> = BTreeMap::new();
     for (addr, bp) in &plan.backends {
         let before = lb.ids.backends.len();
-        let id = allocate(&mut lb.ids.backends, bkey(addr), STRAKE_MAX_BACKENDS)?;
+        let id = backend_pool.allocate(&mut lb.ids.backends, bkey(addr))?;
         if lb.ids.backends.len() != before {
             lb.ids_dirty = true;
             dp.lb.reset_counters(None, Some(id))?;
@@ -193,14 +230,24 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
                 },
             )?;
             changes += 1;
+            breathe!();
         }
     }
 
     // 2. Sets: slots (weights as repeats) and a Maglev table when the
     //    scheduler is Maglev. A changed set gets a whole new table.
+    let mut affinity_frontends: BTreeMap<&str, Vec<&FrontendKey>> = BTreeMap::new();
+    for (fk, fp) in &plan.frontends {
+        if fp.affinity_timeout > 0 {
+            affinity_frontends
+                .entry(fp.set.as_str())
+                .or_default()
+                .push(fk);
+        }
+    }
     for (name, sp) in &plan.sets {
         let before = lb.ids.sets.len();
-        let set_id = allocate(&mut lb.ids.sets, name.clone(), STRAKE_MAX_BACKEND_SETS)?;
+        let set_id = set_pool.allocate(&mut lb.ids.sets, name.clone())?;
         lb.ids_dirty |= lb.ids.sets.len() != before;
         let old_set = old.sets.get(name);
         if old_set == Some(sp) {
@@ -226,7 +273,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
         }
         if sp.table_size > 0 && !entries.is_empty() {
             let table = strake_lb::maglev::build(&entries, sp.table_size);
-            dp.lb.set_maglev(set_id, &table)?;
+            dp.lb.stage_maglev(set_id, &table)?;
         }
         // Backends that left the set lose the ClientIP affinity pinning them.
         if let Some(o) = old_set {
@@ -236,17 +283,16 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
                 .filter(|(a, _)| !sp.members.iter().any(|(b, _)| b == a))
                 .filter_map(|(a, _)| lb.ids.backends.get(&bkey(a)).copied())
                 .collect();
-            for (fk, fp) in &plan.frontends {
-                if fp.set == *name && fp.affinity_timeout > 0 {
-                    if let Some(fid) = lb.ids.frontends.get(&fkey(fk)) {
-                        for b in &gone {
-                            dp.lb.forget_affinity(*fid, *b)?;
-                        }
+            for fk in affinity_frontends.get(name.as_str()).into_iter().flatten() {
+                if let Some(fid) = lb.ids.frontends.get(&fkey(fk)) {
+                    for b in &gone {
+                        dp.lb.forget_affinity(*fid, *b)?;
                     }
                 }
             }
         }
         changes += 1;
+        breathe!();
     }
 
     // Tables in, with one RCU wait for all of them, before any frontend
@@ -256,7 +302,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
     // 3. Frontends, pointing at their sets.
     for (k, fp) in &plan.frontends {
         let before = lb.ids.frontends.len();
-        let fid = allocate(&mut lb.ids.frontends, fkey(k), STRAKE_MAX_FRONTENDS)?;
+        let fid = frontend_pool.allocate(&mut lb.ids.frontends, fkey(k))?;
         if lb.ids.frontends.len() != before {
             lb.ids_dirty = true;
             dp.lb.reset_counters(Some(fid), None)?;
@@ -298,6 +344,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
             },
         )?;
         changes += 1;
+        breathe!();
     }
 
     // 4. Removals, in reverse order of dependency.
@@ -315,6 +362,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
         lb.ids.frontends.remove(&fkey(k));
         lb.ids_dirty = true;
         changes += 1;
+        breathe!();
     }
     let stale_sets: Vec<String> = lb
         .ids
@@ -329,13 +377,15 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
             .remove_set(id, lb.ids.slot_lens.remove(&name).unwrap_or(0))?;
         lb.ids_dirty = true;
         changes += 1;
+        breathe!();
     }
     dp.lb.commit_tables()?;
+    let wanted_backends: BTreeSet<String> = plan.backends.keys().map(bkey).collect();
     let stale_backends: Vec<String> = lb
         .ids
         .backends
         .keys()
-        .filter(|k| !plan.backends.keys().any(|b| bkey(b) == **k))
+        .filter(|k| !wanted_backends.contains(*k))
         .cloned()
         .collect();
     for key in stale_backends {
@@ -343,6 +393,7 @@ fn apply(agent: &Agent, lb: &mut LbState, plan: Plan) -> Result<usize> {
         dp.lb.remove_backend(id)?;
         lb.ids_dirty = true;
         changes += 1;
+        breathe!();
     }
     // Frontends in the map that no plan knows (a lost state dir).
     if old.frontends.is_empty() {
