@@ -15,6 +15,9 @@ pub enum LogFormat {
 pub enum SourceKind {
     /// Directories of Kubernetes YAML (standalone mode).
     Dir,
+    /// The Kubernetes API server: in a pod, its service account; elsewhere
+    /// KUBECONFIG or ~/.kube/config.
+    Kube,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -185,6 +188,47 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// deploy/strake/agent.yaml runs this binary: its flags must parse, and
+    /// the conflist it installs must be the one deploy/cni ships.
+    #[test]
+    fn the_daemonset_in_deploy_runs_with_flags_the_agent_accepts() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let text = std::fs::read_to_string(root.join("strake/agent.yaml")).unwrap();
+        let mut args = None;
+        let mut conflist = None;
+        for o in strake_source::dir::parse_documents(&text) {
+            if let strake_source::dir::Object::Other { kind, value, .. } = o.unwrap() {
+                if kind == "DaemonSet" {
+                    let c = &value["spec"]["template"]["spec"]["containers"][0];
+                    args = Some(
+                        c["args"]
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .map(|a| a.as_str().unwrap().to_string())
+                            .collect::<Vec<_>>(),
+                    );
+                } else if kind == "ConfigMap" {
+                    conflist = value["data"]["10-strake.conflist"]
+                        .as_str()
+                        .map(str::to_string);
+                }
+            }
+        }
+        let mut argv = vec!["strake-agent".to_string(), "--node-name=n".into()];
+        argv.extend(args.expect("a DaemonSet with args"));
+        let c = Config::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        assert!(matches!(c.source, SourceKind::Kube));
+        c.validate().unwrap();
+        let shipped: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("cni/10-strake.conflist")).unwrap(),
+        )
+        .unwrap();
+        let installed: serde_json::Value =
+            serde_json::from_str(&conflist.expect("the CNI ConfigMap")).unwrap();
+        assert_eq!(installed, shipped);
+    }
 
     #[test]
     fn overlapping_snat_and_health_check_ports_are_refused() {

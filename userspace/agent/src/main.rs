@@ -117,6 +117,14 @@ async fn run(cfg: Config) -> Result<()> {
                 }
             });
         }
+        SourceKind::Kube => {
+            let src = strake_source::kube::KubeSource::infer().await?;
+            tokio::spawn(async move {
+                if let Err(e) = src.run(tx).await {
+                    tracing::error!(error = format!("{e:#}"), "desired-state source stopped");
+                }
+            });
+        }
     }
 
     let agent = Agent::new(cfg.clone(), dp, ipam, nl, rx, metrics::Metrics::default());

@@ -9,6 +9,7 @@
 //! snapshot carries everything.
 
 pub mod dir;
+pub mod kube;
 mod state;
 
 pub use state::{parse_cidr, ClusterState, ObjectKey};

@@ -1,0 +1,200 @@
+//! The Kubernetes source against a stand-in API server (an API server cannot
+//! run here): list, then watch events, then a watch that expires (410) and
+//! a relist that drops what was deleted meanwhile.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strake_source::kube::KubeSource;
+use tokio::sync::broadcast;
+
+#[derive(Clone)]
+struct Mock {
+    /// Items of each collection path, as the next list returns them.
+    lists: Arc<Mutex<BTreeMap<String, Vec<Value>>>>,
+    /// Watch events: (collection path, event).
+    events: broadcast::Sender<(String, Value)>,
+}
+
+const PATHS: [&str; 6] = [
+    "/api/v1/nodes",
+    "/api/v1/namespaces",
+    "/api/v1/pods",
+    "/api/v1/services",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/apis/networking.k8s.io/v1/networkpolicies",
+];
+
+async fn serve(State(m): State<Mock>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let watch = req.uri().query().unwrap_or("").contains("watch=true");
+    if !PATHS.contains(&path.as_str()) {
+        return Response::builder()
+            .status(404)
+            .body(Body::from("{}"))
+            .unwrap();
+    }
+    if !watch {
+        let items = m
+            .lists
+            .lock()
+            .unwrap()
+            .get(&path)
+            .cloned()
+            .unwrap_or_default();
+        let body = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "10"}, "items": items});
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+    }
+    // Events for this collection, one JSON object per line; an ERROR event
+    // (an expired watch) ends the stream, as the API server does.
+    let rx = m.events.subscribe();
+    let stream = futures::stream::unfold((rx, path, false), |(mut rx, path, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok((p, ev)) if p == path => {
+                    let expired = ev["type"] == "ERROR";
+                    return Some((
+                        Ok::<_, std::io::Error>(format!("{ev}\n")),
+                        (rx, path, expired),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn pod(ns: &str, name: &str, rv: u32) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": ns, "name": name, "resourceVersion": rv.to_string(), "labels": {"app": name}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}})
+}
+
+async fn next_state(
+    rx: &mut strake_source::StateReceiver,
+    what: &str,
+    ok: impl Fn(&strake_source::ClusterState) -> bool,
+) -> Arc<strake_source::ClusterState> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let s = rx.borrow_and_update().clone();
+            if s.synced && ok(&s) {
+                return s;
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => r.expect("source alive"),
+            _ = tokio::time::sleep_until(deadline) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn lists_watches_and_relists_from_an_api_server() {
+    let (events, _) = broadcast::channel(64);
+    let mock = Mock {
+        lists: Default::default(),
+        events: events.clone(),
+    };
+    {
+        let mut l = mock.lists.lock().unwrap();
+        l.insert(
+            PATHS[0].into(),
+            vec![json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "n1", "resourceVersion": "1"},
+                "spec": {"podCIDR": "10.244.1.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}})],
+        );
+        l.insert(
+            PATHS[1].into(),
+            vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "resourceVersion": "2", "labels": {"team": "a"}}})],
+        );
+        l.insert(PATHS[2].into(), vec![pod("x", "a", 3)]);
+    }
+    let app = axum::Router::new().fallback(serve).with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (tx, mut rx) = strake_source::channel();
+    tokio::spawn(KubeSource::new(client).run(tx));
+
+    // The first snapshot comes only once every kind has listed.
+    let s = next_state(&mut rx, "the initial list", |s| s.pods.len() == 1).await;
+    assert_eq!(s.node_internal_ip("n1"), Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        s.node_pod_cidr("n1"),
+        Some(("10.244.1.0".parse().unwrap(), 24))
+    );
+    assert!(s.namespaces.contains_key("x"));
+    let first_revision = s.revision;
+
+    // Watch events: a pod added, another deleted.
+    let send = |path: &str, ev: Value| {
+        // The watch may not be open yet: retry until someone listens.
+        let events = events.clone();
+        let path = path.to_string();
+        async move {
+            for _ in 0..100 {
+                if events.receiver_count() > 0 && events.send((path.clone(), ev.clone())).is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no watch on {path}");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // watches open
+    send(
+        PATHS[2],
+        json!({"type": "ADDED", "object": pod("x", "b", 11)}),
+    )
+    .await;
+    let s = next_state(&mut rx, "pod x/b added", |s| s.pods.len() == 2).await;
+    assert!(s.revision > first_revision);
+    send(
+        PATHS[2],
+        json!({"type": "DELETED", "object": pod("x", "a", 12)}),
+    )
+    .await;
+    let s = next_state(&mut rx, "pod x/a deleted", |s| s.pods.len() == 1).await;
+    assert!(s.pods.keys().any(|k| k.name == "b"));
+
+    // The watch expires; meanwhile x/b went and x/c came: the relist says so.
+    mock.lists
+        .lock()
+        .unwrap()
+        .insert(PATHS[2].into(), vec![pod("x", "c", 20)]);
+    send(
+        PATHS[2],
+        json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version"}}),
+    )
+    .await;
+    let s = next_state(&mut rx, "the relist", |s| {
+        s.pods.len() == 1 && s.pods.keys().any(|k| k.name == "c")
+    })
+    .await;
+    assert!(
+        !s.pods.keys().any(|k| k.name == "b"),
+        "deleted during the outage: gone after the relist"
+    );
+    assert_eq!(s.nodes.len(), 1, "other kinds untouched");
+}
