@@ -29,16 +29,16 @@ step "bringing up the lab: 2 nodes, 6 pods (netns node-*, pod-*, one strake-agen
 run strake lab up "$LAB"
 
 ip_of() { strake endpoints --lab "$LAB" -o json | python3 -c "import json,sys; print(next(e['ip'] for es in json.load(sys.stdin).values() for e in es if e['pod'] and e['pod']['namespace']+'/'+e['pod']['name']=='$1'))"; }
-WEB2=$(ip_of web/web-2); DB=$(ip_of shop/db)
+WEB2=$(ip_of web/web-2); WEB3=$(ip_of web/web-3); DB=$(ip_of shop/db)
 
 step "pod to pod on the same node (bpf_redirect_peer) and across nodes (bpf_fib_lookup + redirect)"
 run strake lab probe web/web-1 "$WEB2:80"
-run strake lab probe web/web-1 "$DB:80"
-run strake lab probe web/web-1 "$DB:53" --proto udp
-run strake lab exec web/web-1 ping -c 2 -q "$DB"
+run strake lab probe web/web-1 "$WEB3:80"
+run strake lab probe web/web-1 "$WEB3:53" --proto udp
+run strake lab exec web/web-1 ping -c 2 -q "$WEB3"
 
 step "node to pod, pod to node"
-run strake lab exec node/a ping -c 1 -q "$DB"
+run strake lab exec node/a ping -c 1 -q "$WEB3"
 run strake lab exec shop/db ping -c 1 -q 10.0.0.1
 
 step "what each node's agent sees"
@@ -49,14 +49,92 @@ step "routes the agents programmed (pure L3, no tunnel)"
 run strake lab exec node/a ip route show proto 201
 run strake lab exec node/a ip route show proto 202
 
+step "Services: a ClusterIP from a pod (tc, on the pod's veth), a LoadBalancer IP from outside (XDP on the uplink)"
+run strake lb list --lab "$LAB" --node a
+for _ in 1 2 3; do run strake lab probe web/web-1 10.96.0.10:80; done
+run strake lab probe web/web-1 10.96.0.10:53 --proto udp
+for _ in 1 2 3; do run strake lab probe ext/client 203.0.113.10:80; done
+run strake lab probe ext/client 10.0.0.2:30080
+
+step "NetworkPolicy shop/db-from-cart: only the cart reaches the database, on TCP 80"
+run strake lab probe shop/cart "$DB:80"
+printf '$ strake lab probe web/web-1 %s:80   (expected to fail)\n' "$DB"
+if strake lab probe web/web-1 "$DB:80" --timeout-secs 1; then echo "UNEXPECTED: web-1 reached the database"; exit 1; fi
+run strake policy trace --lab "$LAB" shop/cart shop/db 80/tcp
+run strake policy trace --lab "$LAB" web/web-1 shop/db 80/tcp || echo "(exit status $?: denied)"
+
 step "the agent is fail-static: kill -9 it and traffic still flows"
 PID=$(cat /var/lib/strake-lab/two-nodes/nodes/a/agent.pid)
 run kill -9 "$PID"
-run strake lab probe web/web-1 "$DB:80"
+run strake lab probe web/web-1 "$WEB3:80"
 step "a new agent adopts the pinned maps and links without a gap"
 run strake lab restart "$LAB" a
 run strake status --lab "$LAB" --node a
 
+# ---- storage: a Ceph RBD volume through strake-csi ------------------------
+step "a real single-node Ceph cluster (deploy/dev/ceph-up.sh: mon, mgr, OSD, pool rbd)"
+CEPH_STARTED=0
+if ! CEPH_CONF=/var/lib/strake/ceph-dev/ceph.conf timeout 5 ceph -s >/dev/null 2>&1; then
+  ./deploy/dev/ceph-up.sh
+  CEPH_STARTED=1
+fi
+export CEPH_CONF=/var/lib/strake/ceph-dev/ceph.conf
+CSI_DIR=/run/strake-demo-csi
+VOLS=/var/lib/strake-lab/two-nodes/volumes
+mkdir -p "$CSI_DIR" "$VOLS"
+ceph auth get-key client.admin > "$CSI_DIR/key"
+chmod 600 "$CSI_DIR/key"
+export CSI_ENDPOINT="unix://$CSI_DIR/csi.sock"
+strake-csi --mode all --endpoint "$CSI_ENDPOINT" --node-id a --state-dir "$CSI_DIR/state" \
+  --metrics-addr "" >"$CSI_DIR/csi.log" 2>&1 &
+CSI_PID=$!
+for _ in $(seq 50); do [ -S "$CSI_DIR/csi.sock" ] && break; sleep 0.1; done
+call() { printf '$ strake-csi call %s\n' "$*" >&2; strake-csi call --secret userID=admin --secret "userKey=@$CSI_DIR/key" "$@"; }
+csi_cleanup() {
+  set +e
+  for v in clone data; do
+    strake-csi call unpublish "${ID[$v]:-x}" --target "$VOLS/$v" >/dev/null 2>&1
+    strake-csi call unstage "${ID[$v]:-x}" --staging "$CSI_DIR/stage-$v" >/dev/null 2>&1
+  done
+  [ -n "${ID[clone]:-}" ] && call delete-volume "${ID[clone]}"
+  [ -n "${ID[snap]:-}" ] && call delete-snapshot "${ID[snap]}"
+  [ -n "${ID[data]:-}" ] && call delete-volume "${ID[data]}"
+  kill "$CSI_PID" 2>/dev/null; wait "$CSI_PID" 2>/dev/null
+  rm -rf "$CSI_DIR" "$VOLS"
+  set -e
+}
+ceph_stop() { if [ "$CEPH_STARTED" = 1 ]; then ./deploy/dev/ceph-down.sh >/dev/null 2>&1 || true; fi; }
+declare -A ID
+if [ "$KEEP" = 1 ]; then trap 'true' EXIT; else trap 'csi_cleanup; ceph_stop; step "tearing down"; strake lab down "$LAB"' EXIT; fi
+
+step "a 1 GiB XFS volume for shop/db: CreateVolume, NodeStage (attach + mkfs + mount), NodePublish"
+ID[data]=$(call create-volume --name shop-db-data --size 1Gi --param pool=rbd --fs xfs)
+echo "volume ${ID[data]}"
+call stage "${ID[data]}" --staging "$CSI_DIR/stage-data" --fs xfs
+call publish "${ID[data]}" --staging "$CSI_DIR/stage-data" --target "$VOLS/data" --fs xfs
+run strake lab exec shop/db sh -c "seq 1 100000 > $VOLS/data/orders && sync && sha256sum $VOLS/data/orders"
+call stats "${ID[data]}" --path "$VOLS/data"
+run rbd ls -l rbd 2>/dev/null
+
+step "snapshot it, restore the snapshot as a new volume, read the data back"
+ID[snap]=$(call create-snapshot --name shop-db-nightly --source "${ID[data]}")
+echo "snapshot ${ID[snap]}"
+ID[clone]=$(call create-volume --name shop-db-restore --size 1Gi --param pool=rbd --fs xfs --from-snapshot "${ID[snap]}")
+call stage "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --fs xfs
+call publish "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --target "$VOLS/clone" --fs xfs
+run sha256sum "$VOLS/clone/orders"
+
+step "grow the original to 2 GiB while mounted (XFS grows online)"
+call expand-volume "${ID[data]}" --size 2Gi --fs xfs
+call node-expand "${ID[data]}" --path "$VOLS/data" --size 2Gi
+run df -h "$VOLS/data"
+
 if [ "$KEEP" = 1 ]; then
-  step "the lab stays up; explore with strake status --lab $LAB, strake lab exec <ns/pod> <cmd>; remove it with: strake lab down $LAB"
+  step "everything stays up; explore with strake status --lab $LAB, strake lab exec <ns/pod> <cmd>, rbd ls -l rbd"
+  echo "remove it with: strake lab down $LAB; and stop the driver (pid $CSI_PID) and deploy/dev/ceph-down.sh"
+else
+  step "unpublish, unstage and delete everything: the pool is left empty"
+  csi_cleanup
+  trap 'ceph_stop; step "tearing down"; strake lab down "$LAB"' EXIT
+  printf '$ rbd ls -l rbd\n'; rbd ls -l rbd; echo "(no images left)"
 fi

@@ -9,6 +9,7 @@
 //!   provably orphaned.
 
 pub mod attach;
+pub mod call;
 pub mod cephconn;
 pub mod client;
 pub mod controller;

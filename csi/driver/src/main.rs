@@ -128,6 +128,8 @@ struct Serve {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Make one CSI call to a running driver (create-volume, stage, publish, ...).
+    Call(strake_csi::call::CallArgs),
     /// List (and with --delete remove) orphaned images, journal records and temporary
     /// snapshots in the given pools. Prints one JSON object per finding.
     Sweep {
@@ -194,6 +196,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(Cmd::Call(args)) = &cli.cmd {
+        return strake_csi::call::run(args.clone()).await;
+    }
     let c = &cli.common;
     let conns = Arc::new(Connections::new(
         c.ceph_conf.clone(),
