@@ -10,7 +10,7 @@
 //! them alike.
 
 use crate::kube_rules::{self, Svc};
-use crate::net::{attach_programs, detach_programs};
+use crate::net::{attach_programs, detach_programs, pin};
 use crate::report::Report;
 use crate::rr;
 use anyhow::{bail, Context, Result};
@@ -30,6 +30,9 @@ pub struct Opts {
     pub rounds: usize,
     pub secs: u64,
     pub scales: Vec<usize>,
+    /// Pin clients and backend servers to this CPU: one CPU's work, no
+    /// cross-CPU wakeups (whose latency swings widely on shared VMs).
+    pub cpu: Option<usize>,
 }
 
 const LAB_YAML: &str = r#"
@@ -180,7 +183,13 @@ struct Clients {
     backends: Vec<Ipv4Addr>,
 }
 
-fn udp_delivered(c: &Clients, from: &Path, to: SocketAddrV4, secs: u64) -> Result<f64> {
+fn udp_delivered(
+    c: &Clients,
+    from: &Path,
+    to: SocketAddrV4,
+    secs: u64,
+    cpu: Option<usize>,
+) -> Result<f64> {
     let sinks: Vec<SocketAddrV4> = c
         .backends
         .iter()
@@ -196,7 +205,10 @@ fn udp_delivered(c: &Clients, from: &Path, to: SocketAddrV4, secs: u64) -> Resul
         })
     };
     let before = count(sinks.clone())?;
-    netns::run_in(from, move || rr::udp_blast(to, Duration::from_secs(secs)))?;
+    netns::run_in(from, move || {
+        pin(cpu);
+        rr::udp_blast(to, Duration::from_secs(secs))
+    })?;
     std::thread::sleep(Duration::from_millis(200));
     let after = count(sinks)?;
     Ok((after - before) as f64 / secs as f64)
@@ -230,14 +242,25 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
     let mut backends = Vec::new();
     for pod in ["b1", "b2"] {
         let ns = lab.pod_netns("bench", pod);
+        let mut args = vec![
+            "rr-server".to_string(),
+            "--port".into(),
+            BACKEND_PORT.to_string(),
+        ];
+        let program = match opts.cpu {
+            Some(c) => {
+                args.splice(
+                    0..0,
+                    ["-c".to_string(), c.to_string(), me.display().to_string()],
+                );
+                std::path::PathBuf::from("/usr/bin/taskset")
+            }
+            None => me.clone(),
+        };
         procs::spawn_in_netns(
             &ns,
-            &me,
-            &[
-                "rr-server".into(),
-                "--port".into(),
-                BACKEND_PORT.to_string(),
-            ],
+            &program,
+            &args,
             &lab.root.join(format!("bench-{pod}.log")),
         )?;
         backends.push(lab.pod_ip("bench", pod)?);
@@ -264,10 +287,11 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
     let mut report = Report {
         name: "Service traffic through a VIP: strake vs kube-proxy's iptables and nftables rules".into(),
         command: format!(
-            "sudo target/release/strake-bench lb --rounds {} --secs {} --scales {}",
+            "sudo target/release/strake-bench lb --rounds {} --secs {} --scales {}{}",
             opts.rounds,
             opts.secs,
-            opts.scales.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+            opts.scales.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+            opts.cpu.map(|c| format!(" --cpu {c}")).unwrap_or_default()
         ),
         date: crate::report::now(),
         machine: crate::report::machine(),
@@ -275,6 +299,7 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
             "one node; two backend pods; client outside (ext netns on the fabric, to the LoadBalancer IP: strake's XDP path) and in a pod (to the ClusterIP: strake's tc path)".into(),
             "baselines: agent stopped, programs detached, kube-proxy-style rules in the node's netns (iptables = Debian 12's iptables-nft); external traffic masqueraded as kube-proxy does".into(),
             "crr: connect + 64-byte exchange + close; rr: 64-byte exchanges on one connection; udp: 64-byte datagrams from one socket, counted at the backends".into(),
+            format!("clients and backend servers pinned to CPU {:?}", opts.cpu),
         ],
         samples: vec![],
         ratios: vec![],
@@ -324,9 +349,16 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
                 ] {
                     let to = SocketAddrV4::new(vip, PORT);
                     let secs = Duration::from_secs(opts.secs);
-                    let crr = netns::run_in(from, move || rr::crr_client(to, secs))?;
-                    let r = netns::run_in(from, move || rr::client(to, secs))?;
-                    let udp = udp_delivered(&c, from, to, opts.secs)?;
+                    let cpu = opts.cpu;
+                    let crr = netns::run_in(from, move || {
+                        pin(cpu);
+                        rr::crr_client(to, secs)
+                    })?;
+                    let r = netns::run_in(from, move || {
+                        pin(cpu);
+                        rr::client(to, secs)
+                    })?;
+                    let udp = udp_delivered(&c, from, to, opts.secs, cpu)?;
                     eprintln!(
                         "{n:>5} services, round {round}, {variant:>8}, {case}: {:.0} conn/s ({} failed), {:.0} rr/s (p50 {:.1} us), {:.0} udp pkt/s",
                         crr.per_sec, crr.failed, r.per_sec, r.p50_us, udp

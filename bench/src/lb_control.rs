@@ -28,6 +28,8 @@ pub struct Opts {
     pub scales: Vec<usize>,
     pub backends: usize,
     pub rounds: usize,
+    /// A baseline's restore running longer is stopped and reported as this.
+    pub limit_secs: u64,
 }
 
 const LAB_YAML: &str = r#"
@@ -96,26 +98,44 @@ fn kube_svcs(n: usize, k: usize) -> Vec<Svc> {
         .collect()
 }
 
-/// A fresh, empty namespace for the baselines' rules.
-fn scratch() -> Result<PathBuf> {
+/// A fresh, empty namespace for a baseline's rules.
+fn scratch(which: &str) -> Result<PathBuf> {
+    let name = format!("{SCRATCH_NS}-{which}");
     let _ = std::process::Command::new("ip")
-        .args(["netns", "del", SCRATCH_NS])
+        .args(["netns", "del", &name])
         .status();
     let ok = std::process::Command::new("ip")
-        .args(["netns", "add", SCRATCH_NS])
+        .args(["netns", "add", &name])
         .status()
         .context("ip netns add")?
         .success();
     if !ok {
-        bail!("cannot create namespace {SCRATCH_NS}");
+        bail!("cannot create namespace {name}");
     }
-    Ok(PathBuf::from(format!("/run/netns/{SCRATCH_NS}")))
+    Ok(PathBuf::from(format!("/run/netns/{name}")))
 }
 
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Runs a baseline's restore under `timeout`: past `limit_secs` it is
+/// stopped and reported as the limit (a lower bound).
+fn baseline(ns: &Path, program: &str, args: &[&str], input: &str, limit_secs: u64) -> Result<f64> {
+    let limit = limit_secs.to_string();
+    let mut a = vec!["--signal=KILL", limit.as_str(), program];
+    a.extend_from_slice(args);
+    let t = Instant::now();
+    match run_with_stdin(ns, "timeout", &a, input) {
+        Ok(()) => Ok(t.elapsed().as_secs_f64() * 1000.0),
+        Err(_) if t.elapsed() >= Duration::from_secs(limit_secs) => {
+            eprintln!("{program}: stopped at the {limit_secs} s limit");
+            Ok(limit_secs as f64 * 1000.0)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn run(opts: &Opts, out: &Path) -> Result<()> {
@@ -132,9 +152,11 @@ pub fn run(opts: &Opts, out: &Path) -> Result<()> {
     lab.up()?;
     let result = measure(&lab, &labdir, opts);
     let down = lab.down();
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", SCRATCH_NS])
-        .status();
+    for which in ["ipt", "nft"] {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &format!("{SCRATCH_NS}-{which}")])
+            .status();
+    }
     let mut report = result?;
     down?;
     report.compute_ratios("strake (agent reconcile)", "iptables-restore", |_| false);
@@ -156,9 +178,10 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
     let mut report = Report {
         name: format!("Control plane: installing Services of {} backends, and changing one", opts.backends),
         command: format!(
-            "sudo target/release/strake-bench lb-control --scales {} --rounds {}",
+            "sudo target/release/strake-bench lb-control --scales {} --rounds {} --limit-secs {}",
             opts.scales.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
-            opts.rounds
+            opts.rounds,
+            opts.limit_secs
         ),
         date: crate::report::now(),
         machine: crate::report::machine(),
@@ -167,6 +190,8 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
             "strake (end to end): YAML files renamed into the lab's directory until the agent reports that revision applied; includes reading and parsing the YAML".into(),
             "iptables-restore (Debian 12: nf_tables backend) and nft -f of kube-proxy's rules, into an empty namespace; change: what kube-proxy 1.28+ restores for one changed endpoint".into(),
             format!("backends: {} per Service, distinct, from a pool of {POOL} addresses; health checks off", opts.backends),
+            format!("a baseline still running after {} s is stopped and shown as {} s (a lower bound); its change is then not measured", opts.limit_secs, opts.limit_secs),
+            format!("nft: {}", nft_version()),
         ],
         samples: vec![],
         ratios: vec![],
@@ -220,18 +245,13 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
                 last_reconcile_ms(&log).context("no reconcile time in the agent log")?,
             );
 
-            let ns = scratch()?;
-            push(
-                case.clone(),
-                "iptables-restore",
-                timed(|| run_with_stdin(&ns, "iptables-restore", &["-w"], &ipt))?,
-            );
-            let ns = scratch()?;
-            push(
-                case.clone(),
-                "nft -f",
-                timed(|| run_with_stdin(&ns, "nft", &["-f", "-"], &nft))?,
-            );
+            let ipt_ns = scratch("ipt")?;
+            let ipt_ms = baseline(&ipt_ns, "iptables-restore", &["-w"], &ipt, opts.limit_secs)?;
+            push(case.clone(), "iptables-restore", ipt_ms);
+            let nft_ns = scratch("nft")?;
+            let nft_ms = baseline(&nft_ns, "nft", &["-f", "-"], &nft, opts.limit_secs)?;
+            push(case.clone(), "nft -f", nft_ms);
+            let limit_ms = opts.limit_secs as f64 * 1000.0;
 
             // One endpoint of one Service changes, at the largest scale.
             if n == *opts.scales.iter().max().unwrap() {
@@ -253,24 +273,31 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
                 );
                 let mut new_svcs = svcs.clone();
                 new_svcs[0].backends = new_backends.iter().map(|b| (*b, 9000)).collect();
-                let ns = scratch()?;
-                run_with_stdin(&ns, "iptables-restore", &["-w"], &ipt)?;
-                let change = kube_rules::iptables_change_one(&new_svcs, 0, &svcs[0]);
-                push(
-                    case.clone(),
-                    "iptables-restore",
-                    timed(|| {
-                        run_with_stdin(&ns, "iptables-restore", &["-w", "--noflush"], &change)
-                    })?,
-                );
-                let ns = scratch()?;
-                run_with_stdin(&ns, "nft", &["-f", "-"], &nft)?;
-                let change = kube_rules::nft_change_one(0, &svcs[0], &new_svcs[0]);
-                push(
-                    case.clone(),
-                    "nft -f",
-                    timed(|| run_with_stdin(&ns, "nft", &["-f", "-"], &change))?,
-                );
+                // Changes go onto the rules just installed (when they went
+                // in within the limit).
+                if ipt_ms < limit_ms {
+                    let change = kube_rules::iptables_change_one(&new_svcs, 0, &svcs[0]);
+                    push(
+                        case.clone(),
+                        "iptables-restore",
+                        timed(|| {
+                            run_with_stdin(
+                                &ipt_ns,
+                                "iptables-restore",
+                                &["-w", "--noflush"],
+                                &change,
+                            )
+                        })?,
+                    );
+                }
+                if nft_ms < limit_ms {
+                    let change = kube_rules::nft_change_one(0, &svcs[0], &new_svcs[0]);
+                    push(
+                        case.clone(),
+                        "nft -f",
+                        timed(|| run_with_stdin(&nft_ns, "nft", &["-f", "-"], &change))?,
+                    );
+                }
             }
         }
     }
@@ -278,4 +305,13 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
         report.add(&case, &variant, &metric, "ms", v);
     }
     Ok(report)
+}
+
+/// `nft --version`, for the report (nft's speed on big rule sets depends on it).
+pub fn nft_version() -> String {
+    std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

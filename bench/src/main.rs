@@ -58,6 +58,9 @@ enum Cmd {
         /// Numbers of Services installed, comma-separated.
         #[arg(long, default_value = "10,5000", value_delimiter = ',')]
         scales: Vec<usize>,
+        /// Pin clients and backend servers to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// Nanoseconds per packet of the load balancer's programs
     /// (BPF_PROG_TEST_RUN): table hits and new flows.
@@ -78,6 +81,9 @@ enum Cmd {
         backends: usize,
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Stop a baseline's restore after this long (reported as a lower bound).
+        #[arg(long, default_value_t = 300)]
+        limit_secs: u64,
     },
     /// NetworkPolicy: pod-to-pod rates with 0/1k/10k rules selecting the
     /// pods, and time from writing policies to enforcement on every node.
@@ -106,11 +112,13 @@ fn main() -> ExitCode {
             rounds,
             secs,
             scales,
+            cpu,
         } => lb::run(
             &lb::Opts {
                 rounds,
                 secs,
                 scales,
+                cpu,
             },
             &cli.out,
         ),
@@ -130,11 +138,13 @@ fn main() -> ExitCode {
             scales,
             backends,
             rounds,
+            limit_secs,
         } => lb_control::run(
             &lb_control::Opts {
                 scales,
                 backends,
                 rounds,
+                limit_secs,
             },
             &cli.out,
         ),

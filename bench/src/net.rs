@@ -77,7 +77,7 @@ pub(crate) fn attach_programs(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-fn pin(cpu: Option<usize>) {
+pub(crate) fn pin(cpu: Option<usize>) {
     if let Some(c) = cpu {
         let mut set = nix::sched::CpuSet::new();
         let _ = set.set(c);
