@@ -402,3 +402,30 @@ fn load_balancer_health_checks_from_cluster_nodes_pass_and_nothing_else_from_the
     })
     .unwrap();
 }
+
+#[test]
+fn sctp_is_judged_by_its_ports() {
+    with_testnet(|net| {
+        net.add_local_pods()?;
+        net.dp.policy.set_class(POD1, 32, CLASS_POD1)?;
+        isolate(net, POD2, true, false);
+        net.dp
+            .policy
+            .set_verdict(&allow(2, CLASS_POD1, INGRESS, Some(132), 5000, 16), 1)?;
+        net.dp.policy.bump_generation()?;
+        // An SCTP common header where UDP's was: ports, then the rest.
+        let sctp = |dport: u16| {
+            let mut p = udp(POD1_MAC, ANY_MAC, POD1, POD2, 40000, dport, 64);
+            p[OFF_IP + 9] = 132;
+            fix_ip_checksum(&mut p);
+            p
+        };
+        assert_eq!(pod1_to_pod2(net, &sctp(5000)), TC_ACT_REDIRECT);
+        assert_eq!(pod1_to_pod2(net, &sctp(5001)), TC_ACT_SHOT);
+        // A UDP packet to the SCTP port is not let in by the SCTP rule.
+        let u = udp(POD1_MAC, ANY_MAC, POD1, POD2, 40001, 5000, 64);
+        assert_eq!(pod1_to_pod2(net, &u), TC_ACT_SHOT);
+        Ok(())
+    })
+    .unwrap();
+}

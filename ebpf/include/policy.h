@@ -91,6 +91,16 @@ static __always_inline int policy_tuple(struct packet *p, void *data_end, struct
 		t->flow.dport = l4.dport;
 		return 0;
 	}
+	if (ip->protocol == IPPROTO_SCTP) {
+		/* The common header starts with the two ports, as TCP's does. */
+		__be16 *ports = p->l4;
+
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		t->flow.sport = ports[0];
+		t->flow.dport = ports[1];
+		return 0;
+	}
 	if (ip->protocol == IPPROTO_ICMP) {
 		struct icmp_head *ic = p->l4;
 
