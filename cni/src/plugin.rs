@@ -371,6 +371,11 @@ pub fn cmd_check(conf: &NetConf, env: &Env) -> Result<Output, CniError> {
         })?;
     let ns_path = env.netns.clone().unwrap();
     open_netns(env)?;
+    // The agent's view first: a container it does not know is "unknown
+    // container" (3), not drift in a pod that was never ours.
+    let report: CheckReport = client(conf)
+        .call(&Request::Check { key: key.clone() })
+        .map_err(api_err)?;
     // Our interface in prevResult: named CNI_IFNAME, in this sandbox.
     let idx = prev
         .interfaces
@@ -425,9 +430,6 @@ pub fn cmd_check(conf: &NetConf, env: &Env) -> Result<Output, CniError> {
     })
     .map_err(io_err)?;
     problems.extend(pod_view);
-    let report: CheckReport = client(conf)
-        .call(&Request::Check { key })
-        .map_err(api_err)?;
     problems.extend(report.problems);
     if problems.is_empty() {
         Ok(None)

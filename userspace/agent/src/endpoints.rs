@@ -191,10 +191,13 @@ impl Agent {
 
     pub fn check(&self, key: &AttachmentKey) -> Result<CheckReport, ApiError> {
         let mut problems = Vec::new();
+        // The spec's "unknown container" (3): nothing to compare, and
+        // nothing for the runtime to clean up.
         let Some(alloc) = self.ipam().get(key).cloned() else {
-            return Ok(CheckReport {
-                problems: vec![format!("strake-agent has no record of {key}")],
-            });
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("strake-agent has no record of {key}: it was never added, or was deleted"),
+            ));
         };
         let ifname = &alloc.record.host_ifname;
         let link = self

@@ -247,6 +247,23 @@ fn bad_input_gets_the_specs_error_codes_and_leaves_nothing() {
         "invalid network configuration",
     );
     nothing_made("invalid config");
+    // CHECK of a container the plugin never added: the spec's "unknown
+    // container", not drift.
+    let ghost = json!({
+        "cniVersion": "1.1.0", "name": "strake", "type": "strake-cni",
+        "prevResult": {
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "sandbox": ns_path("p1")}],
+            "ips": [{"address": "10.244.4.1/32", "interface": 0}],
+        },
+    });
+    expect(
+        run(&env("CHECK", "ghost", ns_path("p1")), &ghost.to_string()),
+        3,
+        "CHECK of an unknown container",
+        "no record",
+    );
+    nothing_made("CHECK of an unknown container");
 
     // Exhaust the block.
     for (cid, n) in [("c1", "p1"), ("c2", "p2")] {
