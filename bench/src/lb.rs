@@ -279,7 +279,7 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
         &["route", "replace", "203.0.113.0/24", "via", "10.0.9.1"],
     )?;
     for ns in [&c.ext, &c.pod] {
-        netns::run_in(ns, || netns::sysctl("net/ipv4/tcp_tw_reuse", "1"))?;
+        netns::run_in(ns, rr::prepare_crr_client)?;
     }
     let kube_backends: Vec<(Ipv4Addr, u16)> = backends.iter().map(|b| (*b, BACKEND_PORT)).collect();
     std::thread::sleep(Duration::from_millis(300));

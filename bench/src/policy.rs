@@ -1,8 +1,8 @@
 //! NetworkPolicy costs. Data plane: pod-to-pod TCP request/response and
-//! connection rate with 0 (nothing isolates the pods), 1,000 and 10,000
-//! policy rules selecting both pods (each pod isolated both ways, the rules
-//! naming other peers, one policy letting the pods talk), interleaved in
-//! one run. Control plane: time from writing 1 and 1,000 policies to every
+//! connection rate with 0, 1,000 and 10,000 policy rules selecting both pods
+//! (each pod isolated both ways by one policy letting the pods talk, the
+//! rules naming other peers), against no policy at all, interleaved in one
+//! run. Control plane: time from writing 1 and 1,000 policies to every
 //! node enforcing them, checked with real traffic.
 
 use crate::report::Report;
@@ -52,13 +52,10 @@ metadata: {namespace: pb, name: far, labels: {role: far}}
 spec: {nodeName: pbb, containers: [{name: c}]}
 "#;
 
-/// `n` rules over `n / 10` policies selecting both bench pods, each rule an
-/// ingress and an egress peer (a /32 elsewhere) on its own port, and the
-/// policy that lets the bench pods talk.
+/// The policy that isolates both bench pods and lets them talk, and `n`
+/// rules over `n / 10` more policies selecting them, each rule an ingress
+/// and an egress peer (a /32 elsewhere) on its own port.
 fn rules_yaml(n: usize) -> String {
-    if n == 0 {
-        return String::new();
-    }
     let mut y = String::from(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: pb, name: bench-talk}\nspec:\n  podSelector: {matchLabels: {role: bench}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {role: bench}}}]}]\n  egress: [{to: [{podSelector: {matchLabels: {role: bench}}}]}]\n---\n",
     );
@@ -119,11 +116,9 @@ pub fn run(opts: &Opts, out: &Path) -> Result<()> {
     let mut report = result?;
     down?;
     for n in &opts.rules {
-        if *n > 0 {
-            report.compute_ratios(&format!("{n} rules"), "no policy", |m| {
-                !m.contains("latency")
-            });
-        }
+        report.compute_ratios(&format!("{n} rules"), "no policy", |m| {
+            !m.contains("latency")
+        });
     }
     print!("{}", report.markdown());
     report.write(out, "policy")
@@ -139,7 +134,7 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
         &lab.root.join("bench-server.log"),
     )?;
     let client = lab.pod_netns("pb", "client");
-    netns::run_in(&client, || netns::sysctl("net/ipv4/tcp_tw_reuse", "1"))?;
+    netns::run_in(&client, rr::prepare_crr_client)?;
     let to = SocketAddrV4::new(lab.pod_ip("pb", "server")?, PORT);
     std::thread::sleep(Duration::from_millis(300));
     let file = labdir.join("policies.yaml");
@@ -155,7 +150,7 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
         date: crate::report::now(),
         machine: crate::report::machine(),
         notes: vec![
-            "client and server pods on one node, both isolated for ingress and egress by every rule set; rules: ingress from and egress to a /32 each, on a port each, 10 per policy, plus one policy letting the two pods talk".into(),
+            "client and server pods on one node; no policy: nothing selects them; N rules: both pods isolated for ingress and egress by one policy letting the two talk, plus N rules (ingress from and egress to a /32 each, on a port each, 10 per policy) selecting them".into(),
             "rr: 64-byte exchanges on one connection; crr: connect + exchange + close (every connection judged anew)".into(),
             "enforcement: policies written (renamed into the lab's directory) until both nodes report that revision applied, then a connection from another node's pod is checked to be dropped".into(),
         ],
@@ -164,13 +159,14 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
     };
     let mut data: BTreeMap<(String, String, String, String), Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        for &n in &opts.rules {
-            write_atomic(&file, &rules_yaml(n))?;
+        // None: no policy selects the pods (the baseline).
+        let variants = std::iter::once(None).chain(opts.rules.iter().copied().map(Some));
+        for n in variants {
+            write_atomic(&file, &n.map(rules_yaml).unwrap_or_default())?;
             lab.wait_synced(Duration::from_secs(300))?;
-            let variant = if n == 0 {
-                "no policy".to_string()
-            } else {
-                format!("{n} rules")
+            let variant = match n {
+                None => "no policy".to_string(),
+                Some(n) => format!("{n} rules"),
             };
             let secs = Duration::from_secs(opts.secs);
             let r = netns::run_in(&client, move || rr::client(to, secs))?;
@@ -206,8 +202,8 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
             if !reach(&far, to) {
                 bail!("the far pod cannot reach the server before any policy");
             }
-            let mut y = rules_yaml(0);
-            y += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: pb, name: only-bench}\nspec:\n  podSelector: {matchLabels: {role: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: bench}}}]}]\n---\n";
+            let mut y = String::from("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: pb, name: only-bench}\nspec:\n  podSelector: {matchLabels: {role: bench}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: bench}}}]}]\n---\n",
+            );
             for i in 1..count {
                 y += &format!(
                     "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: pb, name: other-{i}}}\nspec:\n  podSelector: {{matchLabels: {{role: other-{i}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{role: bench}}}}}}], ports: [{{port: {}}}]}}]\n---\n",
