@@ -1,6 +1,7 @@
 //! Control plane: how long it takes to install 1k, 10k and 50k Services of 10
-//! backends each, and to change one backend of one Service at each scale, for strake (desired state written as YAML → a one-node lab's agent
-//! has the data plane programmed) against `iptables-restore` and `nft -f` of
+//! backends each, and to change one backend of one Service at each scale,
+//! for strake (desired state written as YAML → a one-node lab's agent has
+//! the data plane programmed) against `iptables-restore` and `nft -f` of
 //! the rules kube-proxy would write for the same Services.
 //!
 //! strake's figures come two ways: end to end (files written until `strake
@@ -254,50 +255,43 @@ fn measure(lab: &Lab, labdir: &Path, opts: &Opts) -> Result<Report> {
             let limit_ms = opts.limit_secs as f64 * 1000.0;
 
             // One endpoint of one Service changes.
-            {
-                let case = format!("change 1 backend of 1 Service among {n}");
-                let mut new_backends = backends_of(0, opts.backends);
-                new_backends[0] = Ipv4Addr::new(10, 250, 0, 1 + round as u8);
-                let t = Instant::now();
-                write_atomic(&changed_file, &service_yaml(0, &new_backends))?;
-                lab.wait_synced(Duration::from_secs(600))?;
+            let case = format!("change 1 backend of 1 Service among {n}");
+            let mut new_backends = backends_of(0, opts.backends);
+            new_backends[0] = Ipv4Addr::new(10, 250, 0, 1 + round as u8);
+            let t = Instant::now();
+            write_atomic(&changed_file, &service_yaml(0, &new_backends))?;
+            lab.wait_synced(Duration::from_secs(600))?;
+            push(
+                case.clone(),
+                "strake (end to end, YAML parse included)",
+                t.elapsed().as_secs_f64() * 1000.0,
+            );
+            push(
+                case.clone(),
+                "strake (agent reconcile)",
+                last_reconcile_ms(&log).context("no reconcile time")?,
+            );
+            let mut new_svcs = svcs.clone();
+            new_svcs[0].backends = new_backends.iter().map(|b| (*b, 9000)).collect();
+            // Changes go onto the rules just installed (when they went
+            // in within the limit).
+            if ipt_ms < limit_ms {
+                let change = kube_rules::iptables_change_one(&new_svcs, 0, &svcs[0]);
                 push(
                     case.clone(),
-                    "strake (end to end, YAML parse included)",
-                    t.elapsed().as_secs_f64() * 1000.0,
+                    "iptables-restore",
+                    timed(|| {
+                        run_with_stdin(&ipt_ns, "iptables-restore", &["-w", "--noflush"], &change)
+                    })?,
                 );
+            }
+            if nft_ms < limit_ms {
+                let change = kube_rules::nft_change_one(0, &svcs[0], &new_svcs[0]);
                 push(
                     case.clone(),
-                    "strake (agent reconcile)",
-                    last_reconcile_ms(&log).context("no reconcile time")?,
+                    "nft -f",
+                    timed(|| run_with_stdin(&nft_ns, "nft", &["-f", "-"], &change))?,
                 );
-                let mut new_svcs = svcs.clone();
-                new_svcs[0].backends = new_backends.iter().map(|b| (*b, 9000)).collect();
-                // Changes go onto the rules just installed (when they went
-                // in within the limit).
-                if ipt_ms < limit_ms {
-                    let change = kube_rules::iptables_change_one(&new_svcs, 0, &svcs[0]);
-                    push(
-                        case.clone(),
-                        "iptables-restore",
-                        timed(|| {
-                            run_with_stdin(
-                                &ipt_ns,
-                                "iptables-restore",
-                                &["-w", "--noflush"],
-                                &change,
-                            )
-                        })?,
-                    );
-                }
-                if nft_ms < limit_ms {
-                    let change = kube_rules::nft_change_one(0, &svcs[0], &new_svcs[0]);
-                    push(
-                        case.clone(),
-                        "nft -f",
-                        timed(|| run_with_stdin(&nft_ns, "nft", &["-f", "-"], &change))?,
-                    );
-                }
             }
         }
     }
