@@ -286,6 +286,11 @@ impl Lab {
         for n in &self.spec.nodes {
             self.wait_routes(&n.name, Duration::from_secs(10))?;
         }
+        // Pod IPs reach the other agents through the status directory, after
+        // the CNI ADD returned; a lab is up only once every node has applied
+        // them, or the first connections would see a Service with some of
+        // its backends missing.
+        self.wait_synced(Duration::from_secs(30))?;
         Ok(())
     }
 
