@@ -96,7 +96,7 @@ enum LbCmd {
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Build the lab a directory of Kubernetes YAML describes.
+    /// Build the lab a directory of Kubernetes YAML describes; returns once every agent has applied it.
     Up {
         dir: PathBuf,
         /// CNI conflist to attach pods with (default: deploy/cni/10-strake.conflist).
