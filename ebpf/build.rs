@@ -1,4 +1,4 @@
-//! Compiles the kernel-side programs (C, see DESIGN.md for why) with clang and
+//! Compiles the kernel-side programs (C, see docs/design.md for why) with clang and
 //! generates Rust bindings for the structures they share with userspace, so
 //! each layout is written once, in `include/shared.h`.
 

@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Toolchain for the kernel-side programs (C, see DESIGN.md), bindgen's libclang,
+# Toolchain for the kernel-side programs (C, see docs/design.md), bindgen's libclang,
 # network lab tools, reference CNI plugins, kube-proxy-style baselines, Ceph.
 PKGS=(
   clang-19 llvm-19 libclang-19-dev libbpf-dev linux-libc-dev bpftool pkg-config

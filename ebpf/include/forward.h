@@ -56,7 +56,7 @@ static __always_inline int fib_forward(struct __sk_buff *skb, struct packet *p)
 	fib.tos = p->ip->tos;
 	fib.l4_protocol = p->ip->protocol;
 	/* 0, not ip->tot_len: the kernel then checks MTU with GSO in mind; with
-	 * the real length every 64 KiB GSO skb reports FRAG_NEEDED (notes/bpf.md). */
+	 * the real length every 64 KiB GSO skb reports FRAG_NEEDED (docs/kernel-notes.md). */
 	fib.tot_len = 0;
 	fib.ipv4_src = p->ip->saddr;
 	fib.ipv4_dst = p->ip->daddr;

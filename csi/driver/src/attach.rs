@@ -243,7 +243,7 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Retries an operation that fails transiently with EBUSY right after an unmount
-/// (seen with loop devices: notes/ceph.md pitfall 2).
+/// (seen with loop devices: docs/ceph-notes.md, item 2).
 fn retry_busy<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let mut delay = Duration::from_millis(100);
     let t0 = Instant::now();

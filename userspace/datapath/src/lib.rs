@@ -562,7 +562,7 @@ fn links_dir(root: &Path) -> PathBuf {
     root.join("links")
 }
 
-/// bpffs rejects dots in names (notes/bpf.md).
+/// bpffs rejects dots in names (docs/kernel-notes.md).
 fn pin_safe(s: &str) -> String {
     s.replace('.', "_")
 }

@@ -353,7 +353,7 @@ impl Lab {
         })?;
         if self.spec.xdp {
             // Frames into an XDP program must carry full checksums, as a NIC
-            // delivers them (DESIGN.md, Testing); a veth sends them partial.
+            // delivers them (docs/design.md, Testing); a veth sends them partial.
             let out = procs::run_in_netns(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
             if !out.status.success() {
                 bail!(
@@ -394,7 +394,7 @@ impl Lab {
         let f_end = self.plug_into_fabric(&n.name, &node_ns, mtu)?;
         if self.spec.xdp {
             // The node's XDP_TX frames reach the fabric only if the fabric
-            // port runs an XDP program (notes/bpf.md); a switch port would not
+            // port runs an XDP program (docs/kernel-notes.md); a switch port would not
             // need one.
             let pin = PathBuf::from("/sys/fs/bpf/strake-lab")
                 .join(&self.name)
