@@ -288,6 +288,20 @@ impl IoCtx {
         })
     }
 
+    /// Opens an image read-only: librbd refuses every write on the handle (EROFS) and
+    /// takes no exclusive lock, so readers never fence a writer.
+    pub fn open_read_only(&self, name: &str) -> Result<Image> {
+        let c = cstr("rbd_open_read_only", name)?;
+        let mut img: sys::rbd_image_t = ptr::null_mut();
+        check("rbd_open_read_only", name, unsafe {
+            sys::rbd_open_read_only(self.io, c.as_ptr(), &mut img, ptr::null())
+        })?;
+        Ok(Image {
+            img,
+            name: name.to_string(),
+        })
+    }
+
     /// Opens an image by its id (works for images in the trash too).
     pub fn open_by_id(&self, id: &str) -> Result<Image> {
         let c = cstr("rbd_open_by_id", id)?;

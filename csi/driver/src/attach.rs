@@ -114,6 +114,9 @@ pub struct AttachRequest<'a> {
     pub conf: &'a Path,
     /// Per-volume directory in the plugin's state dir (keyring, fuse mountpoint, logs).
     pub dir: &'a Path,
+    /// Reader-only access modes: the device refuses writes on every path (krbd and
+    /// rbd-nbd map `--read-only`, fuse-loop attaches the loop device `-r`).
+    pub read_only: bool,
 }
 
 /// A live attachment, persisted in the volume's state file.
@@ -362,6 +365,9 @@ impl Attacher for FuseLoop {
             None => {
                 let mut cmd = Command::new("losetup");
                 cmd.args(["--show", "-f"]);
+                if req.read_only {
+                    cmd.arg("--read-only");
+                }
                 if self.direct_io {
                     cmd.arg("--direct-io=on");
                 }
@@ -483,7 +489,11 @@ impl Attacher for Krbd {
             });
         }
         let keyring = KeyringFile(write_keyring(req.dir, req.creds)?);
-        let dev = run(Command::new("rbd")
+        let mut cmd = Command::new("rbd");
+        if req.read_only {
+            cmd.arg("--read-only");
+        }
+        let dev = run(cmd
             .args(["device", "map", "--pool", req.pool, "--id", &req.creds.user])
             .arg("--keyring")
             .arg(&keyring.0)
@@ -541,7 +551,11 @@ impl Attacher for RbdNbd {
             });
         }
         let keyring = KeyringFile(write_keyring(req.dir, req.creds)?);
-        let dev = run(Command::new("rbd-nbd")
+        let mut cmd = Command::new("rbd-nbd");
+        if req.read_only {
+            cmd.arg("--read-only");
+        }
+        let dev = run(cmd
             .args(["map", "--id", &req.creds.user])
             .arg("--keyring")
             .arg(&keyring.0)

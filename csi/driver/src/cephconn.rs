@@ -57,7 +57,14 @@ pub fn credentials(secrets: &HashMap<String, String>, rpc: &str, secret_param: &
     let user = secrets.get("userID").map(|s| s.trim()).filter(|s| !s.is_empty());
     let key = secrets.get("userKey").map(|s| s.trim()).filter(|s| !s.is_empty());
     match (user, key) {
-        (Some(u), Some(k)) => Ok(Credentials::new(u.strip_prefix("client.").unwrap_or(u), k)),
+        (Some(u), Some(k)) => {
+            let u = u.strip_prefix("client.").unwrap_or(u);
+            // Both end up in a keyring file and on helpers' command lines.
+            crate::validate::ceph_user(u)
+                .and_then(|_| crate::validate::cephx_key(k))
+                .map_err(|e| Status::invalid_argument(format!("{rpc}: the secret's {e}")))?;
+            Ok(Credentials::new(u, k))
+        }
         _ => Err(Status::invalid_argument(format!(
             "{rpc} needs Ceph credentials: the request's secrets must contain userID and userKey. \
              Point csi.storage.k8s.io/{secret_param}-secret-name and -namespace in the StorageClass \

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strake_ceph::{features, CephError, Image, ImageOptions, IoCtx};
+use strake_ceph::{features, CephError, ImageOptions, IoCtx};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -27,6 +27,9 @@ use crate::csi::*;
 use crate::errors::{self, blocking};
 use crate::failpoint;
 use crate::ids::{Naming, SnapshotId, VolumeId};
+use crate::images::{
+    clone_hint, flatten_if_deep, ioctx, ioctx_for_id, ok_if, open, purge_trash, refuse_if_open, remove_or_trash,
+};
 use crate::journal::{now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
 use crate::locks::KeyLocks;
 use crate::metrics::instrument;
@@ -71,146 +74,6 @@ impl ControllerService {
                 self.cfg.lock_timeout
             ))
         })
-    }
-}
-
-fn ioctx(cluster: &strake_ceph::Cluster, pool: &str) -> Result<IoCtx, Status> {
-    cluster.ioctx(pool).map_err(|e| {
-        if e.is_not_found() {
-            Status::invalid_argument(format!(
-                "pool {pool:?} does not exist; create it or fix the pool parameter"
-            ))
-        } else {
-            errors::ceph(&format!("opening pool {pool}"), e)
-        }
-    })
-}
-
-/// ioctx for a pool named inside an id: a missing pool means the object is gone.
-fn ioctx_for_id(cluster: &strake_ceph::Cluster, pool: &str) -> Result<Option<IoCtx>, Status> {
-    match cluster.ioctx(pool) {
-        Ok(io) => Ok(Some(io)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(errors::ceph(&format!("opening pool {pool}"), e)),
-    }
-}
-
-fn ok_if<T>(r: Result<T, CephError>, pred: impl Fn(&CephError) -> bool, ctx: &str) -> Result<(), Status> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if pred(&e) => Ok(()),
-        Err(e) => Err(errors::ceph(ctx, e)),
-    }
-}
-
-fn open(io: &IoCtx, image: &str) -> Result<Image, Status> {
-    io.open(image)
-        .map_err(|e| errors::ceph(&format!("opening image {}/{image}", io.pool()), e))
-}
-
-/// Number of ancestors of an image (0 for a plain image).
-fn clone_depth(io: &IoCtx, img: &Image) -> Result<u32, Status> {
-    let mut depth = 0;
-    let mut parent = img.parent().map_err(|e| errors::ceph("reading clone parent", e))?;
-    while let Some(p) = parent {
-        depth += 1;
-        if depth > 64 {
-            break;
-        }
-        let pio = if p.pool == io.pool() {
-            None
-        } else {
-            Some(ioctx(io.cluster(), &p.pool)?)
-        };
-        let pio_ref = pio.as_ref().unwrap_or(io);
-        // by id: the parent may be in the RBD trash
-        let pimg = pio_ref
-            .open_by_id(&p.image_id)
-            .map_err(|e| errors::ceph("opening clone parent", e))?;
-        parent = pimg.parent().map_err(|e| errors::ceph("reading clone parent", e))?;
-    }
-    Ok(depth)
-}
-
-fn flatten_if_deep(io: &IoCtx, img: &Image, max: u32) -> Result<(), Status> {
-    let d = clone_depth(io, img)?;
-    if d > max {
-        tracing::info!(image = img.name(), depth = d, max, "clone chain too deep: flattening");
-        img.flatten()
-            .map_err(|e| errors::ceph(&format!("flattening {}", img.name()), e))?;
-    }
-    Ok(())
-}
-
-/// Removes an image, or parks it in the RBD trash when clones still depend on it.
-/// FAILED_PRECONDITION when a client still has it open (attached on a node).
-pub fn remove_or_trash(io: &IoCtx, image: &str) -> Result<(), Status> {
-    let Some(img) = io
-        .open_if_exists(image)
-        .map_err(|e| errors::ceph(&format!("opening {image}"), e))?
-    else {
-        return Ok(());
-    };
-    let watchers = img
-        .watchers()
-        .map_err(|e| errors::ceph(&format!("listing watchers of {image}"), e))?;
-    // Our own open handle is one of the watchers.
-    if watchers.len() > 1 {
-        let addrs: Vec<String> = watchers.iter().map(|w| w.addr.clone()).collect();
-        return Err(Status::failed_precondition(format!(
-            "image {}/{image} is still in use (open by {}): unstage the volume on its node first. \
-             A watcher left by a crashed node expires within ~30 s, or remove it with \
-             `ceph osd blocklist add <addr>`",
-            io.pool(),
-            addrs.join(", ")
-        )));
-    }
-    let snaps = img
-        .snaps()
-        .map_err(|e| errors::ceph(&format!("listing snapshots of {image}"), e))?;
-    for s in snaps.iter().filter(|s| !s.trashed) {
-        ok_if(
-            img.snap_remove(&s.name),
-            CephError::is_not_found,
-            &format!("removing snapshot {image}@{}", s.name),
-        )?;
-    }
-    drop(img);
-    match io.remove_image(image) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) if matches!(e.errno, libc::ENOTEMPTY | libc::EBUSY) => {
-            tracing::info!(
-                image,
-                "image still has clones: moving it to the RBD trash until they are gone"
-            );
-            ok_if(
-                io.trash_move(image),
-                CephError::is_not_found,
-                &format!("moving {image} to trash"),
-            )
-        }
-        Err(e) => Err(errors::ceph(&format!("removing image {}/{image}", io.pool()), e)),
-    }
-}
-
-/// Removes our images from the RBD trash once nothing depends on them. Best effort:
-/// runs after every delete, and `sweep` runs it too.
-pub fn purge_trash(io: &IoCtx, naming: &Naming) -> usize {
-    let mut removed = 0;
-    loop {
-        let Ok(entries) = io.trash_list() else { return removed };
-        let mut progressed = false;
-        for e in entries.iter().filter(|e| naming.parse_image(&e.name).is_some()) {
-            if io.trash_remove(&e.id).is_ok() {
-                tracing::info!(image = e.name, "purged from the RBD trash");
-                removed += 1;
-                progressed = true;
-            }
-        }
-        if !progressed {
-            return removed;
-        }
     }
 }
 
@@ -578,13 +441,21 @@ impl ControllerService {
             }
             Some(mut rec) => {
                 // Fail fast, before marking, if a node still has it attached.
-                remove_in_use_check(&io, &rec.image)?;
+                refuse_if_open(&io, &rec.image)?;
                 if rec.state != State::Deleting {
                     rec.state = State::Deleting;
                     j.put_volume(&rec)?;
                 }
                 failpoint::hit("delete:after-mark");
-                remove_or_trash(&io, &rec.image)?;
+                if let Err(e) = remove_or_trash(&io, &rec.image) {
+                    if e.code() == tonic::Code::FailedPrecondition {
+                        // Opened by a node between the check and the removal: the volume
+                        // is untouched, so it is ready again (ListVolumes shows it).
+                        rec.state = State::Ready;
+                        j.put_volume(&rec)?;
+                    }
+                    return Err(e);
+                }
                 failpoint::hit("delete:after-image");
                 j.remove_volume(&rec)?;
                 tracing::info!(name = rec.name, image = rec.image, "volume deleted");
@@ -792,36 +663,6 @@ impl ControllerService {
         }
         purge_trash(&io, &self.cfg.naming);
         Ok(())
-    }
-}
-
-/// Watchers check done before the journal is touched, so an in-use volume's record
-/// stays `ready` (ListVolumes keeps showing it) when DeleteVolume is refused.
-fn remove_in_use_check(io: &IoCtx, image: &str) -> Result<(), Status> {
-    if let Some(img) = io.open_if_exists(image).map_err(|e| errors::ceph("opening image", e))? {
-        let w = img.watchers().map_err(|e| errors::ceph("listing watchers", e))?;
-        if w.len() > 1 {
-            let addrs: Vec<String> = w.iter().map(|w| w.addr.clone()).collect();
-            return Err(Status::failed_precondition(format!(
-                "volume image {}/{image} is still in use (open by {}): unstage it on its node first",
-                io.pool(),
-                addrs.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// rbd_clone3 with clone format 2 fails with EINVAL-ish errors when the cluster still
-/// allows pre-mimic clients; say so.
-fn clone_hint(s: Status) -> Status {
-    if s.code() == tonic::Code::Internal && (s.message().contains("EINVAL") || s.message().contains("EOPNOTSUPP")) {
-        Status::failed_precondition(format!(
-            "{}. Clone v2 needs `ceph osd set-require-min-compat-client mimic` on the cluster",
-            s.message()
-        ))
-    } else {
-        s
     }
 }
 

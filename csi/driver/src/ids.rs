@@ -22,11 +22,11 @@ pub struct SnapshotId {
 
 fn parse(s: &str, kind: &str) -> Option<(String, Uuid)> {
     let rest = s.strip_prefix("strake:")?.strip_prefix(kind)?.strip_prefix(':')?;
-    // The uuid is last and has no ':'; pool names may contain anything else.
+    // The uuid is last and has no ':'.
     let (pool, uuid) = rest.rsplit_once(':')?;
-    if pool.is_empty() {
-        return None;
-    }
+    // An id names a pool we would have created volumes in; anything else is not ours
+    // (and must never reach librados or a command line).
+    crate::validate::pool(pool).ok()?;
     Some((pool.to_string(), Uuid::parse_str(uuid).ok()?))
 }
 
@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn ids_round_trip_and_reject_each_other() {
         let v = VolumeId {
-            pool: "my:pool".into(),
+            pool: "my.pool".into(),
             uuid: Uuid::new_v4(),
         };
         assert_eq!(VolumeId::parse(&v.to_string()), Some(v.clone()));
@@ -112,6 +112,8 @@ mod tests {
             "strake:vol:rbd:not-a-uuid",
             "csi-vol-123",
             "strake:vol:rbd",
+            "strake:vol:-p:0f2c3d1e-0000-4000-8000-000000000000",
+            "strake:vol:a b:0f2c3d1e-0000-4000-8000-000000000000",
         ] {
             assert_eq!(VolumeId::parse(bad), None, "{bad}");
         }

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod failpoint;
 pub mod identity;
 pub mod ids;
+pub mod images;
 pub mod journal;
 pub mod locks;
 pub mod metrics;
@@ -26,6 +27,7 @@ pub mod params;
 mod redact;
 pub mod server;
 pub mod sweep;
+pub mod validate;
 
 /// Generated CSI v1 types, clients and servers.
 pub mod csi {

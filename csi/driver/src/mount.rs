@@ -77,22 +77,62 @@ pub fn bind(src: &Path, target: &Path, readonly: bool) -> Result<()> {
     Ok(())
 }
 
-/// Filesystem type on a device, None if it holds none (blkid exit status 2).
-pub fn fs_type(dev: &Path) -> Result<Option<String>> {
+/// What low-level probing finds on a device: `blkid -p` reads the device itself (no
+/// cache) for filesystem and other signatures (LUKS, LVM, swap, RAID) and for
+/// partition tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// `TYPE`: a filesystem or another content signature (`crypto_LUKS`, `LVM2_member`, ...).
+    pub content: Option<String>,
+    /// `PTTYPE`: a partition table (`dos`, `gpt`, ...).
+    pub partition_table: Option<String>,
+}
+
+impl Probe {
+    pub fn is_empty(&self) -> bool {
+        self.content.is_none() && self.partition_table.is_none()
+    }
+}
+
+/// Probes `dev` (blkid exit status 2 means it found nothing at all). Any other
+/// failure, including blkid's "ambivalent result" (several signatures), is an error:
+/// the caller must then not format.
+pub fn probe(dev: &Path) -> Result<Probe> {
     let out = Command::new("blkid")
-        .args(["-p", "-s", "TYPE", "-o", "value"])
+        .args(["-p", "-o", "export"])
         .arg(dev)
         .output()
         .context("running blkid")?;
     match out.status.code() {
-        Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())),
-        Some(2) => Ok(None),
+        Some(0) => Ok(parse_probe(&String::from_utf8_lossy(&out.stdout))),
+        Some(2) => Ok(Probe::default()),
         _ => bail!(
-            "blkid {} failed: {}",
+            "blkid -p {} failed ({}): {}",
             dev.display(),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ),
     }
+}
+
+fn parse_probe(export: &str) -> Probe {
+    let get = |key: &str| {
+        export
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    Probe {
+        content: get("TYPE"),
+        partition_table: get("PTTYPE"),
+    }
+}
+
+/// Filesystem type on a device, None if it holds none.
+pub fn fs_type(dev: &Path) -> Result<Option<String>> {
+    Ok(probe(dev)?.content)
 }
 
 pub fn mkfs(dev: &Path, fs: &str) -> Result<()> {
@@ -114,8 +154,13 @@ pub fn mkfs(dev: &Path, fs: &str) -> Result<()> {
     run(cmd.arg(dev)).map(|_| ())
 }
 
+/// Mounts a filesystem. Read-only mounts never write to the device: `ro` first, and
+/// when the filesystem needs log recovery (a crash-consistent snapshot's restore,
+/// say), which a read-only device cannot do, `norecovery` (xfs) or `noload` (ext4):
+/// the filesystem is then seen as of its last checkpoint.
 pub fn mount_fs(dev: &Path, target: &Path, fs: &str, flags: &[String], readonly: bool) -> Result<()> {
-    let mut opts: Vec<String> = flags.to_vec();
+    // A requested `rw` must not undo a read-only mount.
+    let mut opts: Vec<String> = flags.iter().filter(|o| !(readonly && *o == "rw")).cloned().collect();
     if fs == "xfs" && !opts.iter().any(|o| o == "nouuid") {
         // Clones and restores carry their source's XFS UUID; without nouuid the
         // second one mounted on a node is refused.
@@ -124,12 +169,35 @@ pub fn mount_fs(dev: &Path, target: &Path, fs: &str, flags: &[String], readonly:
     if readonly {
         opts.push("ro".into());
     }
-    let mut cmd = Command::new("mount");
-    cmd.args(["-t", fs]);
-    if !opts.is_empty() {
-        cmd.args(["-o", &opts.join(",")]);
+    let attempt = |opts: &[String]| {
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", fs]);
+        if !opts.is_empty() {
+            cmd.args(["-o", &opts.join(",")]);
+        }
+        run(cmd.arg(dev).arg(target)).map(|_| ())
+    };
+    match attempt(&opts) {
+        Err(first) if readonly => {
+            opts.push(if fs == "xfs" { "norecovery" } else { "noload" }.into());
+            tracing::info!(device = %dev.display(), error = %first, "read-only mount failed; retrying without log recovery");
+            attempt(&opts).with_context(|| format!("first attempt: {first:#}"))
+        }
+        r => r,
     }
-    run(cmd.arg(dev).arg(target)).map(|_| ())
+}
+
+/// Whether `target` is mounted read-only (the `ro` option in /proc/self/mountinfo).
+pub fn is_read_only(target: &Path) -> bool {
+    let target = fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+    let Ok(t) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    t.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4).map(|m| PathBuf::from(unescape(m))) == Some(target.clone())
+            && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    })
 }
 
 /// Size in bytes of a block device (or of the device behind a bind-mounted node).
@@ -204,5 +272,24 @@ pub fn grow_online(fs: &str, dev: &Path, mountpoint: &Path) -> std::result::Resu
             Err(e) => Err(GrowError::Other(e)),
         },
         other => Err(GrowError::Other(anyhow::anyhow!("cannot grow {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkid_export_is_read_for_content_and_partition_tables() {
+        assert_eq!(parse_probe(""), Probe::default());
+        let p = parse_probe("DEVNAME=/dev/loop3\nPTUUID=1234abcd\nPTTYPE=dos\n");
+        assert_eq!(p.partition_table.as_deref(), Some("dos"));
+        assert_eq!(p.content, None);
+        assert!(!p.is_empty());
+        let p = parse_probe("DEVNAME=/dev/loop3\nUUID=x\nBLOCK_SIZE=4096\nTYPE=ext4\n");
+        assert_eq!(p.content.as_deref(), Some("ext4"));
+        // PART_ENTRY_TYPE and PTUUID must not be mistaken for TYPE / PTTYPE.
+        let p = parse_probe("PART_ENTRY_TYPE=0x83\nPTUUID=9\n");
+        assert!(p.is_empty(), "{p:?}");
     }
 }

@@ -56,6 +56,9 @@ pub struct StagedVolume {
     /// An online ext4 grow was refused; grow offline at the next stage.
     #[serde(default)]
     pub pending_offline_grow: bool,
+    /// Attached read-only and mounted `ro` (reader-only access modes).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Clone)]
@@ -181,10 +184,19 @@ impl NodeService {
         &self,
         req: NodeStageVolumeRequest,
         kind: StagedKind,
+        read_only: bool,
         creds: strake_ceph::Credentials,
     ) -> Result<(), Status> {
         let staging = PathBuf::from(&req.staging_target_path);
         if let Some(st) = self.load(&req.volume_id)? {
+            if st.read_only != read_only {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged {} on this node; the capability asks for it {}",
+                    req.volume_id,
+                    if st.read_only { "read-only" } else { "read-write" },
+                    if read_only { "read-only" } else { "read-write" },
+                )));
+            }
             if st.staging_path != staging {
                 return Err(Status::already_exists(format!(
                     "volume {} is already staged at {}, not {}",
@@ -212,6 +224,10 @@ impl NodeService {
             .get("imageName")
             .cloned()
             .unwrap_or_else(|| self.cfg.naming.volume_image(&id.uuid));
+        // Both reach librbd and a helper's command line.
+        crate::validate::pool(&pool)
+            .and_then(|_| crate::validate::image(&image))
+            .map_err(|e| Status::invalid_argument(format!("volume_context of {}: {e}", req.volume_id)))?;
         let kind_attacher = match req.volume_context.get("mounter") {
             Some(m) => m.parse::<AttacherKind>().map_err(Status::invalid_argument)?,
             None => self.cfg.default_attacher.ok_or_else(|| {
@@ -258,6 +274,7 @@ impl NodeService {
                         creds: &creds,
                         conf: self.conns.conf(),
                         dir: &dir,
+                        read_only,
                     })
                     .map_err(|e| internal(&format!("attaching {pool}/{image} with {kind_attacher}"), e))?;
                 tracing::info!(volume_id = req.volume_id, device = %att.device.display(), attacher = %kind_attacher, "attached");
@@ -267,6 +284,7 @@ impl NodeService {
                     kind: kind.clone(),
                     attachment: att,
                     pending_offline_grow: false,
+                    read_only,
                 };
                 self.save(&st)?;
                 st
@@ -277,8 +295,25 @@ impl NodeService {
                 fs::create_dir_all(&staging)
                     .map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
                 let dev = st.attachment.device.clone();
-                match mount::fs_type(&dev).map_err(|e| internal("probing the filesystem", e))? {
-                    None => {
+                // Never format a device that holds anything: only when low-level
+                // probing finds neither a filesystem, nor any other signature, nor a
+                // partition table (as kubelet's safe formatting does).
+                let found = mount::probe(&dev).map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "volume {}: cannot tell what {} holds, so it is not formatted: {e:#}",
+                        req.volume_id,
+                        dev.display()
+                    ))
+                })?;
+                match (&found.content, &found.partition_table) {
+                    (None, None) if read_only => {
+                        return Err(Status::failed_precondition(format!(
+                            "volume {} holds no filesystem and is staged read-only, so it cannot be formatted; \
+                             stage it once read-write (or restore it from a snapshot) first",
+                            req.volume_id
+                        )));
+                    }
+                    (None, None) => {
                         tracing::info!(
                             volume_id = req.volume_id,
                             fs = fs_type,
@@ -286,14 +321,22 @@ impl NodeService {
                         );
                         mount::mkfs(&dev, fs_type).map_err(|e| internal("mkfs", e))?;
                     }
-                    Some(found) if &found != fs_type => {
+                    (None, Some(pt)) => {
                         return Err(Status::failed_precondition(format!(
-                            "volume {} already holds a {found} filesystem but the capability asks for {fs_type}; \
+                            "volume {} holds a {pt} partition table and no {fs_type} filesystem; strake-csi never \
+                             formats a device that holds something. Use it as a raw block volume, or wipe it \
+                             yourself (wipefs -a) if its content is not needed",
+                            req.volume_id
+                        )));
+                    }
+                    (Some(found), _) if found != fs_type => {
+                        return Err(Status::failed_precondition(format!(
+                            "volume {} already holds {found} but the capability asks for {fs_type}; \
                              use fsType {found} or a new volume (data is never reformatted)",
                             req.volume_id
                         )));
                     }
-                    Some(_) if fs_type == "ext4" => {
+                    (Some(_), _) if fs_type == "ext4" && !read_only => {
                         // Grow offline if the device outgrew the filesystem (a restore into
                         // a bigger volume, or an online grow that lacked CAP_SYS_RESOURCE).
                         let devsize = mount::device_size(&dev).map_err(|e| internal("sizing the device", e))?;
@@ -308,10 +351,10 @@ impl NodeService {
                             mount::grow_ext4_offline(&dev).map_err(|e| internal("growing ext4 offline", e))?;
                         }
                     }
-                    Some(_) => {}
+                    (Some(_), _) => {}
                 }
-                mount::mount_fs(&dev, &staging, fs_type, flags, false).map_err(|e| internal("mounting", e))?;
-                if fs_type == "xfs" {
+                mount::mount_fs(&dev, &staging, fs_type, flags, read_only).map_err(|e| internal("mounting", e))?;
+                if fs_type == "xfs" && !read_only {
                     // No-op unless the device outgrew the filesystem (e.g. a restore into
                     // a bigger volume).
                     if let Err(GrowError::Other(e)) = mount::grow_online("xfs", &dev, &staging) {
@@ -374,11 +417,14 @@ impl Node for NodeService {
                 .volume_capability
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-            let (kind, _) = check_capability(cap, &self.cfg.default_fs).map_err(Status::invalid_argument)?;
+            crate::validate::co_path("staging_target_path", &req.staging_target_path)
+                .map_err(Status::invalid_argument)?;
+            let (kind, mode) = check_capability(cap, &self.cfg.default_fs).map_err(Status::invalid_argument)?;
             let creds = credentials(&req.secrets, "NodeStageVolume", "node-stage")?;
             let _g = self.lock(&req.volume_id).await?;
             let this = self.clone();
-            let r = blocking(move || this.stage_blocking(req, staged_kind(kind), creds)).await;
+            let read_only = mode_readonly(mode);
+            let r = blocking(move || this.stage_blocking(req, staged_kind(kind), read_only, creds)).await;
             self.update_gauges();
             r.map(|_| NodeStageVolumeResponse {})
         })
@@ -428,6 +474,7 @@ impl Node for NodeService {
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
             let (kind, mode) = check_capability(cap, &self.cfg.default_fs).map_err(Status::invalid_argument)?;
+            crate::validate::co_path("target_path", &req.target_path).map_err(Status::invalid_argument)?;
             let _g = self.lock(&req.volume_id).await?;
             let this = self.clone();
             blocking(move || {
@@ -438,7 +485,7 @@ impl Node for NodeService {
                     ))
                 })?;
                 let target = PathBuf::from(&req.target_path);
-                let readonly = req.readonly || mode_readonly(mode);
+                let readonly = req.readonly || mode_readonly(mode) || st.read_only;
                 if mount::is_mountpoint(&target) {
                     return Ok(NodePublishVolumeResponse {});
                 }
@@ -607,7 +654,7 @@ impl Node for NodeService {
                         )));
                     }
                 }
-                if let StagedKind::Mount { fs_type, .. } = &st.kind {
+                if let (StagedKind::Mount { fs_type, .. }, false) = (&st.kind, st.read_only) {
                     match mount::grow_online(fs_type, &dev, &st.staging_path) {
                         Ok(()) => tracing::info!(volume_id = req.volume_id, size, "filesystem grown online"),
                         Err(GrowError::NeedsOffline(e)) => {

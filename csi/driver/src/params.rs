@@ -53,6 +53,12 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
                 "StorageClass parameter \"pool\" is required: set it to the RBD pool for the volumes",
             )
         })?;
+    crate::validate::pool(pool).map_err(|e| Status::invalid_argument(format!("StorageClass parameter pool: {e}")))?;
+    let data_pool = p.get("dataPool").map(|s| s.trim()).filter(|s| !s.is_empty());
+    if let Some(dp) = data_pool {
+        crate::validate::pool(dp)
+            .map_err(|e| Status::invalid_argument(format!("StorageClass parameter dataPool: {e}")))?;
+    }
     let feats = p.get("imageFeatures").map(String::as_str).unwrap_or(DEFAULT_FEATURES);
     let features = features::parse(feats)
         .map_err(|e| Status::invalid_argument(format!("StorageClass parameter imageFeatures: {e}")))?;
@@ -71,7 +77,7 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
     Ok(VolumeParams {
         pool: pool.to_string(),
         features,
-        data_pool: p.get("dataPool").filter(|s| !s.is_empty()).cloned(),
+        data_pool: data_pool.map(str::to_string),
         mounter,
     })
 }
@@ -167,6 +173,9 @@ pub fn check_capability(c: &VolumeCapability, default_fs: &str) -> Result<(Acces
                     m.fs_type,
                     SUPPORTED_FS.join(", ")
                 ));
+            }
+            for f in &m.mount_flags {
+                crate::validate::mount_flag(f)?;
             }
             AccessKind::Mount {
                 fs_type: fs,
@@ -269,6 +278,15 @@ mod tests {
         p.insert("mounter".into(), "fuse-loop".into());
         p.insert("csi.storage.k8s.io/fstype".into(), "xfs".into());
         assert_eq!(parse_volume_params(&p).unwrap().mounter, Some(AttacherKind::FuseLoop));
+        p.insert("dataPool".into(), "-x".into());
+        assert!(parse_volume_params(&p).unwrap_err().message().contains("dataPool"));
+        p.remove("dataPool");
+        p.insert("pool".into(), "rbd --id admin".into());
+        assert!(parse_volume_params(&p)
+            .unwrap_err()
+            .message()
+            .contains("parameter pool"));
+        p.insert("pool".into(), "rbd".into());
         p.insert("poool".into(), "typo".into());
         assert!(parse_volume_params(&p)
             .unwrap_err()

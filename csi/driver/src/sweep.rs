@@ -21,9 +21,9 @@ use strake_ceph::IoCtx;
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::controller::{purge_trash, remove_or_trash};
 use crate::errors;
 use crate::ids::Naming;
+use crate::images::{purge_trash, remove_or_trash};
 use crate::journal::{now_secs, Journal, State};
 
 #[derive(Debug, Clone)]

@@ -350,6 +350,62 @@ async fn bad_input_gets_the_csi_codes_and_secrets_never_reach_the_logs() {
         Code::PermissionDenied,
         "client.nobody",
     );
+    // Identifiers from a Secret or a request reach keyrings, helpers' command lines and
+    // CEPH_ARGS: what Ceph would not accept is refused before anything runs.
+    let mut injected = secrets();
+    injected.insert(
+        "userID".into(),
+        "admin --keyring /etc/ceph/ceph.client.admin.keyring".into(),
+    );
+    assert_code(
+        c.create_volume(CreateVolumeRequest {
+            secrets: injected,
+            ..ok()
+        })
+        .await,
+        Code::InvalidArgument,
+        "userID",
+    );
+    let mut key_lines = secrets();
+    key_lines.insert(
+        "userKey".into(),
+        format!("{}\n[client.admin]\n\tkey = x", secrets()["userKey"]),
+    );
+    let e = c
+        .create_volume(CreateVolumeRequest {
+            secrets: key_lines,
+            ..ok()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("base64") && !e.message().contains(&secrets()["userKey"]),
+        "{}",
+        e.message()
+    );
+    for (k, v) in [("pool", "-p"), ("pool", "rbd/x"), ("dataPool", "ec pool")] {
+        let mut p = pool.params();
+        p.insert(k.into(), v.into());
+        assert_code(
+            c.create_volume(CreateVolumeRequest { parameters: p, ..ok() }).await,
+            Code::InvalidArgument,
+            k,
+        );
+    }
+    let mut flags = mount_cap("ext4");
+    if let Some(volume_capability::AccessType::Mount(m)) = &mut flags.access_type {
+        m.mount_flags = vec!["noatime,exec".into()];
+    }
+    assert_code(
+        c.create_volume(CreateVolumeRequest {
+            volume_capabilities: vec![flags],
+            ..ok()
+        })
+        .await,
+        Code::InvalidArgument,
+        "mount flag",
+    );
     let src = |t| Some(VolumeContentSource { r#type: Some(t) });
     assert_code(
         c.create_volume(CreateVolumeRequest {
@@ -474,6 +530,7 @@ async fn bad_input_gets_the_csi_codes_and_secrets_never_reach_the_logs() {
     // Node errors.
     let v = create(&mut c, "pvc-node", &pool, 64 * MIB, mount_cap("ext4"), None).await;
     let d = drv.dir.clone();
+    let v_ctx = v.volume_context.clone();
     let stage_req = |cap: Option<VolumeCapability>, secrets: HashMap<String, String>| NodeStageVolumeRequest {
         volume_id: v.volume_id.clone(),
         staging_target_path: d.join("stg").to_string_lossy().into(),
@@ -504,6 +561,28 @@ async fn bad_input_gets_the_csi_codes_and_secrets_never_reach_the_logs() {
         Code::InvalidArgument,
         "MULTI_NODE_MULTI_WRITER",
     );
+    assert_code(
+        n.node_stage_volume(NodeStageVolumeRequest {
+            staging_target_path: "relative/stg".into(),
+            ..stage_req(Some(mount_cap("ext4")), secrets())
+        })
+        .await,
+        Code::InvalidArgument,
+        "absolute",
+    );
+    for (k, v) in [("imageName", "--help"), ("pool", "rbd -c /tmp/evil.conf")] {
+        let mut ctx = v_ctx.clone();
+        ctx.insert(k.into(), v.into());
+        assert_code(
+            n.node_stage_volume(NodeStageVolumeRequest {
+                volume_context: ctx,
+                ..stage_req(Some(mount_cap("ext4")), secrets())
+            })
+            .await,
+            Code::InvalidArgument,
+            "volume_context",
+        );
+    }
     assert_code(
         n.node_stage_volume(NodeStageVolumeRequest {
             volume_id: format!("strake:vol:{}:{}", pool.name, uuid::Uuid::new_v4()),

@@ -169,6 +169,8 @@ pub struct DriverOpts {
     pub failpoint: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub extra_env: Vec<(String, String)>,
+    /// NodeGetInfo's node id (two node plugins in one test need two).
+    pub node_id: &'static str,
 }
 
 impl Default for DriverOpts {
@@ -179,6 +181,7 @@ impl Default for DriverOpts {
             failpoint: None,
             state_dir: None,
             extra_env: vec![],
+            node_id: "test-node",
         }
     }
 }
@@ -227,7 +230,7 @@ impl Driver {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["--node-id", "test-node", "--metrics-addr", &metrics, "--ceph-conf"])
+            .args(["--node-id", opts.node_id, "--metrics-addr", &metrics, "--ceph-conf"])
             .arg(conf())
             .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info")
             .env_remove("STRAKE_CSI_FAILPOINT")
@@ -558,4 +561,30 @@ pub fn from_volume(id: &str) -> Option<volume_content_source::Type> {
     Some(volume_content_source::Type::Volume(
         volume_content_source::VolumeSource { volume_id: id.into() },
     ))
+}
+
+/// Every byte of an image, hashed through librbd (what is really in RADOS).
+pub fn image_sha(pool: &TestPool, image: &str) -> String {
+    let io = pool.io();
+    let img = io.open_read_only(image).unwrap();
+    let size = img.size().unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        assert_eq!(img.read_at(off, &mut buf[..n]).unwrap(), n);
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    format!("{:x}", h.finalize())
+}
+
+pub fn image_name(v: &Volume) -> String {
+    v.volume_context["imageName"].clone()
+}
+
+pub fn cap_with_mode(mut c: VolumeCapability, mode: Mode) -> VolumeCapability {
+    c.access_mode = Some(AccessMode { mode: mode as i32 });
+    c
 }
