@@ -15,6 +15,9 @@ pub type rados_read_op_t = *mut c_void;
 pub type rados_omap_iter_t = *mut c_void;
 pub type rbd_image_t = *mut c_void;
 pub type rbd_image_options_t = *mut c_void;
+pub type rbd_completion_t = *mut c_void;
+pub type rbd_callback_t = Option<unsafe extern "C" fn(cb: rbd_completion_t, arg: *mut c_void)>;
+pub type rbd_update_callback_t = Option<unsafe extern "C" fn(arg: *mut c_void)>;
 
 pub const LIBRADOS_CREATE_EXCLUSIVE: c_int = 1;
 pub const LIBRADOS_CREATE_IDEMPOTENT: c_int = 0;
@@ -35,10 +38,28 @@ pub const RBD_FEATURE_FAST_DIFF: u64 = 1 << 4;
 pub const RBD_FEATURE_DEEP_FLATTEN: u64 = 1 << 5;
 pub const RBD_FEATURE_JOURNALING: u64 = 1 << 6;
 
+pub const RBD_ENCRYPTION_FORMAT_LUKS1: c_int = 0;
+pub const RBD_ENCRYPTION_FORMAT_LUKS2: c_int = 1;
+pub const RBD_ENCRYPTION_ALGORITHM_AES128: c_int = 0;
+pub const RBD_ENCRYPTION_ALGORITHM_AES256: c_int = 1;
+
+/// `LIBRADOS_OP_FLAG_FADVISE_*` hints accepted by `rbd_aio_read2`/`rbd_aio_write2`.
+pub const LIBRADOS_OP_FLAG_FADVISE_RANDOM: c_int = 0x4;
+pub const LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL: c_int = 0x8;
+
 pub const RBD_SNAP_NAMESPACE_TYPE_USER: c_int = 0;
 pub const RBD_SNAP_NAMESPACE_TYPE_GROUP: c_int = 1;
 pub const RBD_SNAP_NAMESPACE_TYPE_TRASH: c_int = 2;
 pub const RBD_SNAP_NAMESPACE_TYPE_MIRROR: c_int = 3;
+
+/// `rbd_encryption_luks1_format_options_t` and `..._luks2_...` share this layout;
+/// for `rbd_encryption_load` only the passphrase is read.
+#[repr(C)]
+pub struct rbd_encryption_luks_format_options_t {
+    pub alg: c_int,
+    pub passphrase: *const c_char,
+    pub passphrase_size: size_t,
+}
 
 #[repr(C)]
 pub struct rados_cluster_stat_t {
@@ -227,6 +248,55 @@ extern "C" {
         snap_name: *const c_char,
     ) -> c_int;
     pub fn rbd_close(image: rbd_image_t) -> c_int;
+    /// Formats the image for encryption (LUKS1/LUKS2 header in the image's first MiBs).
+    pub fn rbd_encryption_format(image: rbd_image_t, format: c_int, opts: *mut c_void, opts_size: size_t) -> c_int;
+    /// Loads the image's LUKS header with the passphrase: IO on the handle is then
+    /// encrypted, and the size seen shrinks by the header.
+    pub fn rbd_encryption_load(image: rbd_image_t, format: c_int, opts: *mut c_void, opts_size: size_t) -> c_int;
+    /// Calls `watch_cb` (on a librbd thread) when the image header changes, e.g. a resize.
+    pub fn rbd_update_watch(
+        image: rbd_image_t,
+        handle: *mut u64,
+        watch_cb: rbd_update_callback_t,
+        arg: *mut c_void,
+    ) -> c_int;
+    pub fn rbd_update_unwatch(image: rbd_image_t, handle: u64) -> c_int;
+
+    pub fn rbd_aio_create_completion(
+        cb_arg: *mut c_void,
+        complete_cb: rbd_callback_t,
+        c: *mut rbd_completion_t,
+    ) -> c_int;
+    /// Bytes read for reads; 0 or a negative errno for the rest.
+    pub fn rbd_aio_get_return_value(c: rbd_completion_t) -> ssize_t;
+    pub fn rbd_aio_release(c: rbd_completion_t);
+    pub fn rbd_aio_read2(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        buf: *mut c_char,
+        c: rbd_completion_t,
+        op_flags: c_int,
+    ) -> c_int;
+    pub fn rbd_aio_write2(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        buf: *const c_char,
+        c: rbd_completion_t,
+        op_flags: c_int,
+    ) -> c_int;
+    pub fn rbd_aio_discard(image: rbd_image_t, off: u64, len: u64, c: rbd_completion_t) -> c_int;
+    pub fn rbd_aio_write_zeroes(
+        image: rbd_image_t,
+        off: u64,
+        len: size_t,
+        c: rbd_completion_t,
+        zero_flags: c_int,
+        op_flags: c_int,
+    ) -> c_int;
+    /// Completes once every write submitted before it is durable in RADOS.
+    pub fn rbd_aio_flush(image: rbd_image_t, c: rbd_completion_t) -> c_int;
     pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
     pub fn rbd_stat(image: rbd_image_t, info: *mut rbd_image_info_t, infosize: size_t) -> c_int;
     pub fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;

@@ -5,10 +5,12 @@
 //! Errors carry the call, its target and the errno ([`CephError`]) so a log line says
 //! exactly what failed.
 
+mod aio;
 mod error;
 mod rados;
 mod rbd;
 
+pub use aio::{AioDone, Encryption, EncryptionFormat, UpdateWatch};
 pub use error::{errno_name, CephError, Result};
 pub use rados::{Cluster, ConnectOptions, Credentials, IoCtx, OmapPage};
 pub use rbd::{features, librbd_version, Image, ImageOptions, ImageSpec, ParentSpec, SnapInfo, TrashEntry, Watcher};

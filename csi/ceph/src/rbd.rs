@@ -327,12 +327,16 @@ impl IoCtx {
 
 /// An open image handle. Closed on drop.
 pub struct Image {
-    img: sys::rbd_image_t,
-    name: String,
+    pub(crate) img: sys::rbd_image_t,
+    pub(crate) name: String,
 }
 
-// librbd image handles may move between threads; we never share one concurrently.
+// librbd image handles may move between threads, and librbd serialises access to an
+// image's state internally (ImageCtx locks), so IO from many threads at once is
+// supported: that is how its own clients (rbd-nbd, qemu) use one handle. Closing needs
+// `&mut`/ownership, so no call can race the close.
 unsafe impl Send for Image {}
+unsafe impl Sync for Image {}
 
 impl Drop for Image {
     fn drop(&mut self) {
