@@ -4,9 +4,9 @@
 //! |---|---|---|---|
 //! | `krbd` | `/dev/rbdN` | the kernel's rbd driver | `/sys/bus/rbd` exists: the production default |
 //! | `rbd-nbd` | `/dev/nbdN` | an `rbd-nbd` daemon (librbd) | the nbd module is loaded and rbd-nbd installed |
-//! | `fuse-loop` | `/dev/loopN` over an `rbd-fuse` file | an `rbd-fuse` daemon (librbd) | neither kernel path exists (CI, this repo's dev box) |
+//! | `fuse-loop` | `/dev/loopN` over a FUSE file | a `strake-rbd-fuse` daemon (librbd async IO; `rbd-fuse` selectable for comparison) | neither kernel path exists (CI, this repo's dev box) |
 //!
-//! Helpers (`rbd-nbd`, `rbd-fuse`) daemonize themselves: they run in their own
+//! Helpers (`rbd-nbd`, `strake-rbd-fuse`, `rbd-fuse`) daemonize themselves: they run in their own
 //! session, re-parented to init, so they do not die with the node plugin. Their PID
 //! and the device are recorded in the plugin's state dir, and a restarted plugin
 //! re-adopts them (see `node::NodeService::adopt`). Credentials reach a helper through
@@ -81,8 +81,8 @@ impl AttacherKind {
             AttacherKind::FuseLoop => {
                 if !Path::new("/dev/fuse").exists() {
                     Err("/dev/fuse is absent".into())
-                } else if which("rbd-fuse").is_none() {
-                    Err("rbd-fuse is not installed (apt-get install rbd-fuse)".into())
+                } else if strake_fuse_helper().is_none() && which("rbd-fuse").is_none() {
+                    Err("no FUSE helper: strake-rbd-fuse is not next to strake-csi nor on PATH".into())
                 } else if which("losetup").is_none() {
                     Err("losetup is not installed".into())
                 } else {
@@ -145,29 +145,74 @@ pub trait Attacher: Send + Sync {
     fn check(&self, a: &Attachment) -> Option<String>;
 }
 
+/// Which FUSE server the fuse-loop path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuseHelper {
+    /// Ours (csi/rbd-fuse): librbd async IO, io_uring or worker-thread transport,
+    /// discard, resize notifications, per-volume metrics.
+    Strake,
+    /// Debian's rbd-fuse: single-threaded, no discard. Kept for comparison.
+    RbdFuse,
+}
+
+impl FromStr for FuseHelper {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strake-rbd-fuse" => Ok(FuseHelper::Strake),
+            "rbd-fuse" => Ok(FuseHelper::RbdFuse),
+            _ => Err(format!("unknown FUSE helper {s:?}; use strake-rbd-fuse or rbd-fuse")),
+        }
+    }
+}
+
 /// Node-wide attach settings (flags of the node plugin).
 #[derive(Debug, Clone, Copy)]
 pub struct AttachOptions {
     /// fuse-loop: `losetup --direct-io=on` (no second copy of the data in the page
     /// cache of the FUSE file; costs readahead, see the benchmarks).
     pub fuse_loop_direct_io: bool,
+    pub fuse_helper: FuseHelper,
+    /// strake-rbd-fuse `--transport`: auto, io-uring or classic.
+    pub fuse_transport: &'static str,
+    /// strake-rbd-fuse `--queue-depth`.
+    pub fuse_queue_depth: usize,
 }
 
 impl Default for AttachOptions {
     fn default() -> Self {
         AttachOptions {
             fuse_loop_direct_io: true,
+            fuse_helper: FuseHelper::Strake,
+            fuse_transport: "auto",
+            fuse_queue_depth: 64,
         }
     }
+}
+
+/// The strake-rbd-fuse binary: `$STRAKE_RBD_FUSE`, else next to this executable
+/// (where cargo and the image put it), else on PATH.
+pub fn strake_fuse_helper() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STRAKE_RBD_FUSE") {
+        return Some(PathBuf::from(p));
+    }
+    let sibling = std::env::current_exe().ok()?.parent()?.join("strake-rbd-fuse");
+    if sibling.is_file() {
+        return Some(sibling);
+    }
+    which("strake-rbd-fuse")
+}
+
+/// Where a strake-rbd-fuse helper serves its per-volume counters (read by `metrics`).
+pub fn fuse_stats_socket(volume_dir: &Path) -> PathBuf {
+    volume_dir.join("rbd-fuse.sock")
 }
 
 pub fn attacher(kind: AttacherKind, opts: &AttachOptions) -> Box<dyn Attacher> {
     match kind {
         AttacherKind::Krbd => Box::new(Krbd),
         AttacherKind::RbdNbd => Box::new(RbdNbd),
-        AttacherKind::FuseLoop => Box::new(FuseLoop {
-            direct_io: opts.fuse_loop_direct_io,
-        }),
+        AttacherKind::FuseLoop => Box::new(FuseLoop { opts: *opts }),
     }
 }
 
@@ -265,13 +310,14 @@ fn retry_busy<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 // ---- fuse-loop ---------------------------------------------------------------------
 
-/// rbd-fuse exposes the image as a file; a loop device turns the file into a block device.
+/// A FUSE server exposes the image as a file; a loop device turns the file into a
+/// block device.
 pub struct FuseLoop {
-    /// `losetup --direct-io=on`: no double caching in the page cache of the FUSE file.
-    pub direct_io: bool,
+    pub opts: AttachOptions,
 }
 
-/// The rbd-fuse daemon serving `fuse_dir`, found by its command line.
+/// The FUSE daemon (strake-rbd-fuse or rbd-fuse) serving `fuse_dir`, found by its
+/// command line.
 pub fn fuse_pid(fuse_dir: &Path) -> Option<i32> {
     FuseLoop::find_pid(fuse_dir)
 }
@@ -309,6 +355,105 @@ pub fn loop_for_file(file: &Path) -> Option<PathBuf> {
     None
 }
 
+/// The tail of a helper's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+impl FuseLoop {
+    /// Starts strake-rbd-fuse; it returns once the mount serves (or says why not).
+    /// The key travels over its stdin, never through a file or argv.
+    fn start_strake(&self, req: &AttachRequest, fuse_dir: &Path) -> Result<i32> {
+        let bin = strake_fuse_helper().ok_or_else(|| anyhow!("strake-rbd-fuse is not installed next to strake-csi"))?;
+        let log_path = req.dir.join("rbd-fuse.log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(&bin)
+            .arg("--conf")
+            .arg(req.conf)
+            .args([
+                "--pool",
+                req.pool,
+                "--image",
+                req.image,
+                "--id",
+                &req.creds.user,
+                "--key-fd",
+                "0",
+            ])
+            .args(["--transport", self.opts.fuse_transport])
+            // Reader-only modes: librbd opens the image read-only (no exclusive lock,
+            // every write refused) under the read-only loop device.
+            .args(if req.read_only { &["--read-only"][..] } else { &[] })
+            .arg("--queue-depth")
+            .arg(self.opts.fuse_queue_depth.to_string())
+            .arg("--stats-socket")
+            .arg(fuse_stats_socket(req.dir))
+            .arg(fuse_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(req.creds.key().as_bytes());
+        }
+        let out = child.wait_with_output().context("waiting for strake-rbd-fuse")?;
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            bail!(
+                "strake-rbd-fuse for {}/{} failed ({}): {}",
+                req.pool,
+                req.image,
+                out.status,
+                log_tail(&log_path)
+            );
+        }
+        let pid = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("pid=")?.parse::<i32>().ok())
+            .ok_or_else(|| anyhow!("strake-rbd-fuse said {line:?}, not pid=..."))?;
+        tracing::info!(pool = req.pool, image = req.image, helper = %line, "FUSE helper serving");
+        Ok(pid)
+    }
+
+    /// Starts Debian's rbd-fuse (comparison only): it mounts, then daemonizes.
+    fn start_rbd_fuse(&self, req: &AttachRequest, fuse_dir: &Path) -> Result<()> {
+        let keyring = KeyringFile(write_keyring(req.dir, req.creds)?);
+        let log_path = req.dir.join("rbd-fuse.log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let status = Command::new("rbd-fuse")
+            .arg("-c")
+            .arg(req.conf)
+            .args(["-p", req.pool, "-r", req.image])
+            .arg(fuse_dir)
+            .env(
+                "CEPH_ARGS",
+                format!("--id {} --keyring {}", req.creds.user, keyring.0.display()),
+            )
+            .env_remove("CEPH_CONF")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("starting rbd-fuse")?;
+        if !status.success() {
+            bail!(
+                "rbd-fuse for {}/{} failed ({status}): {}",
+                req.pool,
+                req.image,
+                log_tail(&log_path)
+            );
+        }
+        // rbd-fuse reads the keyring while it mounts; remove it once the image file is there.
+        let file = fuse_dir.join(req.image);
+        wait_until(Duration::from_secs(15), || file.exists());
+        drop(keyring);
+        Ok(())
+    }
+}
+
 impl Attacher for FuseLoop {
     fn kind(&self) -> AttacherKind {
         AttacherKind::FuseLoop
@@ -318,48 +463,24 @@ impl Attacher for FuseLoop {
         let fuse_dir = req.dir.join("fuse");
         fs::create_dir_all(&fuse_dir)?;
         let file = fuse_dir.join(req.image);
+        let mut pid = None;
         if !mount::is_mountpoint(&fuse_dir) {
-            let keyring = KeyringFile(write_keyring(req.dir, req.creds)?);
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(req.dir.join("rbd-fuse.log"))?;
-            // rbd-fuse mounts, then daemonizes (fork + setsid): when this command
-            // returns, the mount is in place and the daemon is no child of ours.
-            let mut cmd = Command::new("rbd-fuse");
-            cmd.arg("-c")
-                .arg(req.conf)
-                .args(["-p", req.pool, "-r", req.image])
-                .arg(&fuse_dir)
-                .env(
-                    "CEPH_ARGS",
-                    format!("--id {} --keyring {}", req.creds.user, keyring.0.display()),
-                )
-                .env_remove("CEPH_CONF")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            let status = cmd.status().context("starting rbd-fuse")?;
-            if !status.success() {
-                let tail = fs::read_to_string(req.dir.join("rbd-fuse.log")).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                bail!(
-                    "rbd-fuse for {}/{} failed ({status}): {}",
-                    req.pool,
-                    req.image,
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                );
-            }
+            pid = match self.opts.fuse_helper {
+                FuseHelper::Strake => Some(self.start_strake(req, &fuse_dir)?),
+                FuseHelper::RbdFuse => {
+                    self.start_rbd_fuse(req, &fuse_dir)?;
+                    None
+                }
+            };
             if !wait_until(Duration::from_secs(15), || file.exists()) {
                 bail!(
-                    "rbd-fuse mounted {} but {} did not appear within 15 s",
+                    "the FUSE helper mounted {} but {} did not appear within 15 s",
                     fuse_dir.display(),
                     file.display()
                 );
             }
-            drop(keyring);
         }
-        let pid = Self::find_pid(&fuse_dir);
+        let pid = pid.or_else(|| Self::find_pid(&fuse_dir));
         let device = match loop_for_file(&file) {
             Some(d) => d,
             None => {
@@ -368,7 +489,7 @@ impl Attacher for FuseLoop {
                 if req.read_only {
                     cmd.arg("--read-only");
                 }
-                if self.direct_io {
+                if self.opts.fuse_loop_direct_io {
                     cmd.arg("--direct-io=on");
                 }
                 PathBuf::from(retry_busy("losetup", || run(cmd.arg(&file)))?)
@@ -398,13 +519,13 @@ impl Attacher for FuseLoop {
         if mount::is_mountpoint(&fuse_dir) {
             retry_busy("umount fuse", || mount::umount(&fuse_dir))?;
         }
-        // rbd-fuse exits once unmounted; make sure, so it releases its watch.
+        // The helper exits once unmounted; make sure, so it releases its watch.
         let pid = a.helper_pid.or_else(|| Self::find_pid(&fuse_dir));
         if let Some(pid) = pid {
             if !wait_until(Duration::from_secs(5), || !pid_alive(pid))
                 && cmdline(pid).first().is_some_and(|c| c.ends_with("rbd-fuse"))
             {
-                tracing::warn!(pid, "rbd-fuse did not exit after unmount: SIGTERM");
+                tracing::warn!(pid, "the FUSE helper did not exit after unmount: SIGTERM");
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
@@ -412,7 +533,11 @@ impl Attacher for FuseLoop {
     }
 
     fn refresh_size(&self, a: &Attachment) -> Result<()> {
-        // The FUSE file's size follows the image at once; the loop device needs telling.
+        // The FUSE file's size follows the image (strake-rbd-fuse is told by an RBD
+        // header watch); a stat makes the kernel fetch it, and the loop device needs telling.
+        if let Some(d) = &a.fuse_dir {
+            let _ = fs::metadata(d.join(&a.image));
+        }
         run(Command::new("losetup").arg("-c").arg(&a.device)).map(|_| ())
     }
 
@@ -422,16 +547,16 @@ impl Attacher for FuseLoop {
             Some(pid) if pid_alive(pid) => {}
             Some(pid) => {
                 return Some(format!(
-                "rbd-fuse (pid {pid}) for {}/{} is gone: IO on {} fails until the volume is unstaged and staged again",
+                "FUSE helper (pid {pid}) for {}/{} is gone: IO on {} fails until the volume is unstaged and staged again",
                 a.pool,
                 a.image,
                 a.device.display()
             ))
             }
-            None => return Some("rbd-fuse pid unknown".into()),
+            None => return Some("FUSE helper pid unknown".into()),
         }
         if !mount::is_mountpoint(fuse_dir) {
-            return Some(format!("rbd-fuse mount {} is gone", fuse_dir.display()));
+            return Some(format!("FUSE mount {} is gone", fuse_dir.display()));
         }
         if loop_for_file(&fuse_dir.join(&a.image)).as_deref() != Some(a.device.as_path()) {
             return Some(format!(

@@ -121,6 +121,22 @@ struct Serve {
     /// (true: no double caching; false: page-cache readahead, faster sequential reads).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fuse_loop_direct_io: bool,
+    /// fuse-loop attach path: the FUSE server, strake-rbd-fuse (ours) or rbd-fuse
+    /// (Debian's, for comparison only).
+    #[arg(long, default_value = "strake-rbd-fuse", value_parser = ["strake-rbd-fuse", "rbd-fuse"])]
+    fuse_helper: String,
+    /// strake-rbd-fuse transport: auto (io_uring when the kernel offers it), io-uring, classic.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "io-uring", "classic"])]
+    fuse_transport: String,
+    /// strake-rbd-fuse requests in flight per io_uring queue (or in all, classic).
+    #[arg(long, default_value_t = 64)]
+    fuse_queue_depth: usize,
+    /// Node plugin start: switch on FUSE-over-io_uring for the whole host
+    /// (`echo Y > /sys/module/fuse/parameters/enable_uring`; needs Linux 6.14+ with
+    /// CONFIG_FUSE_IO_URING and a writable /sys). It only lets FUSE servers that ask
+    /// for io_uring use it; others are unaffected.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fuse_enable_uring: bool,
     /// NodeGetInfo max_volumes_per_node (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     max_volumes: i64,
@@ -292,6 +308,10 @@ async fn run(cli: Cli) -> Result<()> {
         };
         std::fs::create_dir_all(&s.state_dir)
             .with_context(|| format!("creating --state-dir {}", s.state_dir.display()))?;
+        if s.fuse_enable_uring {
+            enable_fuse_uring();
+        }
+        metrics::watch_fuse_helpers(s.state_dir.join("volumes"));
         let n = NodeService::new(
             NodeConfig {
                 node_id,
@@ -303,6 +323,13 @@ async fn run(cli: Cli) -> Result<()> {
                 naming: naming.clone(),
                 attach: strake_csi::attach::AttachOptions {
                     fuse_loop_direct_io: s.fuse_loop_direct_io,
+                    fuse_helper: s.fuse_helper.parse().map_err(anyhow::Error::msg)?,
+                    fuse_transport: match s.fuse_transport.as_str() {
+                        "io-uring" => "io-uring",
+                        "classic" => "classic",
+                        _ => "auto",
+                    },
+                    fuse_queue_depth: s.fuse_queue_depth,
                 },
             },
             conns.clone(),
@@ -375,6 +402,24 @@ async fn periodic_sweep(conns: Arc<Connections>, pools: Vec<String>, cfg: SweepC
             Ok(Ok(n)) => tracing::info!(findings = n, "periodic sweep done"),
             Ok(Err(e)) => tracing::error!(error = %e, "periodic sweep failed"),
             Err(e) => tracing::error!(error = %e, "periodic sweep task failed"),
+        }
+    }
+}
+
+/// Switches on FUSE-over-io_uring for new FUSE mounts, if the kernel has it.
+fn enable_fuse_uring() {
+    let p = strake_rbd_fuse::ENABLE_URING_PARAM;
+    if strake_rbd_fuse::uring_enabled() {
+        return;
+    }
+    if !std::path::Path::new(p).exists() {
+        tracing::info!("this kernel has no FUSE-over-io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING); strake-rbd-fuse serves /dev/fuse with worker threads");
+        return;
+    }
+    match std::fs::write(p, "Y") {
+        Ok(()) => tracing::info!(param = p, "enabled FUSE-over-io_uring"),
+        Err(e) => {
+            tracing::warn!(param = p, error = %e, "could not enable FUSE-over-io_uring (read-only /sys?); strake-rbd-fuse falls back to worker threads")
         }
     }
 }

@@ -4,9 +4,20 @@
 //! * `strake_csi_ceph_errors_total{op,errno}`: failed librados/librbd calls
 //! * `strake_csi_attached_volumes{attacher}`: volumes this node plugin has attached
 //! * `strake_csi_attach_helpers_dead`: attachments whose userspace helper is gone
+//! * per volume served by a strake-rbd-fuse helper (label `volume` = `pool/image`, read
+//!   from each helper's stats socket at scrape time): `strake_csi_fuse_requests_in_flight`,
+//!   and by `op` (read, write, flush, discard) `strake_csi_fuse_requests_total`,
+//!   `strake_csi_fuse_request_errors_total`, `strake_csi_fuse_bytes_total`,
+//!   `strake_csi_fuse_request_duration_seconds` (histogram)
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use strake_rbd_fuse::stats::VolumeSnapshot;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -71,6 +82,7 @@ pub fn global() -> &'static Metrics {
             "Volumes attached on this node, by attach path",
             attached.clone(),
         );
+        registry.register_collector(Box::new(FuseHelpers));
         registry.register(
             "attach_helpers_dead",
             "Attachments whose userspace helper process died (volume needs unstage/stage)",
@@ -85,6 +97,117 @@ pub fn global() -> &'static Metrics {
             helpers_dead,
         }
     })
+}
+
+/// The volume dirs (`<state-dir>/volumes`) whose strake-rbd-fuse helpers the
+/// collector reads; set once by the node plugin.
+static FUSE_VOLUMES_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn watch_fuse_helpers(volumes_dir: PathBuf) {
+    let _ = FUSE_VOLUMES_DIR.set(volumes_dir);
+}
+
+/// Reads every helper's counters at scrape time, so a helper that restarts or goes
+/// away is reflected at once and no state is kept here.
+#[derive(Debug)]
+struct FuseHelpers;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FuseOpLabels {
+    volume: String,
+    op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FuseVolumeLabels {
+    volume: String,
+    transport: String,
+}
+
+fn fuse_snapshots() -> Vec<VolumeSnapshot> {
+    let Some(dir) = FUSE_VOLUMES_DIR.get() else {
+        return vec![];
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    rd.flatten()
+        .map(|e| crate::attach::fuse_stats_socket(&e.path()))
+        .filter(|p| p.exists())
+        .filter_map(|p| strake_rbd_fuse::stats::fetch(&p, Duration::from_millis(500)).ok())
+        .flat_map(|s| s.volumes)
+        .collect()
+}
+
+impl Collector for FuseHelpers {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let vols = fuse_snapshots();
+        if vols.is_empty() {
+            return Ok(());
+        }
+        let name = |v: &VolumeSnapshot| format!("{}/{}", v.pool, v.image);
+        {
+            let mut m = enc.encode_descriptor(
+                "fuse_requests_in_flight",
+                "Requests a strake-rbd-fuse helper is serving now, by volume",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in &vols {
+                let l = FuseVolumeLabels {
+                    volume: name(v),
+                    transport: v.transport.clone(),
+                };
+                m.encode_family(&l)?.encode_gauge(&v.in_flight)?;
+            }
+        }
+        type Pick = fn(&strake_rbd_fuse::stats::OpSnapshot) -> u64;
+        let counters: [(&str, &str, Pick); 3] = [
+            ("fuse_requests", "FUSE IO requests served, by volume and op", |o| {
+                o.count
+            }),
+            (
+                "fuse_request_errors",
+                "FUSE IO requests that failed, by volume and op",
+                |o| o.errors,
+            ),
+            (
+                "fuse_bytes",
+                "Bytes read, written or discarded through FUSE, by volume and op",
+                |o| o.bytes,
+            ),
+        ];
+        for (metric, help, pick) in counters {
+            let mut m = enc.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for v in &vols {
+                for o in &v.ops {
+                    let l = FuseOpLabels {
+                        volume: name(v),
+                        op: o.op.clone(),
+                    };
+                    m.encode_family(&l)?
+                        .encode_counter::<NoLabelSet, _, u64>(&pick(o), None)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fuse_request_duration_seconds",
+            "FUSE IO request latency (kernel request to librbd completion), by volume and op",
+            None,
+            MetricType::Histogram,
+        )?;
+        for v in &vols {
+            for o in &v.ops {
+                let l = FuseOpLabels {
+                    volume: name(v),
+                    op: o.op.clone(),
+                };
+                m.encode_family(&l)?
+                    .encode_histogram::<NoLabelSet>(o.sum_seconds, o.count, &o.buckets, None)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Records one RPC outcome.

@@ -10,12 +10,14 @@
 //! | [`classic`] | transport: worker threads reading /dev/fuse |
 //! | [`uring`] | transport: one io_uring per kernel queue (per CPU) |
 //! | [`stats`] | per-volume counters and latency histograms, served as JSON on a socket |
+//! | [`cli`] | the `strake-rbd-fuse` command: flags, daemonizing, start-up and shutdown |
 //! | [`secret`] | reading cephx keys and LUKS passphrases from descriptors or tmpfs files |
 //!
 //! The design, and why the protocol is spoken directly rather than through a FUSE
 //! crate, is in docs/rbd-fuse.md.
 pub mod abi;
 pub mod classic;
+pub mod cli;
 pub mod fs;
 pub mod secret;
 pub mod session;

@@ -143,10 +143,34 @@ pub struct Snapshot {
     pub volumes: Vec<VolumeSnapshot>,
 }
 
+/// A unix socket path may hold at most 107 bytes, and state dirs nest deeply: go
+/// through an O_PATH descriptor of the directory (`/proc/self/fd/N/name`), which the
+/// kernel resolves to the same place. The descriptor lives as long as the returned value.
+fn short_path(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::File>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().len() < 100 {
+        return Ok((path.to_path_buf(), None));
+    }
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => return Ok((path.to_path_buf(), None)),
+    };
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    use std::os::fd::AsRawFd;
+    Ok((
+        Path::new(&format!("/proc/self/fd/{}", d.as_raw_fd())).join(name),
+        Some(d),
+    ))
+}
+
 /// Serves `snapshot()` as one JSON document to every connection on `path`.
 pub fn serve(path: &Path, snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    let (p, _dir) = short_path(path)?;
+    let listener = UnixListener::bind(&p)?;
     std::thread::Builder::new().name("stats".into()).spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let body = serde_json::to_vec(&snapshot()).unwrap_or_default();
@@ -159,7 +183,8 @@ pub fn serve(path: &Path, snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>) -> 
 /// Reads a server's snapshot from its stats socket (what the node plugin does).
 pub fn fetch(path: &Path, timeout: Duration) -> std::io::Result<Snapshot> {
     use std::io::Read;
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let (p, _dir) = short_path(path)?;
+    let mut s = std::os::unix::net::UnixStream::connect(&p)?;
     s.set_read_timeout(Some(timeout))?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;

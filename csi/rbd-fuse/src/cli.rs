@@ -1,7 +1,8 @@
-//! `strake-rbd-fuse`: mounts RBD images as files (see the crate docs and
-//! docs/rbd-fuse.md). By default it daemonizes once the mount is serving, prints
-//! `pid=<pid> transport=<io-uring|classic>` and exits 0, or prints why it could not
-//! and exits 1, so a caller knows the outcome when the command returns.
+//! The `strake-rbd-fuse` command (its binary is built by the strake-csi package, next
+//! to `strake-csi`, which starts it): mounts RBD images as files. By default it
+//! daemonizes once the mount is serving, prints `pid=<pid> transport=<io-uring|classic>`
+//! and exits 0, or prints why it could not and exits 1, so a caller knows the outcome
+//! when the command returns. See docs/rbd-fuse.md.
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use strake_ceph::{Cluster, ConnectOptions, Credentials, Encryption, EncryptionFormat, UpdateWatch};
-use strake_rbd_fuse::fs::{Fs, Volume};
-use strake_rbd_fuse::session::{self, MountOptions};
-use strake_rbd_fuse::{classic, secret, stats, uring};
+
+use crate::fs::{Fs, Volume};
+use crate::session::{self, MountOptions};
+use crate::{classic, secret, stats, uring};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
@@ -106,7 +108,8 @@ impl Ready {
     }
 }
 
-fn main() {
+/// Runs the command with the process's arguments; never returns on failure.
+pub fn main() {
     let args = Args::parse();
     // Secrets are read before anything else, so a bad descriptor fails right here.
     let secrets = match read_secrets(&args) {
@@ -210,9 +213,14 @@ fn daemonize() -> Result<Ready> {
         nix::unistd::ForkResult::Child => {
             drop(r);
             nix::unistd::setsid().context("setsid")?;
-            // stdin is not ours to keep; stdout/stderr stay (the caller's log file).
+            // stdin is not ours to keep, and stdout belongs to the parent's one line
+            // (a caller reading it until EOF must not wait for us): both go, and our
+            // output is stderr only (the caller's log file).
             let null = std::fs::File::open("/dev/null")?;
-            unsafe { libc::dup2(null.as_raw_fd(), 0) };
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(2, 1);
+            }
             Ok(Ready(Some(w)))
         }
     }
@@ -234,12 +242,12 @@ fn serve(a: Args, secrets: Secrets, ready: &mut Ready) -> Result<()> {
     let sigs = block_signals();
     let want_uring = match a.transport {
         Transport::Classic => false,
-        Transport::Auto => strake_rbd_fuse::uring_enabled(),
+        Transport::Auto => crate::uring_enabled(),
         Transport::IoUring => {
-            if !strake_rbd_fuse::uring_enabled() {
+            if !crate::uring_enabled() {
                 bail!(
                     "--transport io-uring: the kernel's FUSE-over-io_uring is off; enable it with `echo Y > {}` (Linux 6.14+, CONFIG_FUSE_IO_URING) or use --transport auto",
-                    strake_rbd_fuse::ENABLE_URING_PARAM
+                    crate::ENABLE_URING_PARAM
                 );
             }
             true
@@ -317,29 +325,38 @@ fn serve(a: Args, secrets: Secrets, ready: &mut Ready) -> Result<()> {
     }
 
     if let Some(path) = &a.stats_socket {
-        let (fs2, t) = (fs.clone(), transport);
+        // A weak reference, so the images can be closed at unmount (see below).
+        let (fs2, t) = (Arc::downgrade(&fs), transport);
         stats::serve(
             path,
             Arc::new(move || stats::Snapshot {
                 pid: std::process::id(),
                 volumes: fs2
-                    .volumes
-                    .iter()
-                    .map(|v| v.stats.snapshot(&v.pool, &v.image_name, t, v.read_only))
-                    .collect(),
+                    .upgrade()
+                    .map(|fs| {
+                        fs.volumes
+                            .iter()
+                            .map(|v| v.stats.snapshot(&v.pool, &v.image_name, t, v.read_only))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
         )
-        .with_context(|| format!("binding the stats socket {}", path.display()))?;
+        .unwrap_or_else(|e| tracing::warn!(socket = %path.display(), error = %e, "no stats socket: this volume's IO metrics are not exported"));
     }
 
     let mp = a.mountpoint.clone();
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+    let signals = std::thread::Builder::new().name("signals".into()).spawn(move || loop {
         let Ok(sig) = sigs.wait() else { continue };
         match session::unmount(&mp, false) {
             Ok(()) => tracing::info!(signal = ?sig, "unmounted on signal"),
             Err(e) => tracing::warn!(signal = ?sig, error = %e, "not unmounting: the file is still in use (detach the loop device first); still serving"),
         }
-    })?;
+    });
+    if let Err(e) = signals {
+        let _ = session::unmount(&a.mountpoint, true);
+        return Err(anyhow!("starting the signal thread: {e}"));
+    }
 
     tracing::info!(
         pool = a.pool,
@@ -367,6 +384,13 @@ fn serve(a: Args, secrets: Secrets, ready: &mut Ready) -> Result<()> {
         }
     }
     tracing::info!(mountpoint = %a.mountpoint.display(), "unmounted; closing the images");
+    // Closing (rbd_close) removes the image's watch and releases its exclusive lock at
+    // once; a process that merely exits leaves both to time out on the OSD (30 s), and
+    // DeleteVolume would refuse the image meanwhile.
+    match Arc::try_unwrap(fs) {
+        Ok(fs) => drop(fs),
+        Err(_) => tracing::warn!("images still referenced at exit; their watches expire on the OSD instead"),
+    }
     Ok(())
 }
 
