@@ -85,8 +85,9 @@ mkdir -p "$CSI_DIR" "$VOLS"
 ceph auth get-key client.admin > "$CSI_DIR/key"
 chmod 600 "$CSI_DIR/key"
 export CSI_ENDPOINT="unix://$CSI_DIR/csi.sock"
+CSI_METRICS=127.0.0.1:9689
 strake-csi --mode all --endpoint "$CSI_ENDPOINT" --node-id a --state-dir "$CSI_DIR/state" \
-  --metrics-addr "" >"$CSI_DIR/csi.log" 2>&1 &
+  --metrics-addr "$CSI_METRICS" >"$CSI_DIR/csi.log" 2>&1 &
 CSI_PID=$!
 for _ in $(seq 50); do [ -S "$CSI_DIR/csi.sock" ] && break; sleep 0.1; done
 call() { printf '$ strake-csi call %s\n' "$*" >&2; strake-csi call --secret userID=admin --secret "userKey=@$CSI_DIR/key" "$@"; }
@@ -128,6 +129,20 @@ step "grow the original to 2 GiB while mounted (XFS grows online)"
 call expand-volume "${ID[data]}" --size 2Gi --fs xfs
 call node-expand "${ID[data]}" --path "$VOLS/data" --size 2Gi
 run df -h "$VOLS/data"
+
+step "no rbd/nbd driver in this kernel: strake-rbd-fuse serves the volume (librbd async IO, FUSE-over-io_uring); discard reaches Ceph"
+grep -o 'FUSE helper serving.*' "$CSI_DIR/csi.log" | head -1 | sed 's/\x1b\[[0-9;]*m//g'
+IMG="csi-strake-vol-${ID[data]##*:}"
+run strake lab exec shop/db sh -c "dd if=/dev/urandom of=$VOLS/data/blob bs=1M count=64 conv=fsync status=none"
+run rbd du "rbd/$IMG" 2>/dev/null
+run strake lab exec shop/db sh -c "rm $VOLS/data/blob && sync"
+run fstrim -v "$VOLS/data"
+run rbd du "rbd/$IMG" 2>/dev/null
+printf '$ GET http://%s/metrics  # the FUSE server'"'"'s per-volume counters\n' "$CSI_METRICS"
+exec 3<>"/dev/tcp/${CSI_METRICS%:*}/${CSI_METRICS#*:}"
+printf 'GET /metrics HTTP/1.0\r\nHost: demo\r\n\r\n' >&3
+grep -E '^strake_csi_fuse_(bytes_total|requests_in_flight|request_errors_total)' <&3 | grep -v ' 0$' || true
+exec 3<&-
 
 if [ "$KEEP" = 1 ]; then
   step "everything stays up; explore with strake status --lab $LAB, strake lab exec <ns/pod> <cmd>, rbd ls -l rbd"

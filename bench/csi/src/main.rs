@@ -5,7 +5,12 @@
 //! 2. IO through a staged raw-block volume, for every attach path this node has,
 //!    against librbd baselines on the same cluster in the same run (fio
 //!    `ioengine=rbd` and `rbd bench`): sequential 4 MiB write/read (qd16) and random
-//!    4 KiB write/read (qd32). Caches are dropped before every job.
+//!    4 KiB write/read (qd32). Caches are dropped before every job. The fuse-loop
+//!    path is measured with strake-rbd-fuse on both transports (io_uring, classic
+//!    /dev/fuse threads) and with Debian's rbd-fuse.
+//! 3. CPU per GiB moved, per path and job: the whole host's busy CPU time
+//!    (/proc/stat, which includes the OSD's share) and the client's (fio plus the
+//!    FUSE helper process), divided by the bytes the job moved.
 //!
 //! Writes JSON and a Markdown table (`--out DIR`, default bench/csi/results).
 use std::collections::HashMap;
@@ -28,7 +33,7 @@ use strake_csi::csi::*;
 struct Args {
     #[arg(long, env = "CEPH_CONF", default_value = "/var/lib/strake/ceph-dev/ceph.conf")]
     ceph_conf: PathBuf,
-    /// Calls of each RPC for the latency figures.
+    /// Calls of each RPC for the latency figures (0 skips them).
     #[arg(long, default_value_t = 100)]
     n: usize,
     /// Bytes per sequential job (MiB).
@@ -40,6 +45,9 @@ struct Args {
     /// Skip the IO part.
     #[arg(long)]
     no_io: bool,
+    /// Only fuse-loop variants whose label contains this (e.g. `io-uring`); baselines always run.
+    #[arg(long)]
+    only: Option<String>,
     /// strake-csi binary (default: next to this one).
     #[arg(long)]
     driver: Option<PathBuf>,
@@ -66,6 +74,17 @@ struct IoResult {
     rand_read_iops: f64,
 }
 
+/// CPU seconds per GiB moved, per job (seq write, seq read, rand write, rand read).
+#[derive(Serialize, Clone, Default)]
+struct CpuResult {
+    path: String,
+    /// Every CPU of the host (the OSD, the FUSE helper, loop workers, fio).
+    host_s_per_gib: [f64; 4],
+    /// fio's own CPU plus the FUSE helper process's (librbd runs inside fio for
+    /// the librbd baseline, inside the helper otherwise).
+    client_s_per_gib: [f64; 4],
+}
+
 #[derive(Serialize)]
 struct Report {
     date: String,
@@ -76,10 +95,22 @@ struct Report {
     latency: Vec<Latency>,
     io: Vec<IoResult>,
     io_ratios_vs_fio_rbd: Vec<IoResult>,
+    cpu_per_gib: Vec<CpuResult>,
     notes: Vec<String>,
 }
 
 fn stats(op: &str, mut d: Vec<Duration>) -> Latency {
+    if d.is_empty() {
+        // --n 0: latency skipped; dropped from the report.
+        return Latency {
+            op: op.into(),
+            n: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            mean_ms: 0.0,
+            max_ms: 0.0,
+        };
+    }
     d.sort();
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
     let pct = |p: f64| ms(d[((d.len() as f64 * p).ceil() as usize).clamp(1, d.len()) - 1]);
@@ -149,9 +180,64 @@ const JOBS: [Job; 4] = [
     },
 ];
 
-/// Runs one fio job; returns MiB/s (sequential) or IOPS (random).
-fn fio(target: &[String], job: &Job, a: &Args) -> Result<f64> {
+/// Busy CPU seconds of the whole host so far (/proc/stat: all but idle and iowait).
+fn host_cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: f64 = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / clk_tck()
+}
+
+fn clk_tck() -> f64 {
+    // USER_HZ: what /proc/stat and /proc/PID/stat count in.
+    let out = Command::new("getconf").arg("CLK_TCK").output();
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds used by this process's reaped children (fio, all its threads,
+/// librbd's included: fio's own usr_cpu/sys_cpu count only the job thread).
+fn children_cpu_secs() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// CPU seconds (user + system, all threads) a process has used.
+fn proc_cpu_secs(pid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command: state is [0], utime [11], stime [12].
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / clk_tck()
+}
+
+struct Measured {
+    value: f64,
+    gib: f64,
+    host_cpu_s: f64,
+    client_cpu_s: f64,
+}
+
+/// Runs one fio job; `value` is MiB/s (sequential) or IOPS (random).
+fn fio(target: &[String], job: &Job, a: &Args, helper: Option<i32>) -> Result<Measured> {
     drop_caches();
+    let (h0, p0) = (host_cpu_secs(), helper.map(proc_cpu_secs).unwrap_or(0.0));
     let mut cmd = Command::new("fio");
     cmd.args(["--output-format=json", "--name=j", "--group_reporting"])
         .arg(format!("--rw={}", job.rw))
@@ -162,28 +248,49 @@ fn fio(target: &[String], job: &Job, a: &Args) -> Result<f64> {
     if job.random {
         cmd.arg(format!("--runtime={}", a.rand_secs)).arg("--time_based");
     }
-    let v: serde_json::Value = serde_json::from_str(&sh(&mut cmd)?)?;
+    let c0 = children_cpu_secs();
+    let out = sh(&mut cmd)?;
+    let fio_cpu_s = children_cpu_secs() - c0;
+    let (h1, p1) = (host_cpu_secs(), helper.map(proc_cpu_secs).unwrap_or(0.0));
+    let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap_or(0)..])?;
     let j = &v["jobs"][0];
     let side = if job.rw.contains("write") {
         &j["write"]
     } else {
         &j["read"]
     };
-    Ok(if job.random {
-        side["iops"].as_f64().unwrap_or(0.0)
-    } else {
-        side["bw_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    Ok(Measured {
+        value: if job.random {
+            side["iops"].as_f64().unwrap_or(0.0)
+        } else {
+            side["bw_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        },
+        gib: side["io_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
+        host_cpu_s: h1 - h0,
+        client_cpu_s: fio_cpu_s + (p1 - p0),
     })
 }
 
-fn run_fio_set(name: &str, target: &[String], a: &Args) -> Result<IoResult> {
+fn run_fio_set(name: &str, target: &[String], a: &Args, helper: Option<i32>) -> Result<(IoResult, CpuResult)> {
     let mut r = IoResult {
         path: name.into(),
         ..Default::default()
     };
-    for job in &JOBS {
-        let v = fio(target, job, a)?;
-        eprintln!("  {name} {}: {v:.0}", job.name);
+    let mut cpu = CpuResult {
+        path: name.into(),
+        ..Default::default()
+    };
+    for (i, job) in JOBS.iter().enumerate() {
+        let m = fio(target, job, a, helper)?;
+        let v = m.value;
+        if m.gib > 0.0 {
+            cpu.host_s_per_gib[i] = m.host_cpu_s / m.gib;
+            cpu.client_s_per_gib[i] = m.client_cpu_s / m.gib;
+        }
+        eprintln!(
+            "  {name} {}: {v:.0} (CPU/GiB host {:.2} s, client {:.2} s)",
+            job.name, cpu.host_s_per_gib[i], cpu.client_s_per_gib[i]
+        );
         match job.name {
             "seq_write" => r.seq_write_mib_s = v,
             "seq_read" => r.seq_read_mib_s = v,
@@ -191,7 +298,16 @@ fn run_fio_set(name: &str, target: &[String], a: &Args) -> Result<IoResult> {
             _ => r.rand_read_iops = v,
         }
     }
-    Ok(r)
+    Ok((r, cpu))
+}
+
+/// The FUSE helper's PID recorded in the node plugin's state for the one staged volume.
+fn staged_helper_pid(state_dir: &Path) -> Option<i32> {
+    let rd = std::fs::read_dir(state_dir.join("volumes")).ok()?;
+    rd.flatten().find_map(|e| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+        v["attachment"]["helper_pid"].as_i64().map(|p| p as i32)
+    })
 }
 
 /// `rbd bench` baseline: parses "elapsed: … ops/sec: … bytes/sec: …".
@@ -469,6 +585,7 @@ async fn main() -> Result<()> {
 
     // ---- IO ----
     let mut io = vec![];
+    let mut cpus = vec![];
     let mut notes = vec![];
     if !a.no_io {
         let size = (a.seq_mib + 64) << 20;
@@ -486,7 +603,9 @@ async fn main() -> Result<()> {
             "--direct=1".to_string(),
         ];
         std::env::set_var("CEPH_CONF", &a.ceph_conf);
-        io.push(run_fio_set("fio ioengine=rbd (librbd)", &rbd_target, &a)?);
+        let (r, cpu) = run_fio_set("fio ioengine=rbd (librbd)", &rbd_target, &a, None)?;
+        io.push(r);
+        cpus.push(cpu);
         io.push(rbd_bench(&a.ceph_conf, &pool, &base, &a)?);
         bio.remove_image(&base).map_err(|e| anyhow::anyhow!("{e}"))?;
         for kind in AttacherKind::ALL {
@@ -496,9 +615,19 @@ async fn main() -> Result<()> {
             }
             let variants: Vec<(&str, Vec<&str>)> = match kind {
                 AttacherKind::FuseLoop => vec![
-                    ("loop direct-io (default)", vec!["--fuse-loop-direct-io=true"]),
-                    ("loop buffered", vec!["--fuse-loop-direct-io=false"]),
-                ],
+                    (
+                        "strake-rbd-fuse io-uring",
+                        vec!["--fuse-helper=strake-rbd-fuse", "--fuse-transport=io-uring"],
+                    ),
+                    (
+                        "strake-rbd-fuse classic",
+                        vec!["--fuse-helper=strake-rbd-fuse", "--fuse-transport=classic"],
+                    ),
+                    ("rbd-fuse", vec!["--fuse-helper=rbd-fuse"]),
+                ]
+                .into_iter()
+                .filter(|(l, _)| a.only.as_deref().is_none_or(|o| l.contains(o)))
+                .collect(),
                 _ => vec![("", vec![])],
             };
             for (label, extra) in variants {
@@ -528,7 +657,8 @@ async fn main() -> Result<()> {
                     "--ioengine=libaio".into(),
                     "--direct=1".into(),
                 ];
-                let r = run_fio_set(format!("strake-csi {kind} {label}").trim(), &target, &a);
+                let helper = staged_helper_pid(&dir.join("state"));
+                let r = run_fio_set(format!("strake-csi {kind} {label}").trim(), &target, &a, helper);
                 n.node_unstage_volume(NodeUnstageVolumeRequest {
                     volume_id: v.volume_id.clone(),
                     staging_target_path: stg.to_string_lossy().into(),
@@ -539,7 +669,9 @@ async fn main() -> Result<()> {
                     secrets: secrets.clone(),
                 })
                 .await?;
-                io.push(r?);
+                let (r, cpu) = r?;
+                io.push(r);
+                cpus.push(cpu);
             }
         }
     }
@@ -572,9 +704,10 @@ async fn main() -> Result<()> {
             .into(),
         kernel: sh(Command::new("uname").arg("-r")).unwrap_or_default().trim().into(),
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        latency: lat,
+        latency: lat.into_iter().filter(|l| l.n > 0).collect(),
         io,
         io_ratios_vs_fio_rbd: ratios,
+        cpu_per_gib: cpus,
         notes,
     };
     std::fs::create_dir_all(&a.out)?;
@@ -592,7 +725,9 @@ fn markdown(r: &Report) -> String {
         "# strake-csi benchmarks ({})\n\n`{}`\n\n{} · kernel {} · {} CPUs\n\n",
         r.date, r.command, r.ceph_version, r.kernel, r.cpus
     );
-    s += "## RPC latency over the CSI socket\n\n| operation | n | p50 ms | p99 ms | mean ms | max ms |\n|---|---|---|---|---|---|\n";
+    if !r.latency.is_empty() {
+        s += "## RPC latency over the CSI socket\n\n| operation | n | p50 ms | p99 ms | mean ms | max ms |\n|---|---|---|---|---|---|\n";
+    }
     for l in &r.latency {
         s += &format!(
             "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
@@ -612,6 +747,20 @@ fn markdown(r: &Report) -> String {
             s += &format!(
                 "| {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
                 x.path, x.seq_write_mib_s, x.seq_read_mib_s, x.rand_write_iops, x.rand_read_iops
+            );
+        }
+    }
+    if !r.cpu_per_gib.is_empty() {
+        s += "\nCPU seconds per GiB moved, whole host (incl. the OSD) / client (fio + FUSE helper):\n\n| path | seq write | seq read | rand write | rand read |\n|---|---|---|---|---|\n";
+        for c in &r.cpu_per_gib {
+            let cell = |i: usize| format!("{:.2} / {:.2}", c.host_s_per_gib[i], c.client_s_per_gib[i]);
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                c.path,
+                cell(0),
+                cell(1),
+                cell(2),
+                cell(3)
             );
         }
     }

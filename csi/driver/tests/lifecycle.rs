@@ -172,6 +172,18 @@ async fn block_volume_whole_life() {
     assert_eq!(strake_csi::mount::device_size(&tgt).unwrap(), GIB);
     // Data at an offset, so a copy that starts at the wrong place cannot match.
     let sum = write_data(&tgt, 7 * MIB, DATA, 7);
+    // The FUSE server's per-volume counters reach the plugin's /metrics.
+    let m = drv.metrics_text();
+    let written: f64 = m
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("strake_csi_fuse_bytes_total{{volume=\"{}/", pool.name))
+                && l.contains(r#"op="write""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no FUSE write bytes for the volume in /metrics:\n{m}"));
+    assert!(written >= DATA as f64, "{written} bytes counted, {DATA} written");
+    assert!(m.contains("strake_csi_fuse_request_duration_seconds_bucket{"), "{m}");
 
     let snap = snapshot(&mut c, "snap-life-blk", &vol.volume_id).await;
     let restored = create(

@@ -76,6 +76,11 @@ struct Args {
     /// the classic transport: the most requests in flight.
     #[arg(long, default_value_t = 64)]
     queue_depth: usize,
+    /// Pin each io_uring queue thread to the CPU whose requests it serves. Helps on
+    /// big idle hosts; on small shared ones (2 cores with an OSD) it can leave a
+    /// queue waiting for its busy CPU while the other idles, so it is off by default.
+    #[arg(long)]
+    pin_queues: bool,
     /// Reader threads of the classic transport.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -406,7 +411,7 @@ fn start_transports(
     if neg.uring {
         // FORGET and INTERRUPT stay on /dev/fuse even with io_uring: one reader.
         let mut threads = classic::start(ch.clone(), fs.clone(), 1, 4)?;
-        match uring::start(ch.clone(), fs.clone(), a.queue_depth) {
+        match uring::start(ch.clone(), fs.clone(), a.queue_depth, a.pin_queues) {
             Ok(q) => {
                 threads.extend(q.threads);
                 return Ok(("io-uring", threads));

@@ -124,7 +124,7 @@ impl Queues {
 /// Registers `depth` entries on each of the kernel's queues. Returns once every
 /// queue has registered (or the first error: then the kernel has already fallen
 /// back to /dev/fuse and the caller should stop the queues).
-pub fn start(ch: Arc<Channel>, fs: Arc<Fs>, depth: usize) -> Result<Queues> {
+pub fn start(ch: Arc<Channel>, fs: Arc<Fs>, depth: usize, pin: bool) -> Result<Queues> {
     let nq = possible_cpus();
     let (tx, rx) = mpsc::channel::<(usize, Result<Arc<Handoff>, String>)>();
     let mut threads = Vec::new();
@@ -133,7 +133,7 @@ pub fn start(ch: Arc<Channel>, fs: Arc<Fs>, depth: usize) -> Result<Queues> {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("fuse-uring-{qid}"))
-                .spawn(move || queue(qid, &ch, &fs, depth, tx))?,
+                .spawn(move || queue(qid, &ch, &fs, depth, pin, tx))?,
         );
     }
     drop(tx);
@@ -214,14 +214,16 @@ fn pin_to_cpu(cpu: usize) {
 
 type Ready = mpsc::Sender<(usize, Result<Arc<Handoff>, String>)>;
 
-fn queue(qid: usize, ch: &Arc<Channel>, fs: &Arc<Fs>, depth: usize, ready: Ready) {
-    if let Err(e) = run_queue(qid, ch, fs, depth, &ready) {
+fn queue(qid: usize, ch: &Arc<Channel>, fs: &Arc<Fs>, depth: usize, pin: bool, ready: Ready) {
+    if let Err(e) = run_queue(qid, ch, fs, depth, pin, &ready) {
         let _ = ready.send((qid, Err(format!("{e:#}"))));
     }
 }
 
-fn run_queue(qid: usize, ch: &Arc<Channel>, fs: &Arc<Fs>, depth: usize, ready: &Ready) -> Result<()> {
-    pin_to_cpu(qid);
+fn run_queue(qid: usize, ch: &Arc<Channel>, fs: &Arc<Fs>, depth: usize, pin: bool, ready: &Ready) -> Result<()> {
+    if pin {
+        pin_to_cpu(qid);
+    }
     let entries = ((depth + 2) * 2).next_power_of_two() as u32;
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
         .setup_single_issuer()
