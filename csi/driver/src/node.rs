@@ -232,7 +232,7 @@ impl NodeService {
             Some(m) => m.parse::<AttacherKind>().map_err(Status::invalid_argument)?,
             None => self.cfg.default_attacher.ok_or_else(|| {
                 Status::failed_precondition(
-                    "this node has no way to attach RBD images: no krbd, no nbd, no rbd-fuse (see --attacher)",
+                    "this node has no way to attach RBD images: no krbd, no nbd, no FUSE helper (see --attacher)",
                 )
             })?,
         };
