@@ -166,13 +166,15 @@ impl Image {
         }
     }
 
-    /// Loads the image's LUKS header: from now on IO through this handle is decrypted
-    /// and encrypted by librbd, and [`Image::size`] is the payload size. A wrong
-    /// passphrase is EPERM; an image without that header is EINVAL.
-    pub fn encryption_load(&self, enc: &Encryption) -> Result<()> {
+    fn luks(
+        &self,
+        op: &'static str,
+        enc: &Encryption,
+        call: unsafe extern "C" fn(sys::rbd_image_t, i32, *mut c_void, usize) -> i32,
+    ) -> Result<()> {
         let mut o = Self::luks_opts(&enc.passphrase);
-        check("rbd_encryption_load", &self.name, unsafe {
-            sys::rbd_encryption_load(
+        check(op, &self.name, unsafe {
+            call(
                 self.img,
                 enc.format.raw(),
                 &mut o as *mut _ as *mut c_void,
@@ -182,19 +184,17 @@ impl Image {
         Ok(())
     }
 
+    /// Loads the image's LUKS header: from now on IO through this handle is decrypted
+    /// and encrypted by librbd, and [`Image::size`] is the payload size. A wrong
+    /// passphrase is EPERM; an image without that header is EINVAL.
+    pub fn encryption_load(&self, enc: &Encryption) -> Result<()> {
+        self.luks("rbd_encryption_load", enc, sys::rbd_encryption_load)
+    }
+
     /// Writes a fresh LUKS header (AES-256) protected by the passphrase. Destroys
     /// access to whatever the image held before.
     pub fn encryption_format(&self, enc: &Encryption) -> Result<()> {
-        let mut o = Self::luks_opts(&enc.passphrase);
-        check("rbd_encryption_format", &self.name, unsafe {
-            sys::rbd_encryption_format(
-                self.img,
-                enc.format.raw(),
-                &mut o as *mut _ as *mut c_void,
-                std::mem::size_of_val(&o),
-            )
-        })?;
-        Ok(())
+        self.luks("rbd_encryption_format", enc, sys::rbd_encryption_format)
     }
 
     /// Calls `f` on a librbd thread whenever the image header changes (resize,

@@ -29,6 +29,35 @@ fn set_uring(on: bool) {
         .expect("this kernel must have FUSE-over-io_uring (CONFIG_FUSE_IO_URING)");
 }
 
+/// One test's world: the lock, its own pool with image `vol`, a temp dir that is
+/// cleaned (loops detached, mounts removed) when the test ends, pass or fail. Fields
+/// drop in order: cleanup first, the lock last.
+struct Lab {
+    _cleanup: CleanupOnDrop,
+    tmp: tempfile::TempDir,
+    io: IoCtx,
+    pool: TestPool,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn lab(tag: &str, size: u64, uring: Option<bool>) -> Lab {
+    let serial = serial();
+    if let Some(on) = uring {
+        set_uring(on);
+    }
+    let pool = TestPool::new(tag);
+    let io = pool.io();
+    create(&io, "vol", size);
+    let tmp = tempfile::tempdir().unwrap();
+    Lab {
+        _cleanup: CleanupOnDrop(tmp.path().to_path_buf()),
+        tmp,
+        io,
+        pool,
+        _serial: serial,
+    }
+}
+
 struct Mounted {
     dir: PathBuf,
     pid: i32,
@@ -175,13 +204,12 @@ fn fio(args: &[&str]) -> serde_json::Value {
 /// then the whole image read through the loop device and through librbd directly
 /// must hash the same.
 fn verified_concurrent_io(transport: &str) {
-    let _g = serial();
-    set_uring(transport == "io-uring");
-    let pool = TestPool::new(&format!("fuse-{}", &transport[..2]));
-    let io = pool.io();
-    create(&io, "vol", 256 * MIB);
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
+    let l = lab(
+        &format!("fuse-{}", &transport[..2]),
+        256 * MIB,
+        Some(transport == "io-uring"),
+    );
+    let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &["--transport", transport], b"").unwrap();
     assert_eq!(m.transport, transport);
     let dev = loop_attach(&m.file());
@@ -235,11 +263,7 @@ fn verified_concurrent_io(transport: &str) {
 
     loop_detach(&dev);
     stop(&m);
-    assert_eq!(
-        image_sha(&io, "vol"),
-        via_loop,
-        "librbd reads what the loop device read"
-    );
+    assert_eq!(image_sha(io, "vol"), via_loop, "librbd reads what the loop device read");
     io.remove_image("vol").unwrap();
 }
 
@@ -257,13 +281,8 @@ fn classic_transport_keeps_data_intact_under_concurrent_verified_writes() {
 /// anything itself), re-attach with a new server: the data is there.
 #[test]
 fn fsync_makes_writes_durable_across_a_sigkill_of_the_server() {
-    let _g = serial();
-    set_uring(true);
-    let pool = TestPool::new("fuse-kill");
-    let io = pool.io();
-    create(&io, "vol", 64 * MIB);
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
+    let l = lab("fuse-kill", 64 * MIB, Some(true));
+    let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
     let dev = loop_attach(&m.file());
     let sha = write_data(&dev, 8 * MIB, 16 * MIB, 42); // ends with fsync
@@ -299,13 +318,8 @@ fn fsync_makes_writes_durable_across_a_sigkill_of_the_server() {
 /// the discarded range reads back as zeros.
 #[test]
 fn discard_releases_space_in_rados() {
-    let _g = serial();
-    set_uring(true);
-    let pool = TestPool::new("fuse-trim");
-    let io = pool.io();
-    create(&io, "vol", 128 * MIB);
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
+    let l = lab("fuse-trim", 128 * MIB, Some(true));
+    let (pool, tmp) = (&l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
     let dev = loop_attach(&m.file());
     let name = dev.file_name().unwrap().to_string_lossy().to_string();
@@ -339,13 +353,8 @@ fn discard_releases_space_in_rados() {
 /// mounted file and, after `losetup -c`, in the loop device: no remount.
 #[test]
 fn resize_is_seen_without_remount() {
-    let _g = serial();
-    set_uring(true);
-    let pool = TestPool::new("fuse-grow");
-    let io = pool.io();
-    create(&io, "vol", 64 * MIB);
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
+    let l = lab("fuse-grow", 64 * MIB, Some(true));
+    let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
     let dev = loop_attach(&m.file());
     assert_eq!(std::fs::metadata(m.file()).unwrap().len(), 64 * MIB);
@@ -376,17 +385,12 @@ fn resize_is_seen_without_remount() {
 /// read-only, and data reads fine.
 #[test]
 fn read_only_open_refuses_every_write() {
-    let _g = serial();
-    set_uring(true);
-    let pool = TestPool::new("fuse-ro");
-    let io = pool.io();
-    create(&io, "vol", 32 * MIB);
+    let l = lab("fuse-ro", 32 * MIB, Some(true));
+    let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let img = io.open("vol").unwrap();
     img.write_at(MIB, b"written before").unwrap();
     img.flush().unwrap();
     drop(img);
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
     let m = start(tmp.path(), &pool.name, "vol", &["--read-only"], b"").unwrap();
     let meta = std::fs::metadata(m.file()).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -429,18 +433,13 @@ fn read_only_open_refuses_every_write() {
 /// leaving no mount and no process.
 #[test]
 fn luks2_image_is_served_decrypted_and_stored_encrypted() {
-    let _g = serial();
-    set_uring(true);
-    let pool = TestPool::new("fuse-luks");
-    let io = pool.io();
-    create(&io, "vol", 64 * MIB);
+    let l = lab("fuse-luks", 64 * MIB, Some(true));
+    let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let pass = b"correct horse battery staple".to_vec();
     io.open("vol")
         .unwrap()
         .encryption_format(&Encryption::new(EncryptionFormat::Luks2, pass.clone()))
         .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let _c = CleanupOnDrop(tmp.path().to_path_buf());
     let args = ["--encryption", "luks2", "--passphrase-fd", "0"];
 
     let e = start(tmp.path(), &pool.name, "vol", &args, b"wrong passphrase")

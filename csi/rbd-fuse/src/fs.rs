@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use strake_ceph::Image;
+use strake_ceph::{AioDone, Image};
 
 use crate::abi::{self, opcode, Pod};
 use crate::stats::{Op, VolumeStats};
@@ -53,6 +53,15 @@ pub enum Reply {
 }
 
 pub type Complete = Box<dyn FnOnce(Reply) + Send>;
+
+/// librbd's 0-or-negative-errno as a reply without data.
+fn status(ret: isize) -> Reply {
+    if ret >= 0 {
+        Reply::Data(0)
+    } else {
+        Reply::Error(-ret as i32)
+    }
+}
 
 /// Where a reply's arguments are written: `cap` bytes at `ptr`, owned by the
 /// transport until the request's `Complete` has run.
@@ -284,6 +293,28 @@ impl Fs {
         })
     }
 
+    /// Counts a request in flight on `v` now and returns the librbd callback that
+    /// times it, turns librbd's result into the reply (and bytes moved) with `finish`,
+    /// and answers the kernel.
+    fn track(
+        self: &Arc<Self>,
+        v: &Volume,
+        ino: u64,
+        op: Op,
+        done: Complete,
+        finish: impl FnOnce(isize) -> (Reply, u64) + Send + 'static,
+    ) -> AioDone {
+        v.stats.start();
+        let (fs, t0) = (self.clone(), Instant::now());
+        Box::new(move |ret: isize| {
+            let (reply, bytes) = finish(ret);
+            if let Some(v) = fs.volume(ino) {
+                v.stats.finish(op, t0.elapsed(), ret >= 0, bytes);
+            }
+            done(reply)
+        })
+    }
+
     /// Resolves the target of an IO request: the volume and its current size.
     fn io_target(&self, ino: u64) -> Result<(&Volume, u64), i32> {
         let v = self.volume(ino).ok_or(if ino == abi::ROOT_ID {
@@ -307,19 +338,9 @@ impl Fs {
             return done(Reply::Data(0)); // end of file
         }
         let len = (r.size as u64).min(size - r.offset).min(out.cap as u64) as usize;
-        let ino_fs = (self.clone(), ino, Instant::now());
-        v.stats.start();
-        let cb = Box::new(move |ret: isize| {
-            let (fs, ino, t0) = ino_fs;
-            let ok = ret >= 0;
-            if let Some(v) = fs.volume(ino) {
-                v.stats.finish(Op::Read, t0.elapsed(), ok, ret.max(0) as u64);
-            }
-            done(if ok {
-                Reply::Data(ret as usize)
-            } else {
-                Reply::Error(-ret as i32)
-            })
+        let cb = self.track(v, ino, Op::Read, done, |ret| match ret {
+            n if n >= 0 => (Reply::Data(n as usize), n as u64),
+            e => (Reply::Error(-e as i32), 0),
         });
         // SAFETY: `out` stays valid and untouched until `done`, which runs after librbd
         // has finished writing into it.
@@ -347,24 +368,17 @@ impl Fs {
             return done(Reply::Error(libc::ENOSPC)); // an image never grows by writing
         }
         let len = (w.size as u64).min(size - w.offset) as usize;
-        let ctx = (self.clone(), ino, Instant::now());
-        v.stats.start();
-        let cb = Box::new(move |ret: isize| {
-            let (fs, ino, t0) = ctx;
-            let ok = ret >= 0;
-            if let Some(v) = fs.volume(ino) {
-                v.stats
-                    .finish(Op::Write, t0.elapsed(), ok, if ok { len as u64 } else { 0 });
-            }
-            // librbd is done with the data, so the reply may now overwrite the buffer.
-            done(if ok {
+        // librbd is done with the data when it answers, so the reply may then
+        // overwrite the buffer.
+        let cb = self.track(v, ino, Op::Write, done, move |ret| match ret {
+            n if n >= 0 => (
                 out.put(&abi::WriteOut {
                     size: len as u32,
                     padding: 0,
-                })
-            } else {
-                Reply::Error(-ret as i32)
-            })
+                }),
+                len as u64,
+            ),
+            e => (Reply::Error(-e as i32), 0),
         });
         // SAFETY: the data lives in the transport's buffer until `done` runs.
         if let Err(e) = unsafe { v.image.aio_write(w.offset, data.as_ptr(), len, 0, cb) } {
@@ -379,19 +393,7 @@ impl Fs {
             Some(v) if !v.read_only => v,
             _ => return done(Reply::Data(0)),
         };
-        let ctx = (self.clone(), ino, Instant::now());
-        v.stats.start();
-        let cb = Box::new(move |ret: isize| {
-            let (fs, ino, t0) = ctx;
-            if let Some(v) = fs.volume(ino) {
-                v.stats.finish(Op::Flush, t0.elapsed(), ret >= 0, 0);
-            }
-            done(if ret >= 0 {
-                Reply::Data(0)
-            } else {
-                Reply::Error(-ret as i32)
-            })
-        });
+        let cb = self.track(v, ino, Op::Flush, done, |ret| (status(ret), 0));
         if let Err(e) = v.image.aio_flush(cb) {
             tracing::error!(image = v.image_name, error = %e, "rbd_aio_flush was not queued");
         }
@@ -429,23 +431,8 @@ impl Fs {
             return done(Reply::Data(0));
         }
         let len = (end.min(size) - f.offset) as usize;
-        let ctx = (self.clone(), ino, Instant::now());
-        v.stats.start();
-        let cb = Box::new(move |ret: isize| {
-            let (fs, ino, t0) = ctx;
-            if let Some(v) = fs.volume(ino) {
-                v.stats.finish(
-                    Op::Discard,
-                    t0.elapsed(),
-                    ret >= 0,
-                    if ret >= 0 { len as u64 } else { 0 },
-                );
-            }
-            done(if ret >= 0 {
-                Reply::Data(0)
-            } else {
-                Reply::Error(-ret as i32)
-            })
+        let cb = self.track(v, ino, Op::Discard, done, move |ret| {
+            (status(ret), if ret >= 0 { len as u64 } else { 0 })
         });
         // librbd's write-zeroes is its discard with no granularity: whole objects are
         // removed, partial ones zeroed, so the range reads back as zeros exactly as
