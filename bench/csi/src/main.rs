@@ -3,9 +3,11 @@
 //! 1. RPC latency over the CSI socket, N of each (default 100): CreateVolume,
 //!    CreateSnapshot, CreateVolume from a snapshot (clone), DeleteVolume. p50/p99/mean.
 //! 2. IO through a staged raw-block volume, for every attach path this node has,
-//!    against librbd baselines on the same cluster in the same run (fio
-//!    `ioengine=rbd` and `rbd bench`): sequential 4 MiB write/read (qd16) and random
-//!    4 KiB write/read (qd32). Caches are dropped before every job. The fuse-loop
+//!    against librbd baselines (fio `ioengine=rbd` and `rbd bench`) on the same
+//!    cluster in the same run: sequential 4 MiB write/read (qd16) and random 4 KiB
+//!    write/read (qd32). Every path is staged first and each job then runs
+//!    round-robin over all of them (`--rounds`, medians reported), so a shift in the
+//!    machine's load hits every path alike. Caches are dropped before every job. The fuse-loop
 //!    path is measured with strake-rbd-fuse on both transports (io_uring, classic
 //!    /dev/fuse threads) and with Debian's rbd-fuse.
 //! 3. CPU per GiB moved, per path and job: the whole host's busy CPU time
@@ -45,6 +47,9 @@ struct Args {
     /// Skip the IO part.
     #[arg(long)]
     no_io: bool,
+    /// Round-robin passes over all paths for every job; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Only fuse-loop variants whose label contains this (e.g. `io-uring`); baselines always run.
     #[arg(long)]
     only: Option<String>,
@@ -269,36 +274,6 @@ fn fio(target: &[String], job: &Job, a: &Args, helper: Option<i32>) -> Result<Me
         host_cpu_s: h1 - h0,
         client_cpu_s: fio_cpu_s + (p1 - p0),
     })
-}
-
-fn run_fio_set(name: &str, target: &[String], a: &Args, helper: Option<i32>) -> Result<(IoResult, CpuResult)> {
-    let mut r = IoResult {
-        path: name.into(),
-        ..Default::default()
-    };
-    let mut cpu = CpuResult {
-        path: name.into(),
-        ..Default::default()
-    };
-    for (i, job) in JOBS.iter().enumerate() {
-        let m = fio(target, job, a, helper)?;
-        let v = m.value;
-        if m.gib > 0.0 {
-            cpu.host_s_per_gib[i] = m.host_cpu_s / m.gib;
-            cpu.client_s_per_gib[i] = m.client_cpu_s / m.gib;
-        }
-        eprintln!(
-            "  {name} {}: {v:.0} (CPU/GiB host {:.2} s, client {:.2} s)",
-            job.name, cpu.host_s_per_gib[i], cpu.client_s_per_gib[i]
-        );
-        match job.name {
-            "seq_write" => r.seq_write_mib_s = v,
-            "seq_read" => r.seq_read_mib_s = v,
-            "rand_write" => r.rand_write_iops = v,
-            _ => r.rand_read_iops = v,
-        }
-    }
-    Ok((r, cpu))
 }
 
 /// The FUSE helper's PID recorded in the node plugin's state for the one staged volume.
@@ -586,6 +561,7 @@ async fn main() -> Result<()> {
     // ---- IO ----
     let mut io = vec![];
     let mut cpus = vec![];
+    let mut ratios = vec![];
     let mut notes = vec![];
     if !a.no_io {
         let size = (a.seq_mib + 64) << 20;
@@ -603,11 +579,21 @@ async fn main() -> Result<()> {
             "--direct=1".to_string(),
         ];
         std::env::set_var("CEPH_CONF", &a.ceph_conf);
-        let (r, cpu) = run_fio_set("fio ioengine=rbd (librbd)", &rbd_target, &a, None)?;
-        io.push(r);
-        cpus.push(cpu);
-        io.push(rbd_bench(&a.ceph_conf, &pool, &base, &a)?);
-        bio.remove_image(&base).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Every path is staged first, then the jobs run round-robin over all of them
+        // (`--rounds` times), so a change in the machine's load hits every path alike;
+        // the figures are medians over rounds, the ratios medians of per-round ratios.
+        struct Staged {
+            name: String,
+            target: Vec<String>,
+            helper: Option<i32>,
+            cleanup: Option<(Driver, String, PathBuf, tonic::transport::Channel)>,
+        }
+        let mut staged = vec![Staged {
+            name: "fio ioengine=rbd (librbd)".into(),
+            target: rbd_target,
+            helper: None,
+            cleanup: None,
+        }];
         for kind in AttacherKind::ALL {
             if let Err(why) = kind.available() {
                 notes.push(format!("{kind}: not measured, {why}"));
@@ -631,11 +617,12 @@ async fn main() -> Result<()> {
                 _ => vec![("", vec![])],
             };
             for (label, extra) in variants {
-                eprintln!("io: staged block volume via {kind} {label}");
-                let dir = tmp.join(format!("io-{kind}-{}", io.len()));
-                let (_d, ch) = start_driver(&driver_bin, &a.ceph_conf, &dir, &pool, &extra).await?;
-                let (mut c, mut n) = (ControllerClient::new(ch.clone()), NodeClient::new(ch));
-                let mut req = create(format!("bench-io-{kind}-{}", io.len()), None, size);
+                let i = staged.len();
+                eprintln!("io: staging a block volume via {kind} {label}");
+                let dir = tmp.join(format!("io-{kind}-{i}"));
+                let (d, ch) = start_driver(&driver_bin, &a.ceph_conf, &dir, &pool, &extra).await?;
+                let (mut c, mut n) = (ControllerClient::new(ch.clone()), NodeClient::new(ch.clone()));
+                let mut req = create(format!("bench-io-{kind}-{i}"), None, size);
                 req.parameters.insert("mounter".into(), kind.to_string());
                 let v = c.create_volume(req).await?.into_inner().volume.unwrap();
                 let stg = dir.join("stg");
@@ -652,44 +639,116 @@ async fn main() -> Result<()> {
                     .get(&v.volume_id)
                     .cloned()
                     .context("staged device")?;
-                let target = vec![
-                    format!("--filename={}", dev.display()),
-                    "--ioengine=libaio".into(),
-                    "--direct=1".into(),
-                ];
-                let helper = staged_helper_pid(&dir.join("state"));
-                let r = run_fio_set(format!("strake-csi {kind} {label}").trim(), &target, &a, helper);
+                staged.push(Staged {
+                    name: format!("strake-csi {kind} {label}").trim().to_string(),
+                    target: vec![
+                        format!("--filename={}", dev.display()),
+                        "--ioengine=libaio".into(),
+                        "--direct=1".into(),
+                    ],
+                    helper: staged_helper_pid(&dir.join("state")),
+                    cleanup: Some((d, v.volume_id, stg, ch)),
+                });
+            }
+        }
+        // results[path][job][round]
+        let mut results: Vec<Vec<Vec<Measured>>> =
+            staged.iter().map(|_| JOBS.iter().map(|_| vec![]).collect()).collect();
+        let mut failure = None;
+        'jobs: for (ji, job) in JOBS.iter().enumerate() {
+            for round in 0..a.rounds {
+                for (pi, st) in staged.iter().enumerate() {
+                    match fio(&st.target, job, &a, st.helper) {
+                        Ok(m) => {
+                            eprintln!("  {} {} round {round}: {:.0}", st.name, job.name, m.value);
+                            results[pi][ji].push(m);
+                        }
+                        Err(e) => {
+                            failure = Some(e.context(format!("{} {}", st.name, job.name)));
+                            break 'jobs;
+                        }
+                    }
+                }
+            }
+        }
+        for st in staged.iter_mut() {
+            if let Some((_d, vol, stg, ch)) = st.cleanup.take() {
+                let (mut c, mut n) = (ControllerClient::new(ch.clone()), NodeClient::new(ch));
                 n.node_unstage_volume(NodeUnstageVolumeRequest {
-                    volume_id: v.volume_id.clone(),
+                    volume_id: vol.clone(),
                     staging_target_path: stg.to_string_lossy().into(),
                 })
                 .await?;
                 c.delete_volume(DeleteVolumeRequest {
-                    volume_id: v.volume_id.clone(),
+                    volume_id: vol,
                     secrets: secrets.clone(),
                 })
                 .await?;
-                let (r, cpu) = r?;
-                io.push(r);
-                cpus.push(cpu);
             }
         }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let median = |mut v: Vec<f64>| -> f64 {
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+            if v.is_empty() {
+                0.0
+            } else {
+                v[v.len() / 2]
+            }
+        };
+        let row = |name: &str, f: &dyn Fn(usize) -> f64| IoResult {
+            path: name.into(),
+            seq_write_mib_s: f(0),
+            seq_read_mib_s: f(1),
+            rand_write_iops: f(2),
+            rand_read_iops: f(3),
+        };
+        for (pi, st) in staged.iter().enumerate() {
+            io.push(row(&st.name, &|j| {
+                median(results[pi][j].iter().map(|m| m.value).collect())
+            }));
+            let per_gib = |j: usize, host: bool| {
+                median(
+                    results[pi][j]
+                        .iter()
+                        .filter(|m| m.gib > 0.0)
+                        .map(|m| if host { m.host_cpu_s } else { m.client_cpu_s } / m.gib)
+                        .collect(),
+                )
+            };
+            cpus.push(CpuResult {
+                path: st.name.clone(),
+                host_s_per_gib: [0, 1, 2, 3].map(|j| per_gib(j, true)),
+                client_s_per_gib: [0, 1, 2, 3].map(|j| per_gib(j, false)),
+            });
+            if pi > 0 {
+                ratios.push(row(&st.name, &|j| {
+                    median(
+                        results[pi][j]
+                            .iter()
+                            .zip(&results[0][j])
+                            .map(|(m, b)| m.value / b.value)
+                            .collect(),
+                    )
+                }));
+            }
+        }
+        let rb = rbd_bench(&a.ceph_conf, &pool, &base, &a)?;
+        let b = io[0].clone();
+        ratios.insert(
+            0,
+            IoResult {
+                path: rb.path.clone(),
+                seq_write_mib_s: rb.seq_write_mib_s / b.seq_write_mib_s,
+                seq_read_mib_s: rb.seq_read_mib_s / b.seq_read_mib_s,
+                rand_write_iops: rb.rand_write_iops / b.rand_write_iops,
+                rand_read_iops: rb.rand_read_iops / b.rand_read_iops,
+            },
+        );
+        io.insert(1, rb);
+        bio.remove_image(&base).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let baseline = io.first().cloned();
-    let ratios: Vec<IoResult> = match &baseline {
-        Some(b) => io
-            .iter()
-            .skip(1)
-            .map(|r| IoResult {
-                path: r.path.clone(),
-                seq_write_mib_s: r.seq_write_mib_s / b.seq_write_mib_s,
-                seq_read_mib_s: r.seq_read_mib_s / b.seq_read_mib_s,
-                rand_write_iops: r.rand_write_iops / b.rand_write_iops,
-                rand_read_iops: r.rand_read_iops / b.rand_read_iops,
-            })
-            .collect(),
-        None => vec![],
-    };
     drop(c);
 
     let report = Report {
@@ -742,7 +801,7 @@ fn markdown(r: &Report) -> String {
                 x.path, x.seq_write_mib_s, x.seq_read_mib_s, x.rand_write_iops, x.rand_read_iops
             );
         }
-        s += "\nRatio to fio `ioengine=rbd`:\n\n| path | seq write | seq read | rand write | rand read |\n|---|---|---|---|---|\n";
+        s += "\nRatio to fio `ioengine=rbd` (median of the per-round ratios; `rbd bench` runs once, after):\n\n| path | seq write | seq read | rand write | rand read |\n|---|---|---|---|---|\n";
         for x in &r.io_ratios_vs_fio_rbd {
             s += &format!(
                 "| {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
