@@ -537,3 +537,53 @@ fn secrets_stay_out_of_argv_and_disk() {
     let e = e.unwrap();
     assert!(e.contains("disk-backed"), "{e}");
 }
+
+/// The mount allows other users in (the kernel's loop worker and the pods' processes
+/// reach the file through it), so the file's own mode is what keeps an unprivileged
+/// user on the node from reading or overwriting a volume: prove it does.
+#[test]
+fn other_users_on_the_node_can_neither_read_nor_write_the_volume() {
+    let l = lab("fuse-perm", 16 * MIB, Some(true));
+    let m = start(l.tmp.path(), &l.pool.name, "vol", &[], b"").unwrap();
+    // The temp dir must be traversable for the test to mean anything.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(l.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |script: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap()
+    };
+    let f = m.file().to_string_lossy().to_string();
+    let ls = as_nobody(&format!("ls {}", m.dir.join("fuse").display()));
+    assert!(
+        ls.status.success(),
+        "the directory is listable: {}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    for script in [
+        format!("head -c 4096 {f} > /dev/null"),
+        format!("printf x | dd of={f} conv=notrunc"),
+    ] {
+        let out = as_nobody(&script);
+        assert!(!out.status.success(), "{script} succeeded as nobody");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let snap = strake_rbd_fuse::stats::fetch(&m.sock(), Duration::from_secs(2)).unwrap();
+    let w = snap.volumes[0].ops.iter().find(|o| o.op == "write").unwrap();
+    assert_eq!(w.count, 0, "no write reached the server");
+    stop(&m);
+}
