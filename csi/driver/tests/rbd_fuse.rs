@@ -621,3 +621,23 @@ fn several_images_in_one_mount_stay_separate() {
     img.read_at(0, &mut buf).unwrap();
     assert_eq!(format!("{:x}", Sha256::digest(&buf)), b);
 }
+
+/// With FUSE-over-io_uring switched off, `auto` serves /dev/fuse with worker threads,
+/// and asking for io-uring explicitly fails saying how to switch it on.
+#[test]
+fn without_the_uring_switch_auto_falls_back_and_io_uring_says_why() {
+    let l = lab("fuse-auto", 16 * MIB, Some(false));
+    let e = start(l.tmp.path(), &l.pool.name, "vol", &["--transport", "io-uring"], b"")
+        .err()
+        .unwrap();
+    assert!(e.contains("enable_uring"), "{e}");
+    assert!(
+        !is_mountpoint(&l.tmp.path().join("fuse")),
+        "a refused start leaves no mount"
+    );
+    let m = start(l.tmp.path(), &l.pool.name, "vol", &[], b"").unwrap();
+    assert_eq!(m.transport, "classic");
+    let sha = write_data(&m.file(), MIB, 2 * MIB, 5);
+    assert_eq!(read_sha(&m.file(), MIB, 2 * MIB), sha);
+    stop(&m);
+}
