@@ -8,7 +8,7 @@ use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use strake_cni::invoke::ConfList;
+use strake_lab::cni_runtime::ConfList;
 use strake_lab::Lab;
 
 const LAB_YAML: &str = r#"

@@ -75,12 +75,13 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The agent's last "load balancer reconciled" duration, from its log.
+/// The agent's last load-balancer pass ("phase applied", phase "lb"), from
+/// its log.
 fn last_reconcile_ms(log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
         .rev()
-        .find(|l| l.contains("load balancer reconciled"))
+        .find(|l| l.contains("phase applied") && l.contains("phase=\"lb\""))
         .and_then(|l| l.split("elapsed_ms=").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())

@@ -1,8 +1,7 @@
-//! strake's CNI plugin (spec 1.1.0: ADD, DEL, CHECK, GC, STATUS, VERSION) and,
-//! in [`invoke`], the runtime side of the spec: executing a conflist the way
-//! containerd's libcni does, for the lab and for tests with other plugins.
+//! strake's CNI plugin (spec 1.1.0: ADD, DEL, CHECK, GC, STATUS, VERSION).
+//! The runtime side of the spec (executing a conflist as containerd does)
+//! belongs to the lab (`strake_lab::cni_runtime`), not to the plugin.
 
-pub mod invoke;
 pub mod plugin;
 pub mod spec;
 

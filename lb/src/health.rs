@@ -6,7 +6,7 @@
 //! vouched for them.
 
 use crate::model::{BackendAddr, HealthCheck, HealthProbe};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,8 @@ pub struct HealthChecker {
     state: Arc<Mutex<HashMap<BackendAddr, Status>>>,
     tasks: Mutex<HashMap<BackendAddr, (HealthCheck, JoinHandle<()>)>>,
     changed: Arc<Notify>,
+    /// Backends whose health flipped since the last `take_flips`.
+    flipped: Arc<Mutex<BTreeSet<BackendAddr>>>,
     ports: Option<Arc<SourcePorts>>,
 }
 
@@ -67,6 +69,47 @@ impl HealthChecker {
         self.state.lock().unwrap().get(b).is_none_or(|s| s.healthy)
     }
 
+    /// Backends whose health flipped since the last call.
+    pub fn take_flips(&self) -> Vec<BackendAddr> {
+        std::mem::take(&mut *self.flipped.lock().unwrap())
+            .into_iter()
+            .collect()
+    }
+
+    /// Checks `b` with `cfg` from now on (`None`, or a probe of `none`:
+    /// stops checking it). Unchanged settings keep the running check and
+    /// its state. Must be called in a runtime.
+    pub fn set_target(&self, b: BackendAddr, cfg: Option<HealthCheck>) {
+        let cfg = cfg.filter(|h| h.probe != HealthProbe::None);
+        let mut tasks = self.tasks.lock().unwrap();
+        if tasks.get(&b).map(|(c, _)| c) == cfg.as_ref() {
+            return;
+        }
+        if let Some((_, handle)) = tasks.remove(&b) {
+            handle.abort();
+        }
+        let mut state = self.state.lock().unwrap();
+        let Some(cfg) = cfg else {
+            state.remove(&b);
+            return;
+        };
+        state.entry(b).or_insert(Status {
+            healthy: true,
+            ..Default::default()
+        });
+        tasks.insert(b, (cfg.clone(), self.spawn(b, cfg)));
+    }
+
+    fn spawn(&self, b: BackendAddr, cfg: HealthCheck) -> JoinHandle<()> {
+        let (st, changed, flipped) = (
+            self.state.clone(),
+            self.changed.clone(),
+            self.flipped.clone(),
+        );
+        let ports = self.ports.clone();
+        tokio::spawn(async move { check_loop(b, cfg, ports, st, changed, flipped).await })
+    }
+
     pub fn snapshot(&self) -> HashMap<BackendAddr, Status> {
         self.state.lock().unwrap().clone()
     }
@@ -96,9 +139,7 @@ impl HealthChecker {
                 healthy: true,
                 ..Default::default()
             });
-            let (st, changed, c) = (self.state.clone(), self.changed.clone(), cfg.clone());
-            let ports = self.ports.clone();
-            let handle = tokio::spawn(async move { check_loop(b, c, ports, st, changed).await });
+            let handle = self.spawn(b, cfg.clone());
             tasks.insert(b, (cfg, handle));
         }
     }
@@ -110,6 +151,7 @@ async fn check_loop(
     ports: Option<Arc<SourcePorts>>,
     state: Arc<Mutex<HashMap<BackendAddr, Status>>>,
     changed: Arc<Notify>,
+    flips: Arc<Mutex<BTreeSet<BackendAddr>>>,
 ) {
     let target = SocketAddr::from((b.ip, cfg.port.unwrap_or(b.port)));
     let mut tick = tokio::time::interval(cfg.interval);
@@ -149,6 +191,7 @@ async fn check_loop(
             } else {
                 tracing::warn!(backend = %b, error = result.err().unwrap_or_default(), "backend unhealthy: no new flows");
             }
+            flips.lock().unwrap().insert(b);
             changed.notify_one();
         }
     }

@@ -4,7 +4,9 @@
 //! backend health checks.
 //!
 //! - [`model`]: cluster-wide service ports, frontends and backends;
-//! - [`plan`]: one node's view (locality, health) as kernel-shaped state;
+//! - [`plan`]: one node's view (locality, health) as kernel-shaped state,
+//!   kept Service by Service;
+//! - [`touch`]: which Services an object change touches;
 //! - [`maglev`]: consistent-hashing tables with minimal disruption;
 //! - [`health`]: active TCP/HTTP checks with thresholds.
 
@@ -12,3 +14,4 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod plan;
+pub mod touch;

@@ -5,6 +5,7 @@
 //! Kubernetes endpoints controller would.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -171,36 +172,61 @@ impl ServicePort {
 /// ~160 backends). Tables are sized by backend count below it.
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
-/// All service ports of the cluster, and the problems found on the way (bad
-/// annotations, unresolvable ports), which never stop the rest.
-pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePort>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    // EndpointSlices by the Service they belong to.
-    let mut slices: BTreeMap<ObjectKey, Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> =
-        BTreeMap::new();
-    for (k, s) in &state.endpoint_slices {
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        {
-            slices
-                .entry(ObjectKey::new(k.namespace.clone(), svc.clone()))
-                .or_default()
-                .push(s);
+/// How Services are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// The largest automatic Maglev table.
+    pub default_table_size: u32,
+    /// Where a Service with a selector has no EndpointSlice, derive its
+    /// endpoints from Pods, as the endpoints controller would: standalone
+    /// mode, where no controller runs. Off against an API server, where a
+    /// missing slice means the controller has not written it yet.
+    pub endpoints_from_pods: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            default_table_size: DEFAULT_TABLE_SIZE,
+            endpoints_from_pods: true,
         }
     }
+}
+
+/// All service ports of the cluster, and the problems found on the way (bad
+/// annotations, unresolvable ports), which never stop the rest.
+pub fn services(state: &ClusterState, opts: &ModelOptions) -> (Vec<ServicePort>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
     for (key, svc) in &state.services {
-        let Some(spec) = &svc.spec else { continue };
-        let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
-        if cluster_ip == "None" || spec.type_.as_deref() == Some("ExternalName") {
-            continue; // headless and ExternalName services have no frontend
-        }
+        out.extend(service_ports(state, key, svc, opts, &mut problems));
+    }
+    (out, problems)
+}
+
+/// The ports of one Service (none for headless and ExternalName ones).
+pub fn service_ports(
+    state: &ClusterState,
+    key: &ObjectKey,
+    svc: &Service,
+    opts: &ModelOptions,
+    problems: &mut Vec<String>,
+) -> Vec<ServicePort> {
+    let mut out = Vec::new();
+    let Some(spec) = &svc.spec else {
+        return out;
+    };
+    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+    if cluster_ip == "None" || spec.type_.as_deref() == Some("ExternalName") {
+        return out; // headless and ExternalName services have no frontend
+    }
+    let slices: Vec<&EndpointSlice> = state
+        .slices_of(key)
+        .map(|s| &**s)
+        .filter(|s| s.address_type == "IPv4")
+        .collect();
+    let has_slices = state.slices_by_service.contains_key(key);
+    {
         let ann = svc.metadata.annotations.clone().unwrap_or_default();
         let mut bad = |what: String| problems.push(format!("Service {key}: {what}"));
         let scheduler = match ann.get(annotation::SCHEDULER).map(|s| s.as_str()) {
@@ -215,7 +241,7 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
             }
         };
         let (table_size, table_size_fixed) = match ann.get(annotation::MAGLEV_TABLE_SIZE) {
-            None => (default_table_size, false),
+            None => (opts.default_table_size, false),
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if crate::maglev::is_prime(n) && (251..=1_000_003).contains(&n) => (n, true),
                 _ => {
@@ -223,7 +249,7 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
                         "{}={v:?} must be a prime between 251 and 1000003; sizing automatically",
                         annotation::MAGLEV_TABLE_SIZE
                     ));
-                    (default_table_size, false)
+                    (opts.default_table_size, false)
                 }
             },
         };
@@ -317,9 +343,12 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
                 });
             }
             let port_name = p.name.clone().unwrap_or_default();
-            let backends = match slices.get(key) {
-                Some(sl) => backends_from_slices(sl, &port_name, proto, state),
-                None => backends_from_pods(key, svc, p, proto, state),
+            let backends = if has_slices {
+                backends_from_slices(&slices, &port_name, proto, state)
+            } else if opts.endpoints_from_pods {
+                backends_from_pods(key, svc, p, proto, state)
+            } else {
+                Vec::new()
             };
             out.push(ServicePort {
                 service: key.clone(),
@@ -338,7 +367,7 @@ pub fn services(state: &ClusterState, default_table_size: u32) -> (Vec<ServicePo
             });
         }
     }
-    (out, problems)
+    out
 }
 
 fn health_check(ann: &BTreeMap<String, String>, bad: &mut impl FnMut(String)) -> HealthCheck {
@@ -443,7 +472,10 @@ fn backends_from_slices(
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| Some(ObjectKey::new(r.namespace.clone()?, r.name.clone()?)));
-            let pod = pod_key.as_ref().and_then(|k| state.pods.get(k));
+            let pod = pod_key
+                .as_ref()
+                .and_then(|k| state.pods.get(k))
+                .map(|p| &**p);
             for a in &e.addresses {
                 let Ok(ip) = a.parse::<Ipv4Addr>() else {
                     continue;
@@ -490,11 +522,7 @@ fn backends_from_pods(
         return Vec::new(); // no selector: endpoints are managed by hand (EndpointSlices)
     };
     let mut out = Vec::new();
-    for (pk, pod) in state
-        .pods
-        .iter()
-        .filter(|(pk, _)| pk.namespace == key.namespace)
-    {
+    for (pk, pod) in state.pods_in(&key.namespace) {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;

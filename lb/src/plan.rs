@@ -1,11 +1,13 @@
 //! What one node's data plane should hold for the cluster's services: its
 //! frontends, backend sets and backends, with this node's view of locality
-//! (traffic policies) and health. Pure: the agent diffs two plans and writes
-//! only the difference.
+//! (traffic policies) and health. Pure, and kept Service by Service
+//! ([`Planner`]): a change re-plans the Services it touches and names the
+//! keys whose plan changed, which is all the agent writes.
 
-use crate::model::{BackendAddr, ExternalMode, Scheduler, ServicePort};
-use std::collections::BTreeMap;
+use crate::model::{BackendAddr, ExternalMode, HealthCheck, HealthProbe, Scheduler, ServicePort};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use strake_source::ObjectKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
@@ -51,24 +53,107 @@ pub struct Plan {
     pub conflicts: Vec<String>,
 }
 
+/// The whole plan for `services`, from scratch.
 pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr) -> bool) -> Plan {
-    let mut p = Plan::default();
+    let mut by_service: BTreeMap<ObjectKey, Vec<ServicePort>> = BTreeMap::new();
     for sp in services {
+        by_service
+            .entry(sp.service.clone())
+            .or_default()
+            .push(sp.clone());
+    }
+    let mut p = Planner::new(node);
+    for (k, ports) in by_service {
+        p.set_service(k, ports, &healthy);
+    }
+    p.plan()
+}
+
+/// Who claims a key, in claim order: the first claim is the one in force.
+type Claims<T> = BTreeMap<(ObjectKey, usize), T>;
+
+/// What one Service contributes to the plan.
+#[derive(Debug, Clone, Default)]
+pub struct ServicePlan {
+    pub ports: Vec<ServicePort>,
+    frontends: Vec<(FrontendKey, usize, FrontendPlan)>,
+    sets: Vec<(String, usize, SetPlan)>,
+    /// (backend, local, active).
+    backends: Vec<(BackendAddr, bool, bool)>,
+    targets: Vec<(BackendAddr, usize, HealthCheck)>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BackendRefs {
+    refs: u32,
+    local: u32,
+    active: u32,
+}
+
+/// Keys whose plan changed since the last [`Planner::take_dirty`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub frontends: BTreeSet<FrontendKey>,
+    pub sets: BTreeSet<String>,
+    pub backends: BTreeSet<BackendAddr>,
+    /// Backends whose health check (or lack of one) changed.
+    pub targets: BTreeSet<BackendAddr>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+            && self.sets.is_empty()
+            && self.backends.is_empty()
+            && self.targets.is_empty()
+    }
+}
+
+/// The plan of one node, kept up to date Service by Service: replacing one
+/// Service's contribution costs that Service, and says which frontends,
+/// sets and backends it changed. Folding every Service into a new planner
+/// gives the same plan (`plan`).
+#[derive(Debug, Clone, Default)]
+pub struct Planner {
+    node: String,
+    services: BTreeMap<ObjectKey, ServicePlan>,
+    frontends: BTreeMap<FrontendKey, Claims<FrontendPlan>>,
+    sets: BTreeMap<String, Claims<SetPlan>>,
+    backends: BTreeMap<BackendAddr, BackendRefs>,
+    /// Services by the backends they use (health flips re-plan them).
+    backend_services: BTreeMap<BackendAddr, BTreeSet<ObjectKey>>,
+    targets: BTreeMap<BackendAddr, Claims<HealthCheck>>,
+    /// Frontends by the set they point at.
+    set_frontends: BTreeMap<String, BTreeSet<FrontendKey>>,
+    dirty: Dirty,
+}
+
+/// The plan of one Service's ports on `node`.
+fn service_plan(
+    ports: Vec<ServicePort>,
+    node: &str,
+    healthy: &dyn Fn(&BackendAddr) -> bool,
+) -> ServicePlan {
+    let mut sp_out = ServicePlan::default();
+    for (pi, sp) in ports.iter().enumerate() {
         let mut cluster = Vec::new();
         let mut local = Vec::new();
         for b in &sp.backends {
             let is_local = b.node.as_deref() == Some(node);
             let active = b.ready && !b.terminating && healthy(&b.addr);
-            let e = p.backends.entry(b.addr).or_insert(BackendPlan {
-                local: is_local,
-                active: false,
-            });
-            e.active |= active;
+            sp_out.backends.push((b.addr, is_local, active));
             if active {
                 cluster.push((b.addr, b.weight));
                 if is_local {
                     local.push((b.addr, b.weight));
                 }
+            }
+            // A TCP probe of a UDP port means nothing: UDP backends are
+            // checked only on an explicit health-check port.
+            if sp.health.probe != HealthProbe::None
+                && (b.addr.proto == crate::model::TCP || sp.health.port.is_some())
+            {
+                sp_out.targets.push((b.addr, pi, sp.health.clone()));
             }
         }
         for f in &sp.frontends {
@@ -89,57 +174,286 @@ pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr)
                 Scheduler::Maglev => crate::maglev::table_size_for(members.len(), sp.table_size),
                 Scheduler::Random => 0,
             };
-            p.sets.entry(set.clone()).or_insert_with(|| SetPlan {
-                members: members.clone(),
-                table_size,
-            });
+            if !sp_out.sets.iter().any(|(n, i, _)| *n == set && *i == pi) {
+                sp_out.sets.push((
+                    set.clone(),
+                    pi,
+                    SetPlan {
+                        members: members.clone(),
+                        table_size,
+                    },
+                ));
+            }
             let key = FrontendKey {
                 addr: f.addr,
                 port: f.port,
                 proto: f.proto,
             };
-            let fp = FrontendPlan {
-                service: sp.name(),
-                kind: f.kind,
-                set,
-                affinity_timeout: sp.affinity_timeout.unwrap_or(0),
-                external,
-                dsr: external && !use_local && sp.external_mode == ExternalMode::Dsr,
-                local: use_local,
-            };
-            match p.frontends.get(&key) {
-                Some(existing) if existing.service != fp.service => p.conflicts.push(format!(
-                    "{}:{}/{} is claimed by {} and {}; {} keeps it",
-                    key.addr,
-                    key.port,
-                    crate::model::proto_name(key.proto),
-                    existing.service,
-                    fp.service,
-                    existing.service
-                )),
-                Some(_) => {}
-                None => {
-                    p.frontends.insert(key, fp);
+            sp_out.frontends.push((
+                key,
+                pi,
+                FrontendPlan {
+                    service: sp.name(),
+                    kind: f.kind,
+                    set,
+                    affinity_timeout: sp.affinity_timeout.unwrap_or(0),
+                    external,
+                    dsr: external && !use_local && sp.external_mode == ExternalMode::Dsr,
+                    local: use_local,
+                },
+            ));
+        }
+    }
+    sp_out.ports = ports;
+    sp_out
+}
+
+fn claim<K: Ord + Clone, T: PartialEq + Clone>(
+    map: &mut BTreeMap<K, Claims<T>>,
+    key: &K,
+    by: (ObjectKey, usize),
+    value: Option<T>,
+) -> bool {
+    let before = map.get(key).and_then(|c| c.values().next().cloned());
+    let claims = map.entry(key.clone()).or_default();
+    match value {
+        Some(v) => {
+            // A later duplicate from the same claimer does not replace the
+            // first (the first port to name a frontend keeps it).
+            claims.entry(by).or_insert(v);
+        }
+        None => {
+            claims.remove(&by);
+        }
+    }
+    if claims.is_empty() {
+        map.remove(key);
+    }
+    let after = map.get(key).and_then(|c| c.values().next().cloned());
+    before != after
+}
+
+impl Planner {
+    pub fn new(node: &str) -> Self {
+        Planner {
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Replaces one Service's ports (an empty list, or `remove_service`,
+    /// takes it out). `healthy` judges its backends now.
+    pub fn set_service(
+        &mut self,
+        key: ObjectKey,
+        ports: Vec<ServicePort>,
+        healthy: &dyn Fn(&BackendAddr) -> bool,
+    ) {
+        self.remove_service(&key);
+        if ports.is_empty() {
+            return;
+        }
+        let sp = service_plan(ports, &self.node, healthy);
+        for (n, pi, set) in &sp.sets {
+            if claim(&mut self.sets, n, (key.clone(), *pi), Some(set.clone())) {
+                self.dirty.sets.insert(n.clone());
+            }
+        }
+        for (f, pi, fp) in &sp.frontends {
+            // A frontend's entry also holds its set's size: a changed set
+            // rewrites it.
+            if claim(&mut self.frontends, f, (key.clone(), *pi), Some(fp.clone()))
+                || self.dirty.sets.contains(&fp.set)
+            {
+                self.dirty.frontends.insert(*f);
+            }
+            self.set_frontends
+                .entry(fp.set.clone())
+                .or_default()
+                .insert(*f);
+        }
+        for (b, local, active) in &sp.backends {
+            let before = self.backend(b);
+            let e = self.backends.entry(*b).or_default();
+            e.refs += 1;
+            e.local += u32::from(*local);
+            e.active += u32::from(*active);
+            if self.backend(b) != before {
+                self.dirty.backends.insert(*b);
+            }
+            self.backend_services
+                .entry(*b)
+                .or_default()
+                .insert(key.clone());
+        }
+        for (b, pi, h) in &sp.targets {
+            if claim(&mut self.targets, b, (key.clone(), *pi), Some(h.clone())) {
+                self.dirty.targets.insert(*b);
+            }
+        }
+        self.services.insert(key, sp);
+    }
+
+    pub fn remove_service(&mut self, key: &ObjectKey) {
+        let Some(sp) = self.services.remove(key) else {
+            return;
+        };
+        for (f, pi, fp) in &sp.frontends {
+            if claim::<_, FrontendPlan>(&mut self.frontends, f, (key.clone(), *pi), None) {
+                self.dirty.frontends.insert(*f);
+            }
+            if let Some(s) = self.set_frontends.get_mut(&fp.set) {
+                s.remove(f);
+                if s.is_empty() {
+                    self.set_frontends.remove(&fp.set);
                 }
             }
         }
+        for (n, pi, _) in &sp.sets {
+            if claim::<_, SetPlan>(&mut self.sets, n, (key.clone(), *pi), None) {
+                self.dirty.sets.insert(n.clone());
+            }
+        }
+        for (b, local, active) in &sp.backends {
+            let before = self.backend(b);
+            if let Some(e) = self.backends.get_mut(b) {
+                e.refs -= 1;
+                e.local -= u32::from(*local);
+                e.active -= u32::from(*active);
+                if e.refs == 0 {
+                    self.backends.remove(b);
+                }
+            }
+            if self.backend(b) != before {
+                self.dirty.backends.insert(*b);
+            }
+            if let Some(s) = self.backend_services.get_mut(b) {
+                s.remove(key);
+                if s.is_empty() {
+                    self.backend_services.remove(b);
+                }
+            }
+        }
+        for (b, pi, _) in &sp.targets {
+            if claim::<_, HealthCheck>(&mut self.targets, b, (key.clone(), *pi), None) {
+                self.dirty.targets.insert(*b);
+            }
+        }
     }
-    p
+
+    /// The frontend in force at `k`.
+    pub fn frontend(&self, k: &FrontendKey) -> Option<&FrontendPlan> {
+        self.frontends.get(k)?.values().next()
+    }
+
+    pub fn set(&self, name: &str) -> Option<&SetPlan> {
+        self.sets.get(name)?.values().next()
+    }
+
+    pub fn backend(&self, b: &BackendAddr) -> Option<BackendPlan> {
+        self.backends.get(b).map(|e| BackendPlan {
+            local: e.local > 0,
+            active: e.active > 0,
+        })
+    }
+
+    /// The health check a backend should get (the first claimer's).
+    pub fn target(&self, b: &BackendAddr) -> Option<&HealthCheck> {
+        self.targets.get(b)?.values().next()
+    }
+
+    /// Frontends pointing at a set.
+    pub fn frontends_of_set(&self, set: &str) -> impl Iterator<Item = &FrontendKey> {
+        self.set_frontends.get(set).into_iter().flatten()
+    }
+
+    /// Services using a backend.
+    pub fn services_of(&self, b: &BackendAddr) -> impl Iterator<Item = &ObjectKey> {
+        self.backend_services.get(b).into_iter().flatten()
+    }
+
+    /// Every Service's ports as last set (for `strake lb list`).
+    pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.services.values().flat_map(|s| s.ports.iter())
+    }
+
+    pub fn ports_of(&self, key: &ObjectKey) -> Option<&[ServicePort]> {
+        self.services.get(key).map(|s| s.ports.as_slice())
+    }
+
+    pub fn service_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services.keys()
+    }
+
+    pub fn frontend_keys(&self) -> impl Iterator<Item = &FrontendKey> {
+        self.frontends.keys()
+    }
+
+    pub fn set_names(&self) -> impl Iterator<Item = &String> {
+        self.sets.keys()
+    }
+
+    pub fn backend_addrs(&self) -> impl Iterator<Item = &BackendAddr> {
+        self.backends.keys()
+    }
+
+    /// What changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Frontends claimed by two Services: who keeps them.
+    pub fn conflicts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, claims) in &self.frontends {
+            let mut it = claims.values();
+            let Some(winner) = it.next() else { continue };
+            for fp in it.filter(|fp| fp.service != winner.service) {
+                out.push(format!(
+                    "{}:{}/{} is claimed by {} and {}; {} keeps it",
+                    k.addr,
+                    k.port,
+                    crate::model::proto_name(k.proto),
+                    winner.service,
+                    fp.service,
+                    winner.service
+                ));
+            }
+        }
+        out
+    }
+
+    /// The whole plan as it stands.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            frontends: self
+                .frontends
+                .keys()
+                .filter_map(|k| Some((*k, self.frontend(k)?.clone())))
+                .collect(),
+            sets: self
+                .sets
+                .keys()
+                .filter_map(|k| Some((k.clone(), self.set(k)?.clone())))
+                .collect(),
+            backends: self
+                .backends
+                .keys()
+                .filter_map(|k| Some((*k, self.backend(k)?)))
+                .collect(),
+            conflicts: self.conflicts(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{services, FrontendKind, DEFAULT_TABLE_SIZE, TCP, UDP};
-    use strake_source::dir::{apply_object, parse_documents};
+    use crate::model::{services, FrontendKind, ModelOptions, DEFAULT_TABLE_SIZE, TCP, UDP};
     use strake_source::ClusterState;
 
     fn state(yaml: &str) -> ClusterState {
-        let mut st = ClusterState::default();
-        for o in parse_documents(yaml) {
-            apply_object(&mut st, o.unwrap()).unwrap();
-        }
-        st
+        strake_source::dir::state_from_yaml(yaml).unwrap()
     }
 
     const PODS: &str = r#"
@@ -173,7 +487,7 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         let st = state(&format!(
             "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}, {{name: dns, port: 53, targetPort: dns, protocol: UDP}}]\n"
         ));
-        let (sps, problems) = services(&st, DEFAULT_TABLE_SIZE);
+        let (sps, problems) = services(&st, &ModelOptions::default());
         assert!(problems.is_empty(), "{problems:?}");
         let http = sps.iter().find(|s| s.port_name == "http").unwrap();
         let got: Vec<(String, u16, bool, u32)> = http
@@ -226,7 +540,7 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         let st = state(&format!(
             "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web}}\nspec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: x, name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- {{addresses: [10.244.1.5], nodeName: n1, conditions: {{ready: true}}}}\n- {{addresses: [10.244.2.9], nodeName: n2, conditions: {{ready: false, serving: true, terminating: true}}}}\n"
         ));
-        let (sps, _) = services(&st, DEFAULT_TABLE_SIZE);
+        let (sps, _) = services(&st, &ModelOptions::default());
         assert_eq!(sps[0].backends.len(), 2);
         let p = plan(&sps, "n2", |_| true);
         assert_eq!(p.sets["x/web:http/cluster"].members.len(), 1);
@@ -242,7 +556,7 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         let st = state(&format!(
             "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web, annotations: {{lb.strake.dev/external-mode: dsr}}}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  externalTrafficPolicy: Local\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: 203.0.113.10}}]}}}}\n"
         ));
-        let (sps, _) = services(&st, DEFAULT_TABLE_SIZE);
+        let (sps, _) = services(&st, &ModelOptions::default());
         let p = plan(&sps, "n1", |_| true);
         let lb = &p.frontends[&FrontendKey {
             addr: "203.0.113.10".parse().unwrap(),
@@ -268,7 +582,7 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         let st = state(
             "apiVersion: v1\nkind: Service\nmetadata: {namespace: x, name: s, annotations: {lb.strake.dev/scheduler: round-robin, lb.strake.dev/maglev-table-size: \"1000\", lb.strake.dev/health-check-interval: soon}}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}\n",
         );
-        let (sps, problems) = services(&st, DEFAULT_TABLE_SIZE);
+        let (sps, problems) = services(&st, &ModelOptions::default());
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert_eq!(sps[0].table_size, DEFAULT_TABLE_SIZE);
         assert_eq!(sps[0].scheduler, crate::model::Scheduler::Maglev);

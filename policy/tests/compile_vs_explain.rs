@@ -5,7 +5,6 @@ use std::net::Ipv4Addr;
 use strake_policy::compile::{compile, LocalEndpoint};
 use strake_policy::explain::{explain, Endpoint};
 use strake_policy::model::{Direction, Model, TCP, UDP};
-use strake_source::dir::{apply_object, parse_documents};
 use strake_source::{ClusterState, ObjectKey};
 
 fn standard_model(policies: &str) -> ClusterState {
@@ -21,11 +20,7 @@ fn standard_model(policies: &str) -> ClusterState {
         }
     }
     y += policies;
-    let mut st = ClusterState::default();
-    for o in parse_documents(&y) {
-        apply_object(&mut st, o.unwrap()).unwrap();
-    }
-    st
+    strake_source::dir::state_from_yaml(&y).unwrap()
 }
 
 fn pods() -> Vec<ObjectKey> {

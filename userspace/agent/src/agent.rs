@@ -1,20 +1,26 @@
-//! The agent's shared state: one per process, behind an `Arc`.
+//! The agent's shared state: one per process, behind an `Arc`. The
+//! reconciler owns the phases; what the API and metrics read of them (the
+//! load balancer's and the policy's records, the phases' standing) is
+//! shared here.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reconcile::lb::LbState;
+use crate::reconcile::policy::PolicyState;
+use crate::reconcile::{LocalEvent, PhaseState};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 use strake_api::PodRef;
 use strake_datapath::Datapath;
 use strake_ipam::Ipam;
 use strake_netlink::Netlink;
-use strake_source::StateReceiver;
+use strake_source::ClusterState;
 
 /// What the agent remembers of an endpoint, saved with its address.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointRecord {
     pub pod: Option<PodRef>,
     pub netns: Option<String>,
@@ -25,24 +31,36 @@ pub struct EndpointRecord {
     pub created_unix: u64,
 }
 
+/// The phases' standing, as the reconciler last published it.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub phases: Vec<PhaseState>,
+    /// The revision every phase has applied.
+    pub applied_revision: u64,
+}
+
 pub struct Agent {
     pub cfg: Config,
     pub started: Instant,
     pub rt: tokio::runtime::Handle,
     pub nl: Netlink,
-    pub state: StateReceiver,
     pub metrics: Metrics,
-    dp: Mutex<Datapath>,
-    ipam: Mutex<Ipam<EndpointRecord>>,
-    uplink: Mutex<Option<String>>,
-    pub routes_installed: AtomicUsize,
-    pub health: strake_lb::health::HealthChecker,
-    pub lb: Mutex<crate::lb_sync::LbState>,
+    pub dp: Arc<Mutex<Datapath>>,
+    pub ipam: Arc<Mutex<Ipam<EndpointRecord>>>,
+    pub uplink: Arc<Mutex<Option<String>>>,
+    pub routes_installed: Arc<AtomicUsize>,
+    pub health: Arc<strake_lb::health::HealthChecker>,
+    pub lb: Arc<Mutex<LbState>>,
+    pub policy: Arc<Mutex<PolicyState>>,
+    /// Desired state, as the reconciler keeps it.
+    pub state: Arc<RwLock<ClusterState>>,
+    pub progress: Mutex<Progress>,
     /// Connection-table fill, counted on the slow path (a map walk).
-    pub ct_fill: std::sync::atomic::AtomicU64,
-    pub policy: Mutex<crate::policy_sync::PolicyState>,
-    /// The desired-state revision the data plane fully reflects.
-    pub applied_revision: std::sync::atomic::AtomicU64,
+    pub ct_fill: AtomicU64,
+    /// Held by CNI operations and the endpoints phase.
+    pub endpoints_lock: Arc<Mutex<()>>,
+    /// Node events for the reconciler (endpoints added or removed).
+    pub local_events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
 }
 
 impl Agent {
@@ -51,8 +69,8 @@ impl Agent {
         dp: Datapath,
         ipam: Ipam<EndpointRecord>,
         nl: Netlink,
-        state: StateReceiver,
         metrics: Metrics,
+        local_events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
     ) -> Arc<Self> {
         let health = strake_lb::health::HealthChecker::new(Some(cfg.health_check_ports));
         Arc::new(Agent {
@@ -60,17 +78,19 @@ impl Agent {
             started: Instant::now(),
             rt: tokio::runtime::Handle::current(),
             nl,
-            state,
             metrics,
-            dp: Mutex::new(dp),
-            ipam: Mutex::new(ipam),
-            uplink: Mutex::new(None),
-            routes_installed: AtomicUsize::new(0),
-            health,
-            lb: Mutex::new(Default::default()),
+            dp: Arc::new(Mutex::new(dp)),
+            ipam: Arc::new(Mutex::new(ipam)),
+            uplink: Default::default(),
+            routes_installed: Default::default(),
+            health: Arc::new(health),
+            lb: Default::default(),
+            policy: Default::default(),
+            state: Default::default(),
+            progress: Default::default(),
             ct_fill: Default::default(),
-            policy: Mutex::new(Default::default()),
-            applied_revision: Default::default(),
+            endpoints_lock: Default::default(),
+            local_events,
         })
     }
 
@@ -89,6 +109,11 @@ impl Agent {
         self.ipam.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Desired state. Held briefly: the reconciler writes it between passes.
+    pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn uplink(&self) -> Option<String> {
         self.uplink.lock().unwrap().clone()
     }
@@ -99,6 +124,10 @@ impl Agent {
 
     pub fn routes(&self) -> usize {
         self.routes_installed.load(Ordering::Relaxed)
+    }
+
+    pub fn applied_revision(&self) -> u64 {
+        self.progress.lock().unwrap().applied_revision
     }
 
     /// Runs a netlink future to completion from synchronous code (API

@@ -92,6 +92,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Endpoints => "endpoints",
         Request::LbList => "lb_list",
         Request::PolicyTrace { .. } => "policy_trace",
+        Request::SyncPoint => "sync_point",
     }
 }
 
@@ -119,5 +120,6 @@ fn dispatch(agent: &Agent, req: Request) -> Reply {
             port,
             protocol,
         } => ok(agent.policy_trace(&from, &to, port, &protocol)),
+        Request::SyncPoint => ok(Ok(agent.sync_point())),
     }
 }

@@ -112,8 +112,10 @@ pub struct Config {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_LB_XDP")]
     pub lb_xdp: bool,
 
-    /// Full reconcile period, on top of reacting to every change.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "STRAKE_RESYNC")]
+    /// Full pass period: every phase recomputes everything and observes the
+    /// kernel (strays removed, drift repaired). Changes in between are
+    /// applied as they come, each costing what it touches.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "STRAKE_RESYNC")]
     pub resync: Duration,
 
     /// Log format.
@@ -198,7 +200,7 @@ mod tests {
         let mut args = None;
         let mut conflist = None;
         for o in strake_source::dir::parse_documents(&text) {
-            if let strake_source::dir::Object::Other { kind, value, .. } = o.unwrap() {
+            if let strake_source::dir::Document::Other { kind, value, .. } = o.unwrap() {
                 if kind == "DaemonSet" {
                     let c = &value["spec"]["template"]["spec"]["containers"][0];
                     args = Some(

@@ -7,25 +7,46 @@
 //! records, so a restart re-derives the same state and changes nothing.
 
 use crate::agent::{Agent, EndpointRecord};
+use crate::reconcile::endpoints::{EndpointKernel, KernelEndpoints};
+use crate::reconcile::policy::DatapathPolicy;
+use crate::reconcile::LocalEvent;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use strake_api::{
     host_ifname, Allocation, ApiError, Attached, AttachmentKey, CheckReport, EndpointView,
     ErrorKind, GcReport, PodRef, Released, POD_GATEWAY,
 };
-use strake_datapath::shared::{endpoint_info, STRAKE_EP_F_ANTISPOOF};
+use strake_datapath::shared::endpoint_info;
 use strake_ipam::Block;
 use strake_netlink::STRAKE_POD_ROUTE_PROTO;
+use strake_policy::compile::LocalEndpoint;
+use strake_source::ObjectKey;
 
 fn internal_ctx(e: anyhow::Error) -> ApiError {
     ApiError::new(ErrorKind::Internal, format!("{e:#}"))
 }
 
+fn pod_key(p: &PodRef) -> ObjectKey {
+    ObjectKey::new(p.namespace.clone(), p.name.clone())
+}
+
+/// The node's endpoints as the policy compiler sees them.
+pub fn local_endpoints(ipam: &Mutex<strake_ipam::Ipam<EndpointRecord>>) -> Vec<LocalEndpoint> {
+    let ipam = ipam.lock().unwrap_or_else(|e| e.into_inner());
+    ipam.allocations()
+        .map(|a| LocalEndpoint {
+            pod: a.record.pod.as_ref().map(pod_key),
+            endpoint_id: a.record.endpoint_id,
+            ip: a.ip,
+        })
+        .collect()
+}
+
 impl Agent {
     /// The node's pod block from desired state, or why there is none yet.
     pub fn pod_block(&self) -> Result<Block, ApiError> {
-        let st = self.state.borrow().clone();
+        let st = self.state();
         if !st.synced {
             return Err(ApiError::new(
                 ErrorKind::TryAgainLater,
@@ -50,6 +71,7 @@ impl Agent {
         pod: Option<PodRef>,
         netns: Option<String>,
     ) -> Result<Allocation, ApiError> {
+        let _cni = self.cni_lock();
         let block = self.pod_block()?;
         let mtu = self.pod_mtu().map_err(internal_ctx)?;
         let mut ipam = self.ipam();
@@ -90,6 +112,7 @@ impl Agent {
     }
 
     pub fn attach(&self, key: &AttachmentKey, pod_mac: [u8; 6]) -> Result<Attached, ApiError> {
+        let _cni = self.cni_lock();
         let alloc = self.ipam().get(key).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
@@ -108,16 +131,20 @@ impl Agent {
         // NetworkPolicy first: a pod a policy isolates must be isolated from
         // its very first packet, so its rules and flags are in place before
         // it enters the data plane.
-        let st = self.state.borrow().clone();
-        let (_, isolation) = crate::policy_sync::sync(self, &st).map_err(internal_ctx)?;
+        let isolation = {
+            let st = self.state();
+            let mut ps = self.policy.lock().unwrap();
+            crate::reconcile::policy::sync(&mut self.policy_kernel(), &mut ps, &st, false)
+                .map_err(internal_ctx)?;
+            ps.applied
+                .isolation
+                .get(&alloc.record.endpoint_id)
+                .copied()
+                .unwrap_or_default()
+        };
         let info = endpoint_info {
             ifindex: link.index,
-            flags: crate::policy_sync::flags(
-                isolation
-                    .get(&alloc.record.endpoint_id)
-                    .copied()
-                    .unwrap_or_default(),
-            ),
+            flags: crate::reconcile::policy::flags(isolation),
             pod_mac,
             host_mac: link.mac,
             endpoint_id: alloc.record.endpoint_id,
@@ -135,6 +162,9 @@ impl Agent {
         rec.pod_mac = Some(pod_mac);
         self.ipam().update(key, rec)?;
         self.metrics.endpoints.set(self.ipam().len() as i64);
+        let _ = self
+            .local_events
+            .send(LocalEvent::Endpoint(alloc.record.pod.as_ref().map(pod_key)));
         tracing::info!(%key, ip = %alloc.ip, ifindex = link.index, "endpoint attached");
         Ok(Attached {
             endpoint_id: alloc.record.endpoint_id,
@@ -145,6 +175,11 @@ impl Agent {
     /// Undoes an attachment. Safe to repeat, and safe for an attachment the
     /// agent never heard of (it still removes a veth of the derived name).
     pub fn release(&self, key: &AttachmentKey) -> Result<Released, ApiError> {
+        let _cni = self.cni_lock();
+        self.release_locked(key)
+    }
+
+    fn release_locked(&self, key: &AttachmentKey) -> Result<Released, ApiError> {
         let alloc = self.ipam().get(key).cloned();
         let ifname = alloc
             .as_ref()
@@ -182,6 +217,9 @@ impl Agent {
         let released = self.ipam().release(key)?;
         self.metrics.endpoints.set(self.ipam().len() as i64);
         if let Some(a) = &released {
+            let _ = self
+                .local_events
+                .send(LocalEvent::Endpoint(a.record.pod.as_ref().map(pod_key)));
             tracing::info!(%key, ip = %a.ip, "released");
         }
         Ok(Released {
@@ -240,6 +278,7 @@ impl Agent {
     }
 
     pub fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<GcReport, ApiError> {
+        let _cni = self.cni_lock();
         let valid: BTreeSet<&AttachmentKey> = valid.iter().collect();
         let stale: Vec<AttachmentKey> = self
             .ipam()
@@ -248,9 +287,11 @@ impl Agent {
             .map(|a| a.key.clone())
             .collect();
         for key in &stale {
-            self.release(key)?;
+            self.release_locked(key)?;
         }
-        let swept = self.sweep_orphans()?;
+        let records = self.endpoint_kernel().records();
+        let swept = crate::reconcile::endpoints::sweep(&mut self.endpoint_kernel(), &records)
+            .map_err(internal_ctx)?;
         tracing::info!(
             network,
             released = stale.len(),
@@ -263,92 +304,40 @@ impl Agent {
         })
     }
 
-    /// Removes host veths, pinned links and map entries that belong to no
-    /// allocation: what a crash between two steps can leave behind.
-    pub fn sweep_orphans(&self) -> Result<Vec<String>, ApiError> {
-        let (ifnames, ips): (BTreeSet<String>, BTreeSet<Ipv4Addr>) = {
-            let ipam = self.ipam();
-            (
-                ipam.allocations()
-                    .map(|a| a.record.host_ifname.clone())
-                    .collect(),
-                ipam.allocations().map(|a| a.ip).collect(),
-            )
-        };
-        let mut swept = Vec::new();
-        let links = self.block_on(self.nl.links()).map_err(internal_ctx)?;
-        for l in links
-            .iter()
-            .filter(|l| l.name.starts_with("strk") && !ifnames.contains(&l.name))
-        {
-            self.block_on(self.nl.delete_link(l.index))
-                .map_err(internal_ctx)?;
-            swept.push(format!("veth {}", l.name));
-        }
-        let mut dp = self.dp();
-        for ifname in dp.pinned_endpoint_links() {
-            if !ifnames.contains(&ifname) {
-                dp.detach_endpoint(&ifname).map_err(internal_ctx)?;
-                swept.push(format!("links of {ifname}"));
-            }
-        }
-        for (ip, _) in dp.endpoint_entries().map_err(internal_ctx)? {
-            if !ips.contains(&ip) {
-                dp.remove_endpoint(ip).map_err(internal_ctx)?;
-                swept.push(format!("map entry {ip}"));
-            }
-        }
-        Ok(swept)
-    }
-
     /// Brings the data plane in line with the records after a start: map
     /// entries rewritten with live interface data, pinned links taken over
     /// (program swapped atomically), leftovers of crashes swept.
     pub fn restore_endpoints(&self) -> anyhow::Result<()> {
-        let allocs: Vec<_> = self.ipam().allocations().cloned().collect();
-        let mut restored = 0;
-        for a in &allocs {
-            let Some(pod_mac) = a.record.pod_mac else {
-                continue;
-            };
-            let link = self.block_on(self.nl.link_by_name(&a.record.host_ifname))?;
-            let mut dp = self.dp();
-            // Keep the isolation the pinned entry already has: the policy
-            // reconcile that follows may change it, but nothing fails open.
-            let flags = dp
-                .endpoint_entries()?
-                .into_iter()
-                .find(|(ip, _)| *ip == a.ip)
-                .map(|(_, e)| e.flags)
-                .unwrap_or(STRAKE_EP_F_ANTISPOOF);
-            match link {
-                Some(l) => {
-                    let info = endpoint_info {
-                        ifindex: l.index,
-                        flags,
-                        pod_mac,
-                        host_mac: l.mac,
-                        endpoint_id: a.record.endpoint_id,
-                        identity: 0,
-                    };
-                    dp.upsert_endpoint(a.ip, info)?;
-                    dp.attach_endpoint(&a.record.host_ifname)?;
-                    restored += 1;
-                }
-                None => {
-                    tracing::warn!(key = %a.key, ip = %a.ip, veth = %a.record.host_ifname,
-                        "veth vanished while the agent was down; keeping the address until CNI DEL or GC");
-                    dp.remove_endpoint(a.ip)?;
-                    dp.detach_endpoint(&a.record.host_ifname)?;
-                }
-            }
-        }
-        let swept = self
-            .sweep_orphans()
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        self.metrics.endpoints.set(allocs.len() as i64);
-        tracing::info!(restored, records = allocs.len(), swept = ?swept, "endpoints restored");
+        let _cni = self.cni_lock();
+        let r = crate::reconcile::endpoints::repair(&mut self.endpoint_kernel(), true)?;
+        self.metrics.endpoints.set(self.ipam().len() as i64);
+        tracing::info!(restored = r.restored, vanished = r.vanished, swept = ?r.swept, "endpoints restored");
         Ok(())
+    }
+
+    fn cni_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.endpoints_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn endpoint_kernel(&self) -> KernelEndpoints {
+        KernelEndpoints {
+            ipam: self.ipam.clone(),
+            dp: self.dp.clone(),
+            nl: self.nl.clone(),
+            rt: self.rt.clone(),
+        }
+    }
+
+    pub fn policy_kernel(
+        &self,
+    ) -> DatapathPolicy<impl Fn() -> Vec<LocalEndpoint> + Send + 'static> {
+        let ipam = self.ipam.clone();
+        DatapathPolicy {
+            dp: self.dp.clone(),
+            local: move || local_endpoints(&ipam),
+        }
     }
 
     pub fn endpoint_views(&self) -> Result<Vec<EndpointView>, ApiError> {

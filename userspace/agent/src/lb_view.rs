@@ -1,7 +1,7 @@
 //! The load balancer as people and scripts see it (`strake lb list`).
 
 use crate::agent::Agent;
-use crate::lb_sync::{bkey, fkey};
+use crate::reconcile::lb::{bkey, fkey};
 use std::sync::atomic::Ordering;
 use strake_api::{
     ApiError, LbBackendView, LbCountersView, LbFrontendView, LbServiceView, LbStatus,
@@ -24,7 +24,7 @@ impl Agent {
         let lb = self.lb.lock().unwrap();
         let dp = self.dp();
         let mut services = Vec::new();
-        for sp in &lb.services {
+        for sp in lb.planner.service_ports() {
             let frontends = sp
                 .frontends
                 .iter()
@@ -128,7 +128,7 @@ impl Agent {
             ct_entries: self.ct_fill.load(Ordering::Relaxed),
             ct_capacity: dp.lb.ct_capacity as u64,
             rnat_entries: 0,
-            problems: lb.problems.clone(),
+            problems: lb.problems(),
         })
     }
 }

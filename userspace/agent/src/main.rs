@@ -6,24 +6,12 @@
 //! routes and endpoints in place, so traffic keeps flowing; a new agent adopts
 //! them without a gap.
 
-mod agent;
-mod api;
-mod config;
-mod endpoints;
-mod lb_sync;
-mod lb_view;
-mod metrics;
-mod policy_sync;
-mod routes;
-mod status;
-
-use agent::Agent;
 use anyhow::{Context, Result};
 use clap::Parser;
-use config::{Config, LogFormat, SourceKind};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
+use strake_agent::agent::Agent;
+use strake_agent::config::{Config, LogFormat, SourceKind};
+use strake_agent::{api, metrics, reconcile};
 use strake_datapath::{Datapath, DatapathConfig};
 use strake_ipam::Ipam;
 use strake_netlink::{netns, Netlink};
@@ -127,9 +115,21 @@ async fn run(cfg: Config) -> Result<()> {
         }
     }
 
-    let agent = Agent::new(cfg.clone(), dp, ipam, nl, rx, metrics::Metrics::default());
+    let (local_tx, local_rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = Agent::new(
+        cfg.clone(),
+        dp,
+        ipam,
+        nl,
+        metrics::Metrics::default(),
+        local_tx,
+    );
     if cfg.uplink != "auto" {
-        attach_uplink(&agent, cfg.uplink.clone()).await?;
+        let (a, name, xdp) = (agent.clone(), cfg.uplink.clone(), cfg.lb_xdp);
+        tokio::task::spawn_blocking(move || reconcile::node::attach_uplink(&a.dp, &name, xdp))
+            .await??;
+        tracing::info!(uplink = %cfg.uplink, xdp = cfg.lb_xdp, "uplink programs attached");
+        agent.set_uplink(Some(cfg.uplink.clone()));
     }
     // Endpoints first: they need no desired state, and the sooner the
     // records are back in the kernel the better.
@@ -140,7 +140,8 @@ async fn run(cfg: Config) -> Result<()> {
 
     let api = tokio::spawn(api::serve(agent.clone()));
     let http = tokio::spawn(metrics::serve(agent.clone()));
-    let reconciler = tokio::spawn(reconcile_loop(agent.clone()));
+    let runner = reconcile::driver::runner(&agent);
+    let reconciler = tokio::spawn(reconcile::driver::run(agent.clone(), runner, rx, local_rx));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -152,185 +153,4 @@ async fn run(cfg: Config) -> Result<()> {
     }
     tracing::info!("exiting; the data plane keeps forwarding with its last state");
     Ok(())
-}
-
-async fn attach_uplink(agent: &Arc<Agent>, ifname: String) -> Result<()> {
-    let a = agent.clone();
-    let name = ifname.clone();
-    let xdp = agent.cfg.lb_xdp;
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut dp = a.dp();
-        dp.attach_uplink(&name)?;
-        if xdp {
-            dp.attach_xdp(&name)?;
-        }
-        Ok(())
-    })
-    .await??;
-    tracing::info!(uplink = %ifname, xdp, "uplink programs attached");
-    agent.set_uplink(Some(ifname));
-    Ok(())
-}
-
-/// Node-wide load-balancer settings: the node's address (SNAT source, DSR
-/// outer source), the uplink, and every local address NodePorts answer on.
-async fn configure_lb_node(agent: &Arc<Agent>, st: &strake_source::ClusterState) -> Result<()> {
-    let Some(uplink) = agent.uplink() else {
-        return Ok(());
-    };
-    let link = agent
-        .nl
-        .link_by_name(&uplink)
-        .await?
-        .context("uplink vanished")?;
-    let mut local = Vec::new();
-    for l in agent.nl.links().await? {
-        if l.name == "lo" || l.name.starts_with("strk") {
-            continue;
-        }
-        local.extend(
-            agent
-                .nl
-                .addresses(l.index)
-                .await?
-                .into_iter()
-                .map(|(a, _)| a),
-        );
-    }
-    let node_addr = st
-        .node_internal_ip(agent.node())
-        .or_else(|| local.first().copied())
-        .context("no address for this node")?;
-    lb_sync::configure_node(agent, node_addr, link.index, &local)
-}
-
-/// The interface holding the node's InternalIP.
-async fn find_uplink(agent: &Agent, st: &strake_source::ClusterState) -> Result<Option<String>> {
-    let Some(ip) = st.node_internal_ip(agent.node()) else {
-        return Ok(None);
-    };
-    for l in agent.nl.links().await? {
-        if agent
-            .nl
-            .addresses(l.index)
-            .await?
-            .iter()
-            .any(|(a, _)| *a == ip)
-        {
-            return Ok(Some(l.name));
-        }
-    }
-    Ok(None)
-}
-
-/// Level-based: whenever desired state changes (and every `--resync`), derive
-/// what the kernel should hold and apply the difference.
-async fn reconcile_loop(agent: Arc<Agent>) -> Result<()> {
-    let mut rx = agent.state.clone();
-    rx.wait_for(|s| s.synced)
-        .await
-        .context("desired-state source ended")?;
-    loop {
-        let st = rx.borrow_and_update().clone();
-        let t0 = Instant::now();
-        if agent.uplink().is_none() {
-            match find_uplink(&agent, &st).await {
-                Ok(Some(u)) => {
-                    if let Err(e) = attach_uplink(&agent, u).await {
-                        agent.metrics.error("uplink");
-                        tracing::error!(
-                            error = format!("{e:#}"),
-                            "attaching the uplink program failed"
-                        );
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!(node = %agent.node(), "no interface holds this node's InternalIP yet; uplink program not attached")
-                }
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "looking for the uplink failed")
-                }
-            }
-        }
-        if let Err(e) = configure_lb_node(&agent, &st).await {
-            agent.metrics.error("lb");
-            tracing::error!(
-                error = format!("{e:#}"),
-                "configuring the load balancer failed; will retry"
-            );
-        }
-        let t_lb = Instant::now();
-        let (a, s2) = (agent.clone(), st.clone());
-        match tokio::task::spawn_blocking(move || lb_sync::reconcile(&a, &s2)).await? {
-            Ok((changes, frontends)) if changes > 0 => {
-                tracing::info!(
-                    changes,
-                    frontends,
-                    revision = st.revision,
-                    elapsed_ms = t_lb.elapsed().as_millis() as u64,
-                    "load balancer reconciled"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => {
-                agent.metrics.error("lb");
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "reconciling the load balancer failed; will retry"
-                );
-            }
-        }
-        agent
-            .metrics
-            .observe_reconcile("lb", t_lb.elapsed().as_secs_f64());
-        let t_pol = Instant::now();
-        let (a, s3) = (agent.clone(), st.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || policy_sync::sync(&a, &s3)).await? {
-            agent.metrics.error("policy");
-            tracing::error!(
-                error = format!("{e:#}"),
-                "applying network policy failed; will retry"
-            );
-        }
-        agent
-            .metrics
-            .observe_reconcile("policy", t_pol.elapsed().as_secs_f64());
-        match routes::reconcile_routes(&agent, &st).await {
-            Ok((added, removed)) if added + removed > 0 => {
-                tracing::info!(
-                    added,
-                    removed,
-                    revision = st.revision,
-                    "node routes reconciled"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => {
-                agent.metrics.error("routes");
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "reconciling node routes failed; will retry"
-                );
-            }
-        }
-        agent
-            .metrics
-            .observe_reconcile("routes", t0.elapsed().as_secs_f64());
-        agent
-            .applied_revision
-            .store(st.revision, std::sync::atomic::Ordering::Release);
-
-        let health = agent.health.changed();
-        tokio::select! {
-            r = rx.changed() => r.context("desired-state source ended")?,
-            // A backend's health flipped: sets change, state does not.
-            _ = health.notified() => {}
-            _ = tokio::time::sleep(agent.cfg.resync) => {
-                // The slow path also counts the connection table (a map walk).
-                let a = agent.clone();
-                let n = tokio::task::spawn_blocking(move || a.dp().lb.ct_entries()).await?;
-                agent.ct_fill.store(n, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
 }

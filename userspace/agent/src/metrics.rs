@@ -336,8 +336,8 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
-    let st = s.agent.state.borrow().clone();
-    if !st.synced {
+    let synced = s.agent.state().synced;
+    if !synced {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "desired state not loaded yet\n".to_string(),

@@ -2,7 +2,31 @@
 //! picture for `strake status`.
 
 use crate::agent::Agent;
-use strake_api::{AgentStatus, ApiError, CounterView, ErrorKind, MapView, Pong, ProgramView};
+use crate::config::SourceKind;
+use crate::reconcile::PhaseState;
+use strake_api::{
+    AgentStatus, ApiError, CounterView, ErrorKind, MapView, PhaseView, Pong, ProgramView, SyncPoint,
+};
+
+/// Phases as the API shows them, `now` being the time of the answer.
+pub fn phase_views(states: &[PhaseState], now: std::time::Instant) -> Vec<PhaseView> {
+    states
+        .iter()
+        .map(|s| PhaseView {
+            name: s.name.to_string(),
+            applied_revision: s.applied_revision,
+            failures: s.failures,
+            last_error: s.last_error.clone(),
+            waiting: s.waiting.clone(),
+            next_run_ms: s
+                .next_run
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            last_duration_ms: s.last_duration.as_secs_f64() * 1000.0,
+            last_changes: s.last_changes,
+            passes: s.passes,
+        })
+        .collect()
+}
 
 impl Agent {
     pub fn pong(&self) -> Pong {
@@ -36,7 +60,25 @@ impl Agent {
             let p = self.policy.lock().unwrap();
             (p.applied.entries.len(), p.applied.classes.len())
         };
-        let st = self.state.borrow().clone();
+        let (pod_cidr, synced, source_revision, source_position, source_errors) = {
+            let st = self.state();
+            (
+                st.nodes
+                    .get(self.node())
+                    .and_then(|n| n.spec.as_ref()?.pod_cidr.clone()),
+                st.synced,
+                st.revision,
+                st.position,
+                st.errors.clone(),
+            )
+        };
+        let (applied_revision, phases) = {
+            let p = self.progress.lock().unwrap();
+            (
+                p.applied_revision,
+                phase_views(&p.phases, std::time::Instant::now()),
+            )
+        };
         let endpoints = self.ipam().len();
         let dp = self.dp();
         let links = dp.pinned_endpoint_links().len();
@@ -79,27 +121,43 @@ impl Agent {
             node: self.node().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            pod_cidr: st
-                .nodes
-                .get(self.node())
-                .and_then(|n| n.spec.as_ref()?.pod_cidr.clone()),
+            pod_cidr,
             uplink: self.uplink(),
             bpffs_root: dp.bpffs_root().display().to_string(),
-            synced: st.synced,
-            source_revision: st.revision,
+            synced,
+            source_revision,
             endpoints,
             routes: self.routes(),
             programs,
             maps,
             counters,
-            source_errors: st.errors.clone(),
-            applied_revision: self
-                .applied_revision
-                .load(std::sync::atomic::Ordering::Acquire),
-            source_content_stamp: st.content_stamp,
+            source_errors,
+            applied_revision,
+            source_position,
+            phases,
             policy_generation: dp.policy.generation(),
             policy_entries,
             policy_classes,
         })
+    }
+}
+
+impl Agent {
+    /// Where the source's origin stands now: a directory source stamps its
+    /// directories (the agent has applied them when its position is that
+    /// stamp); an API server's watches deliver in order, so what the agent
+    /// has received is the point (nothing newer can be asked for without a
+    /// quorum read of every kind).
+    pub fn sync_point(&self) -> SyncPoint {
+        match self.cfg.source {
+            SourceKind::Dir => SyncPoint {
+                position: strake_source::dir::content_stamp(&self.cfg.source_dirs),
+                exact: true,
+            },
+            SourceKind::Kube => SyncPoint {
+                position: self.state().position,
+                exact: false,
+            },
+        }
     }
 }

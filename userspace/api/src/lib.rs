@@ -115,6 +115,9 @@ pub enum Request {
         port: u16,
         protocol: String,
     },
+    /// Where the agent's desired-state source stands in its origin now
+    /// (what `strake wait` waits for the agent to apply).
+    SyncPoint,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +189,24 @@ pub struct CounterView {
     pub bytes: u64,
 }
 
+/// One reconcile phase's standing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseView {
+    pub name: String,
+    /// The last revision the phase fully applied.
+    pub applied_revision: u64,
+    /// Failed passes in a row.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Why the phase waits (not an error), when it does.
+    pub waiting: Option<String>,
+    /// When it runs next without a new change, from now.
+    pub next_run_ms: Option<u64>,
+    pub last_duration_ms: f64,
+    pub last_changes: usize,
+    pub passes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub node: String,
@@ -202,13 +223,94 @@ pub struct AgentStatus {
     pub maps: Vec<MapView>,
     pub counters: Vec<CounterView>,
     pub source_errors: Vec<String>,
-    /// The desired-state revision the data plane fully reflects.
+    /// The desired-state revision every phase has applied.
     pub applied_revision: u64,
-    /// `ClusterState::content_stamp` of the current desired state.
-    pub source_content_stamp: u64,
+    /// Where the source stood in its origin at the current revision (see
+    /// [`SyncPoint`]).
+    pub source_position: u64,
+    pub phases: Vec<PhaseView>,
     pub policy_generation: u32,
     pub policy_entries: usize,
     pub policy_classes: usize,
+}
+
+/// Where a source stands in its origin: a directory's content stamp
+/// (`exact`: positions compare equal or not at all), or the highest
+/// resourceVersion of an API server (ordered).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncPoint {
+    pub position: u64,
+    pub exact: bool,
+}
+
+impl AgentStatus {
+    /// Whether the agent has applied everything up to `target`; if not,
+    /// what it is waiting for, naming failing phases and their errors.
+    pub fn reached(&self, target: &SyncPoint) -> Result<(), String> {
+        wait_reason(
+            self.synced,
+            self.source_position,
+            self.source_revision,
+            self.applied_revision,
+            &self.phases,
+            target,
+            true,
+        )
+    }
+}
+
+/// What `strake wait` still waits for (`Ok` when nothing): the source's
+/// sync and position, and every phase behind `revision`.
+pub fn wait_reason(
+    synced: bool,
+    position: u64,
+    revision: u64,
+    applied: u64,
+    phases: &[PhaseView],
+    target: &SyncPoint,
+    countdown: bool,
+) -> Result<(), String> {
+    let mut why = Vec::new();
+    if !synced {
+        why.push("the desired-state source has not synced yet".to_string());
+    }
+    let arrived = if target.exact {
+        position == target.position
+    } else {
+        position >= target.position
+    };
+    if !arrived {
+        why.push("the latest desired state has not reached the agent yet".to_string());
+    }
+    for p in phases {
+        if p.applied_revision >= revision {
+            continue;
+        }
+        let next = p
+            .next_run_ms
+            .filter(|_| countdown)
+            .map(|ms| format!("; retrying in {ms} ms"))
+            .unwrap_or_default();
+        why.push(match (&p.last_error, &p.waiting) {
+            (Some(e), _) => format!(
+                "phase {} failed ({} in a row): {e}{next}",
+                p.name, p.failures
+            ),
+            (None, Some(w)) => format!("phase {} is waiting: {w}", p.name),
+            (None, None) => format!(
+                "phase {} has applied revision {} of {revision}",
+                p.name, p.applied_revision
+            ),
+        });
+    }
+    if why.is_empty() && applied < revision {
+        why.push(format!("revision {applied} applied of {revision}"));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,12 +5,10 @@ mod output;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use strake_api::{AgentStatus, Client, EndpointView, Request};
-use strake_lab::Lab;
+use strake_api::{AgentStatus, Client, EndpointView, Request, SyncPoint};
 use strake_netlink::netns;
 
 #[derive(Parser)]
@@ -56,11 +54,12 @@ enum Cmd {
     /// NetworkPolicy: why a flow is allowed or not.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Wait until every node's data plane reflects the current desired state.
+    /// Wait until the node's agent (or every agent of --lab) has applied
+    /// what its desired-state source holds now; says which phase holds it
+    /// back, and why, while it waits.
     Wait {
-        /// Lab directory whose nodes to wait for.
-        #[arg(long)]
-        lab: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
@@ -68,9 +67,13 @@ enum Cmd {
     /// The load balancer: services, frontends, backends, health, counters.
     #[command(subcommand)]
     Lb(LbCmd),
-    /// A simulated multi-node cluster in network namespaces.
-    #[command(subcommand)]
-    Lab(LabCmd),
+    /// A simulated multi-node cluster in network namespaces (runs
+    /// `strake-lab`; see `strake lab --help`).
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,49 +95,6 @@ enum PolicyCmd {
 enum LbCmd {
     /// Services with their frontends and backends, per node.
     List(Target),
-}
-
-#[derive(Subcommand)]
-enum LabCmd {
-    /// Build the lab a directory of Kubernetes YAML describes; returns once every agent has applied it.
-    Up {
-        dir: PathBuf,
-        /// CNI conflist to attach pods with (default: deploy/cni/10-strake.conflist).
-        #[arg(long)]
-        conflist: Option<PathBuf>,
-    },
-    /// Remove everything `lab up` made (also after a failed `up`).
-    Down { dir: PathBuf },
-    /// (Re)start the agent of one node, as its DaemonSet pod would be.
-    Restart { dir: PathBuf, node: String },
-    /// Run a command inside a pod's (ns/name) or node's (node/NAME) namespace.
-    Exec {
-        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
-        target: String,
-        #[arg(trailing_var_arg = true, required = true)]
-        command: Vec<String>,
-    },
-    /// Connect from a pod to an address and print the answer.
-    Probe {
-        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
-        from: String,
-        /// ip:port
-        to: SocketAddrV4,
-        #[arg(long, default_value = "tcp")]
-        proto: String,
-        #[arg(long, default_value = "2")]
-        timeout_secs: u64,
-    },
-    /// Serve a pod's ports (what the lab runs inside each pod).
-    #[command(hide = true)]
-    Serve {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_delimiter = ',')]
-        tcp: Vec<u16>,
-        #[arg(long, value_delimiter = ',')]
-        udp: Vec<u16>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -209,7 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             // Any node knows every policy; ask one.
             let mut t = target.clone();
             if let (Some(dir), None) = (&t.lab, &t.node) {
-                t.node = Some(Lab::load(dir)?.spec.nodes[0].name.clone());
+                t.node = lab_nodes(dir)?.into_iter().next().map(|(n, _)| n);
             }
             let all: Vec<(String, strake_api::PolicyTraceView)> = ask(&t, req)?;
             let (_, trace) = &all[0];
@@ -221,134 +181,161 @@ fn run(cli: Cli) -> Result<()> {
                 std::process::exit(2);
             }
         }
-        Cmd::Wait { lab, timeout_secs } => {
-            let lab = Lab::load(&lab)?;
+        Cmd::Wait {
+            target,
+            timeout_secs,
+        } => {
             let t0 = std::time::Instant::now();
-            lab.wait_synced(Duration::from_secs(timeout_secs))?;
+            let deadline = t0 + Duration::from_secs(timeout_secs);
+            let nodes = nodes(&target)?;
+            for (name, call) in &nodes {
+                let point: SyncPoint = call.call(Request::SyncPoint)?;
+                let mut said = String::new();
+                loop {
+                    let st: AgentStatus = call.call(Request::Status)?;
+                    let why = match st.reached(&point) {
+                        Ok(()) => break,
+                        Err(why) => why,
+                    };
+                    // Said again only when it changes, not as retries
+                    // count down.
+                    let gist = strake_api::wait_reason(
+                        st.synced,
+                        st.source_position,
+                        st.source_revision,
+                        st.applied_revision,
+                        &st.phases,
+                        &point,
+                        false,
+                    )
+                    .err()
+                    .unwrap_or_default();
+                    if gist != said {
+                        eprintln!("{name}: waiting: {why}");
+                        said = gist;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        bail!("{name} has not applied the latest desired state after {timeout_secs} s: {why}");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             eprintln!(
-                "{} nodes in sync ({} ms)",
-                lab.spec.nodes.len(),
+                "{} in sync ({} ms)",
+                if nodes.len() == 1 {
+                    "node".to_string()
+                } else {
+                    format!("{} nodes", nodes.len())
+                },
                 t0.elapsed().as_millis()
             );
         }
-        Cmd::Lab(l) => lab(l)?,
+        Cmd::Lab { args } => return lab(args),
     }
     Ok(())
+}
+
+/// Calls one agent.
+type Call = Box<dyn Fn(Request) -> Result<serde_json::Value>>;
+
+/// The agents a target names: the local one, or a lab's (all, or --node).
+fn nodes(t: &Target) -> Result<Vec<(String, TypedCall)>> {
+    let Some(dir) = &t.lab else {
+        let socket = t.socket.clone();
+        let call: Call =
+            Box::new(move |req| Client::new(&socket).call(&req).map_err(|e| anyhow!(e)));
+        return Ok(vec![("local".into(), TypedCall(call))]);
+    };
+    let mut out = Vec::new();
+    for (name, ns) in lab_nodes(dir)? {
+        if t.node.as_ref().is_some_and(|x| *x != name) {
+            continue;
+        }
+        let socket = t.socket.clone();
+        let label = name.clone();
+        let call: Call = Box::new(move |req| {
+            let socket = socket.clone();
+            netns::run_in(&ns, move || {
+                Client::new(&socket)
+                    .with_timeout(Duration::from_secs(30))
+                    .call(&req)
+                    .map_err(|e| anyhow!(e))
+            })
+            .with_context(|| format!("node {label}"))
+        });
+        out.push((name, TypedCall(call)));
+    }
+    if out.is_empty() {
+        bail!("no such node in the lab at {}", dir.display());
+    }
+    Ok(out)
+}
+
+struct TypedCall(Call);
+
+impl TypedCall {
+    fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T> {
+        Ok(serde_json::from_value((self.0)(req)?)?)
+    }
 }
 
 /// Sends `req` to the chosen agents; returns (node label, answer) pairs.
-fn ask<T: serde::de::DeserializeOwned + Send + 'static>(
-    t: &Target,
-    req: Request,
-) -> Result<Vec<(String, T)>> {
-    match &t.lab {
-        None => {
-            let v = Client::new(&t.socket).call(&req).map_err(|e| anyhow!(e))?;
-            Ok(vec![("local".into(), v)])
-        }
-        Some(dir) => {
-            let lab = Lab::load(dir)?;
-            let mut out = Vec::new();
-            for n in &lab.spec.nodes {
-                if t.node.as_ref().is_some_and(|x| *x != n.name) {
-                    continue;
-                }
-                let v = lab
-                    .agent(&n.name, req.clone())
-                    .with_context(|| format!("node {}", n.name))?;
-                out.push((n.name.clone(), v));
-            }
-            if out.is_empty() {
-                bail!("no such node in lab {}", lab.name);
-            }
-            Ok(out)
-        }
-    }
+fn ask<T: serde::de::DeserializeOwned>(t: &Target, req: Request) -> Result<Vec<(String, T)>> {
+    nodes(t)?
+        .into_iter()
+        .map(|(n, c)| Ok((n, c.call(req.clone())?)))
+        .collect()
 }
 
-/// `namespace/pod` or `node/<name>` to a namespace path.
-fn netns_of(target: &str) -> Result<PathBuf> {
-    let (a, b) = target
-        .split_once('/')
-        .ok_or_else(|| anyhow!("{target}: expected namespace/pod, node/<name> or ext/<name>"))?;
-    let name = match a {
-        "node" => Lab::node_netns_name(b),
-        "ext" => Lab::ext_netns_name(b),
-        _ => Lab::pod_netns_name(a, b),
-    };
-    let p = netns::path(&name);
-    if !p.exists() {
-        bail!("no network namespace {name} (is the lab up?)");
+/// The nodes of a running lab and the namespaces their agents listen in,
+/// from the index the lab keeps (`strake-lab` writes it at `up`).
+fn lab_nodes(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let want = dir
+        .canonicalize()
+        .with_context(|| format!("lab directory {}", dir.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Node {
+        name: String,
+        netns: PathBuf,
     }
-    Ok(p)
+    #[derive(serde::Deserialize)]
+    struct Index {
+        dir: PathBuf,
+        nodes: Vec<Node>,
+    }
+    for e in std::fs::read_dir(LABS_ROOT).into_iter().flatten().flatten() {
+        let Ok(bytes) = std::fs::read(e.path().join("lab.json")) else {
+            continue;
+        };
+        if let Ok(ix) = serde_json::from_slice::<Index>(&bytes) {
+            if ix.dir == want {
+                return Ok(ix.nodes.into_iter().map(|n| (n.name, n.netns)).collect());
+            }
+        }
+    }
+    bail!(
+        "no running lab for {} (no {LABS_ROOT}/*/lab.json names it); start it with `strake lab up {}`",
+        want.display(),
+        dir.display()
+    )
 }
 
-fn lab(cmd: LabCmd) -> Result<()> {
-    match cmd {
-        LabCmd::Up { dir, conflist } => {
-            let lab = Lab::load_with(&dir, conflist.as_deref())?;
-            eprintln!(
-                "lab {}: {} nodes, {} pods; logs and state in {}",
-                lab.name,
-                lab.spec.nodes.len(),
-                lab.spec.pods.len(),
-                lab.root.display()
-            );
-            lab.up().with_context(|| {
-                format!(
-                    "lab up failed; `strake lab down {}` cleans up",
-                    dir.display()
-                )
-            })?;
-            print!("{}", output::lab_summary(&lab));
-        }
-        LabCmd::Down { dir } => {
-            let lab = Lab::load(&dir)?;
-            lab.down()?;
-            eprintln!("lab {} is down", lab.name);
-        }
-        LabCmd::Restart { dir, node } => {
-            let lab = Lab::load(&dir)?;
-            if lab.spec.node(&node).is_none() {
-                bail!("lab {} has no node {node}", lab.name);
-            }
-            if let Some(pid) = lab
-                .agent_pid(&node)
-                .filter(|p| strake_lab::procs::alive(*p))
-            {
-                strake_lab::procs::stop(&[pid], Duration::from_secs(5));
-            }
-            let pid = lab.start_agent(&node)?;
-            lab.wait_agent_ready(&node, Duration::from_secs(30))?;
-            eprintln!("agent of node {node} running again (pid {pid})");
-        }
-        LabCmd::Exec { target, command } => {
-            let ns = netns_of(&target)?;
-            let args: Vec<&str> = command[1..].iter().map(|s| s.as_str()).collect();
-            let out = strake_lab::procs::run_in_netns(&ns, &command[0], &args)?;
-            use std::io::Write;
-            std::io::stdout().write_all(&out.stdout)?;
-            std::io::stderr().write_all(&out.stderr)?;
-            if !out.status.success() {
-                bail!("{} exited with {}", command[0], out.status);
-            }
-        }
-        LabCmd::Probe {
-            from,
-            to,
-            proto,
-            timeout_secs,
-        } => {
-            let ns = netns_of(&from)?;
-            let t = Duration::from_secs(timeout_secs);
-            let answer = match proto.as_str() {
-                "tcp" => strake_lab::probe::tcp(&ns, to, t)?,
-                "udp" => strake_lab::probe::udp(&ns, to, t)?,
-                p => bail!("--proto {p}: use tcp or udp"),
-            };
-            println!("{answer}");
-        }
-        LabCmd::Serve { name, tcp, udp } => strake_lab::serve::serve(&name, &tcp, &udp)?,
-    }
-    Ok(())
+/// Where labs keep their state (the lab's own constant; the CLI does not
+/// link the lab).
+const LABS_ROOT: &str = "/var/lib/strake-lab";
+
+/// `strake lab ARGS`: runs `strake-lab ARGS`, found beside this binary or
+/// in PATH.
+fn lab(args: Vec<String>) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("strake-lab")))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| PathBuf::from("strake-lab"));
+    let err = std::process::Command::new(&program).args(&args).exec();
+    bail!(
+        "cannot run {}: {err} (build it with `cargo build -p strake-lab`)",
+        program.display()
+    )
 }

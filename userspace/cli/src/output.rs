@@ -2,7 +2,6 @@
 
 use std::fmt::Write;
 use strake_api::{AgentStatus, EndpointView};
-use strake_lab::Lab;
 
 fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -45,6 +44,33 @@ pub fn status(s: &AgentStatus) -> String {
             format!(", {} invalid documents", s.source_errors.len())
         }
     );
+    let _ = writeln!(
+        o,
+        "  applied: revision {} of {}",
+        s.applied_revision, s.source_revision
+    );
+    let _ = writeln!(
+        o,
+        "  {:<10} {:>8} {:>8} {:>9}  STATE",
+        "PHASE", "APPLIED", "PASSES", "LAST"
+    );
+    for p in &s.phases {
+        let state = match (&p.last_error, &p.waiting) {
+            (Some(e), _) => format!(
+                "FAILED x{}, retry in {} ms: {e}",
+                p.failures,
+                p.next_run_ms.unwrap_or(0)
+            ),
+            (None, Some(w)) => format!("waiting: {w}"),
+            _ if p.applied_revision >= s.source_revision => "ok".into(),
+            _ => "pending".into(),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>8} {:>8} {:>7.1}ms  {state}",
+            p.name, p.applied_revision, p.passes, p.last_duration_ms
+        );
+    }
     let _ = writeln!(o, "  bpffs {}", s.bpffs_root);
     let _ = writeln!(
         o,
@@ -115,31 +141,6 @@ pub fn endpoints(all: &[(String, Vec<EndpointView>)]) -> String {
             );
         }
     }
-    o
-}
-
-pub fn lab_summary(lab: &Lab) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "lab {} is up", lab.name);
-    for n in &lab.spec.nodes {
-        let _ = writeln!(
-            o,
-            "  node {:<10} {:<15} pods {}/{}",
-            n.name, n.ip, n.pod_cidr.0, n.pod_cidr.1
-        );
-        for p in lab.spec.pods.iter().filter(|p| p.node == n.name) {
-            let ip = lab
-                .pod_ip(&p.namespace, &p.name)
-                .map(|i| i.to_string())
-                .unwrap_or_else(|_| "-".into());
-            let _ = writeln!(o, "    pod {:<28} {ip}", p.key());
-        }
-    }
-    let _ = writeln!(
-        o,
-        "try: strake status --lab {}    strake lab probe <ns/pod> <ip:port>",
-        lab.dir.display()
-    );
     o
 }
 

@@ -16,11 +16,13 @@
 //! Everything it creates is journaled before it is created, so `down` removes
 //! all of it even after an `up` that died half way.
 
+pub mod cni_runtime;
 pub mod probe;
 pub mod procs;
 pub mod serve;
 pub mod spec;
 
+use crate::cni_runtime::{Attachment, ConfList, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,7 +33,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use strake_api::{Client, Pong, Request};
-use strake_cni::invoke::{Attachment, ConfList, Runtime};
 use strake_netlink::{netns, Netlink};
 
 pub use spec::{ExternalSpec, LabSpec, NodeSpec, PodSpec};
@@ -46,6 +47,12 @@ pub const DEPLOY_CONFLIST: &str = include_str!("../../../deploy/cni/10-strake.co
 
 /// Where reference CNI plugins live (Debian puts them in /usr/lib/cni).
 const SYSTEM_CNI_DIRS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
+
+/// The index a running lab leaves in its root (see `write_index`).
+pub const INDEX_FILE: &str = "lab.json";
+
+/// Where labs keep their state, one directory per lab.
+pub const LABS_ROOT: &str = "/var/lib/strake-lab";
 
 /// Metrics port of every lab agent (each in its own namespace).
 pub const AGENT_METRICS_PORT: u16 = 9753;
@@ -109,7 +116,7 @@ impl Lab {
         };
         let conflist = ConfList::from_json(conflist_text.as_bytes())?;
         Ok(Lab {
-            root: PathBuf::from("/var/lib/strake-lab").join(&name),
+            root: PathBuf::from(LABS_ROOT).join(&name),
             name,
             dir,
             spec,
@@ -266,6 +273,7 @@ impl Lab {
         for d in ["status", "pods", "cni-cache"] {
             std::fs::create_dir_all(self.root.join(d))?;
         }
+        self.write_index()?;
         std::fs::write(self.root.join("conflist.json"), &self.conflist_text)?;
         self.up_fabric()?;
         for n in &self.spec.nodes {
@@ -291,6 +299,33 @@ impl Lab {
         // them, or the first connections would see a Service with some of
         // its backends missing.
         self.wait_synced(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// `lab.json` in the lab's root: its directory and nodes, with the
+    /// namespace each node's agent listens in. `strake --lab DIR` finds the
+    /// agents through it without linking the lab.
+    fn write_index(&self) -> Result<()> {
+        let nodes: Vec<serde_json::Value> = self
+            .spec
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name,
+                    "netns": self.node_netns(&n.name),
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "name": self.name,
+            "dir": self.dir,
+            "nodes": nodes,
+        });
+        std::fs::write(
+            self.root.join(INDEX_FILE),
+            serde_json::to_vec_pretty(&index)?,
+        )?;
         Ok(())
     }
 
@@ -544,7 +579,7 @@ impl Lab {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let mut args = vec!["lab".to_string(), "serve".into(), "--name".into(), p.key()];
+        let mut args = vec!["serve".to_string(), "--name".into(), p.key()];
         if !p.tcp_ports.is_empty() {
             args.extend(["--tcp".into(), join(&p.tcp_ports)]);
         }
@@ -556,7 +591,7 @@ impl Lab {
             .join("pods")
             .join(format!("{}_{}.log", p.namespace, p.name));
         let ns = self.pod_netns(&p.namespace, &p.name);
-        procs::spawn_in_netns(&ns, &procs::bin("strake")?, &args, &log)?;
+        procs::spawn_in_netns(&ns, &procs::bin("strake-lab")?, &args, &log)?;
         // Listening before returning (the Ready that follows must be true).
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(port) = p.tcp_ports.first() {
@@ -586,20 +621,19 @@ impl Lab {
     /// Waits until every node's data plane reflects everything written to
     /// the lab's directories so far (what `strake wait` does).
     pub fn wait_synced(&self, timeout: Duration) -> Result<()> {
-        let want = strake_source::dir::content_stamp(&[self.dir.clone(), self.status_dir()]);
         let deadline = Instant::now() + timeout;
         for n in &self.spec.nodes {
+            let target: strake_api::SyncPoint = self.agent(&n.name, Request::SyncPoint)?;
             loop {
                 let st: strake_api::AgentStatus = self.agent(&n.name, Request::Status)?;
-                if st.source_content_stamp == want && st.applied_revision == st.source_revision {
-                    break;
-                }
+                let why = match st.reached(&target) {
+                    Ok(()) => break,
+                    Err(why) => why,
+                };
                 if Instant::now() > deadline {
                     bail!(
-                        "node {} has not applied the latest desired state after {timeout:?} (revision {} applied of {})",
-                        n.name,
-                        st.applied_revision,
-                        st.source_revision
+                        "node {} has not applied the latest desired state after {timeout:?}: {why}",
+                        n.name
                     );
                 }
                 std::thread::sleep(Duration::from_millis(10));

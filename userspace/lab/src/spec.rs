@@ -75,11 +75,11 @@ impl LabSpec {
 
     /// The lab's own kinds (lab.strake.dev/v1): Lab settings, ExternalHosts.
     fn read_lab_kinds(&mut self, dir: &Path) -> Result<()> {
-        use strake_source::dir::{parse_documents, yaml_files, Object};
+        use strake_source::dir::{parse_documents, yaml_files, Document};
         for f in yaml_files(dir) {
             let text = std::fs::read_to_string(&f)?;
             for o in parse_documents(&text).into_iter().flatten() {
-                let Object::Other {
+                let Document::Other {
                     api_version,
                     kind,
                     value,

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 use strake_api::{AgentStatus, Request};
-use strake_cni::invoke::ConfList;
+use strake_lab::cni_runtime::ConfList;
 use strake_lab::{probe, procs, Lab};
 
 fn deploy(file: &str) -> PathBuf {

@@ -6,21 +6,21 @@
 //! how the lab plays kubelet, writing pod IPs to a status directory of its own
 //! without touching the user's files.
 
-use crate::state::{ClusterState, ObjectKey};
-use crate::StateSender;
+use crate::state::{ClusterState, Object, ObjectRef, Op};
+use crate::{Batch, BatchSender};
 use anyhow::{anyhow, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// One parsed document.
 #[derive(Debug, Clone)]
-pub enum Object {
+pub enum Document {
     Node(Box<Node>),
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
@@ -38,7 +38,7 @@ pub enum Object {
 
 /// Parses every document of a YAML (or JSON) text. A document that fails to
 /// parse yields an error naming its index; the others still come through.
-pub fn parse_documents(text: &str) -> Vec<Result<Object>> {
+pub fn parse_documents(text: &str) -> Vec<Result<Document>> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match serde_yaml::Value::deserialize_from(doc) {
@@ -69,7 +69,7 @@ impl DeserializeFrom for serde_yaml::Value {
     }
 }
 
-fn parse_value(value: serde_yaml::Value) -> Result<Object> {
+fn parse_value(value: serde_yaml::Value) -> Result<Document> {
     let field = |k: &str| {
         value
             .get(k)
@@ -87,13 +87,13 @@ fn parse_value(value: serde_yaml::Value) -> Result<Object> {
             .with_context(|| format!("not a valid {kind}"))
     }
     Ok(match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Node") => Object::Node(typed(value, &kind)?),
-        ("v1", "Namespace") => Object::Namespace(typed(value, &kind)?),
-        ("v1", "Pod") => Object::Pod(typed(value, &kind)?),
-        ("v1", "Service") => Object::Service(typed(value, &kind)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value, &kind)?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(typed(value, &kind)?),
-        _ => Object::Other {
+        ("v1", "Node") => Document::Node(typed(value, &kind)?),
+        ("v1", "Namespace") => Document::Namespace(typed(value, &kind)?),
+        ("v1", "Pod") => Document::Pod(typed(value, &kind)?),
+        ("v1", "Service") => Document::Service(typed(value, &kind)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Document::EndpointSlice(typed(value, &kind)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Document::NetworkPolicy(typed(value, &kind)?),
+        _ => Document::Other {
             api_version,
             kind,
             value,
@@ -101,68 +101,84 @@ fn parse_value(value: serde_yaml::Value) -> Result<Object> {
     })
 }
 
-fn ns_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<ObjectKey> {
-    let name = meta
-        .name
-        .clone()
-        .ok_or_else(|| anyhow!("metadata.name is missing"))?;
-    Ok(ObjectKey::new(
-        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name,
-    ))
+impl Document {
+    /// The object a document stands for, if it is of a kind the data plane
+    /// reads.
+    pub fn into_object(self) -> Option<Object> {
+        Some(match self {
+            Document::Node(n) => Object::Node(Arc::new(*n)),
+            Document::Namespace(n) => Object::Namespace(Arc::new(*n)),
+            Document::Pod(p) => Object::Pod(Arc::new(*p)),
+            Document::Service(s) => Object::Service(Arc::new(*s)),
+            Document::EndpointSlice(e) => Object::EndpointSlice(Arc::new(*e)),
+            Document::NetworkPolicy(p) => Object::NetworkPolicy(Arc::new(*p)),
+            Document::Other { .. } => return None,
+        })
+    }
 }
 
-/// Adds one object to a state, merging status-only documents.
-pub fn apply_object(state: &mut ClusterState, obj: Object) -> Result<()> {
-    match obj {
-        Object::Node(n) => {
-            let name = n
-                .metadata
-                .name
-                .clone()
-                .ok_or_else(|| anyhow!("Node without metadata.name"))?;
-            match state.nodes.get_mut(&name) {
-                Some(old) if n.spec.is_none() => old.status = n.status,
-                _ => {
-                    state.nodes.insert(name, *n);
-                }
-            }
+/// Folds a later document for the same object into an earlier one: a
+/// document without `spec` (Nodes, Pods, Services) adds only its `status`,
+/// as the lab writes pod IPs the way kubelet would; any other replaces it.
+pub fn merge(earlier: Object, later: Object) -> Object {
+    fn status_only<T: Clone, S: Clone>(
+        base: &Arc<T>,
+        later: &Arc<T>,
+        spec: impl Fn(&T) -> Option<&S>,
+        set_status: impl Fn(&mut T, &T),
+    ) -> Option<Arc<T>> {
+        if spec(later).is_some() {
+            return None;
         }
-        Object::Namespace(n) => {
-            let name = n
-                .metadata
-                .name
-                .clone()
-                .ok_or_else(|| anyhow!("Namespace without metadata.name"))?;
-            state.namespaces.insert(name, *n);
-        }
-        Object::Pod(p) => {
-            let key = ns_key(&p.metadata)?;
-            match state.pods.get_mut(&key) {
-                Some(old) if p.spec.is_none() => old.status = p.status,
-                _ => {
-                    state.pods.insert(key, *p);
-                }
-            }
-        }
-        Object::Service(s) => {
-            let key = ns_key(&s.metadata)?;
-            match state.services.get_mut(&key) {
-                Some(old) if s.spec.is_none() => old.status = s.status,
-                _ => {
-                    state.services.insert(key, *s);
-                }
-            }
-        }
-        Object::EndpointSlice(e) => {
-            state.endpoint_slices.insert(ns_key(&e.metadata)?, *e);
-        }
-        Object::NetworkPolicy(p) => {
-            state.network_policies.insert(ns_key(&p.metadata)?, *p);
-        }
-        Object::Other { .. } => {}
+        let mut b = (**base).clone();
+        set_status(&mut b, later);
+        Some(Arc::new(b))
     }
-    Ok(())
+    let merged = match (&earlier, &later) {
+        (Object::Node(a), Object::Node(b)) => status_only(
+            a,
+            b,
+            |n| n.spec.as_ref(),
+            |n, l| n.status = l.status.clone(),
+        )
+        .map(Object::Node),
+        (Object::Pod(a), Object::Pod(b)) => status_only(
+            a,
+            b,
+            |n| n.spec.as_ref(),
+            |n, l| n.status = l.status.clone(),
+        )
+        .map(Object::Pod),
+        (Object::Service(a), Object::Service(b)) => status_only(
+            a,
+            b,
+            |n| n.spec.as_ref(),
+            |n, l| n.status = l.status.clone(),
+        )
+        .map(Object::Service),
+        _ => None,
+    };
+    merged.unwrap_or(later)
+}
+
+/// A state from one YAML text, documents merged as the directory source
+/// merges them (for tests and tools).
+pub fn state_from_yaml(text: &str) -> Result<ClusterState> {
+    let mut merged: BTreeMap<ObjectRef, Object> = BTreeMap::new();
+    for d in parse_documents(text) {
+        let Some(o) = d?.into_object() else { continue };
+        let r = o
+            .reference()
+            .ok_or_else(|| anyhow!("{} without metadata.name", o.kind().name()))?;
+        let o = match merged.remove(&r) {
+            Some(e) => merge(e, o),
+            None => o,
+        };
+        merged.insert(r, o);
+    }
+    let mut st = ClusterState::from_objects(merged.into_values());
+    st.synced = true;
+    Ok(st)
 }
 
 /// Directories of YAML, read in order and watched.
@@ -174,10 +190,136 @@ pub struct DirSource {
     pub resync: Duration,
 }
 
-/// Parsed contents of one file, reused while the file is unchanged.
-struct CachedFile {
+/// Where an object's document sits: directory order, file, place in file.
+type Place = (usize, PathBuf, usize);
+
+/// What the source remembers between scans: per file, its stamp and the
+/// objects it contributed; per object, its contributions in order and what
+/// was published. Objects are trimmed and shared with the consumer, so this
+/// costs little beyond the consumer's own copy.
+#[derive(Default)]
+struct Scan {
+    files: BTreeMap<PathBuf, FileEntry>,
+    contributions: BTreeMap<ObjectRef, BTreeMap<Place, Object>>,
+    published: BTreeMap<ObjectRef, Object>,
+}
+
+struct FileEntry {
     stamp: (SystemTime, u64),
-    objects: Vec<Result<Object>>,
+    places: Vec<(ObjectRef, Place)>,
+    errors: Vec<String>,
+}
+
+impl Scan {
+    /// Reads what changed since the last scan; returns the operations that
+    /// bring a consumer from the last published state to the current one.
+    fn rescan(&mut self, dirs: &[PathBuf]) -> Vec<Op> {
+        let mut touched: BTreeSet<ObjectRef> = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        for (di, dir) in dirs.iter().enumerate() {
+            for file in yaml_files(dir) {
+                let stamp = match std::fs::metadata(&file) {
+                    Ok(m) => (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()),
+                    Err(_) => continue, // removed while we listed
+                };
+                seen.insert(file.clone());
+                if self.files.get(&file).is_some_and(|f| f.stamp == stamp) {
+                    continue;
+                }
+                self.forget_file(&file, &mut touched);
+                let docs = match std::fs::read_to_string(&file) {
+                    Ok(text) => parse_documents(&text),
+                    Err(e) => vec![Err(anyhow!("reading: {e}"))],
+                };
+                let mut entry = FileEntry {
+                    stamp,
+                    places: Vec::new(),
+                    errors: Vec::new(),
+                };
+                for (i, d) in docs.into_iter().enumerate() {
+                    let obj = match d {
+                        Ok(d) => match d.into_object() {
+                            Some(o) => o,
+                            None => continue,
+                        },
+                        Err(e) => {
+                            entry.errors.push(format!("{}: {e:#}", file.display()));
+                            continue;
+                        }
+                    };
+                    let Some(r) = obj.reference() else {
+                        entry.errors.push(format!(
+                            "{}: document {}: {} without metadata.name",
+                            file.display(),
+                            i + 1,
+                            obj.kind().name()
+                        ));
+                        continue;
+                    };
+                    let place = (di, file.clone(), i);
+                    self.contributions
+                        .entry(r.clone())
+                        .or_default()
+                        .insert(place.clone(), obj.trimmed());
+                    touched.insert(r.clone());
+                    entry.places.push((r, place));
+                }
+                self.files.insert(file, entry);
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|f| !seen.contains(*f))
+            .cloned()
+            .collect();
+        for f in gone {
+            self.forget_file(&f, &mut touched);
+        }
+        let mut ops = Vec::new();
+        for r in touched {
+            let merged = self
+                .contributions
+                .get(&r)
+                .and_then(|c| c.values().cloned().reduce(merge));
+            match merged {
+                Some(o) => {
+                    if self.published.get(&r) != Some(&o) {
+                        self.published.insert(r, o.clone());
+                        ops.push(Op::Upsert(o));
+                    }
+                }
+                None => {
+                    if self.published.remove(&r).is_some() {
+                        ops.push(Op::Delete(r));
+                    }
+                }
+            }
+        }
+        ops
+    }
+
+    fn forget_file(&mut self, file: &Path, touched: &mut BTreeSet<ObjectRef>) {
+        let Some(old) = self.files.remove(file) else {
+            return;
+        };
+        for (r, place) in old.places {
+            if let Some(c) = self.contributions.get_mut(&r) {
+                c.remove(&place);
+                if c.is_empty() {
+                    self.contributions.remove(&r);
+                }
+            }
+            touched.insert(r);
+        }
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.files
+            .values()
+            .flat_map(|f| f.errors.iter().cloned())
+            .collect()
+    }
 }
 
 impl DirSource {
@@ -190,51 +332,22 @@ impl DirSource {
 
     /// Reads everything once.
     pub fn load(&self) -> ClusterState {
-        self.load_cached(&mut BTreeMap::new())
-    }
-
-    fn load_cached(&self, cache: &mut BTreeMap<PathBuf, CachedFile>) -> ClusterState {
-        let mut state = ClusterState {
+        let position = content_stamp(&self.dirs);
+        let mut scan = Scan::default();
+        let mut st = ClusterState::default();
+        st.apply_batch(Batch {
+            ops: scan.rescan(&self.dirs),
             synced: true,
-            content_stamp: content_stamp(&self.dirs),
-            ..Default::default()
-        };
-        let mut seen = Vec::new();
-        for dir in &self.dirs {
-            for file in yaml_files(dir) {
-                seen.push(file.clone());
-                let stamp = match std::fs::metadata(&file) {
-                    Ok(m) => (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()),
-                    Err(_) => continue, // removed while we listed
-                };
-                let fresh = cache.get(&file).is_none_or(|c| c.stamp != stamp);
-                if fresh {
-                    let objects = match std::fs::read_to_string(&file) {
-                        Ok(text) => parse_documents(&text),
-                        Err(e) => vec![Err(anyhow!("reading: {e}"))],
-                    };
-                    cache.insert(file.clone(), CachedFile { stamp, objects });
-                }
-                for obj in &cache[&file].objects {
-                    match obj {
-                        Ok(o) => {
-                            if let Err(e) = apply_object(&mut state, o.clone()) {
-                                state.errors.push(format!("{}: {e:#}", file.display()));
-                            }
-                        }
-                        Err(e) => state.errors.push(format!("{}: {e:#}", file.display())),
-                    }
-                }
-            }
-        }
-        cache.retain(|k, _| seen.contains(k));
-        state
+            position,
+            errors: Some(scan.errors()),
+        });
+        st
     }
 
-    /// Publishes the directories' contents now and after every change,
-    /// forever. Errors in individual documents are reported in
-    /// `ClusterState::errors` and logged; they never stop the source.
-    pub async fn run(self, tx: StateSender) -> Result<()> {
+    /// Publishes the directories' contents now and what changes after,
+    /// forever. Errors in individual documents are reported in the batches'
+    /// `errors` and logged; they never stop the source.
+    pub async fn run(self, tx: BatchSender) -> Result<()> {
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads raise access events: only changes count.
@@ -253,28 +366,40 @@ impl DirSource {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; falling back to periodic re-reads");
             }
         }
-        let mut cache = BTreeMap::new();
-        let mut revision = 0u64;
+        let mut scan = Scan::default();
         let mut last_errors = Vec::new();
-        let mut last_stamp = None;
+        let mut last_position = None;
         loop {
-            let mut state = self.load_cached(&mut cache);
-            if last_stamp == Some(state.content_stamp) {
+            // The stamp first: what is read after it is at least that new.
+            let position = content_stamp(&self.dirs);
+            if last_position == Some(position) {
                 // Nothing changed (a resync tick, or an event for a file we
                 // do not read): consumers already have this state.
                 wait_for_change(&mut ev_rx, self.resync).await;
                 continue;
             }
-            last_stamp = Some(state.content_stamp);
-            if state.errors != last_errors {
-                for e in &state.errors {
+            let dirs = self.dirs.clone();
+            let (s, ops) = tokio::task::spawn_blocking(move || {
+                let ops = scan.rescan(&dirs);
+                (scan, ops)
+            })
+            .await?;
+            scan = s;
+            let errors = scan.errors();
+            if errors != last_errors {
+                for e in &errors {
                     tracing::warn!(error = %e, "ignoring an invalid document in the desired-state directory");
                 }
-                last_errors = state.errors.clone();
+                last_errors = errors.clone();
             }
-            revision += 1;
-            state.revision = revision;
-            if tx.send(Arc::new(state)).is_err() {
+            last_position = Some(position);
+            let batch = Batch {
+                ops,
+                synced: true,
+                position,
+                errors: Some(errors),
+            };
+            if tx.send(batch).is_err() {
                 return Ok(()); // nobody listens any more
             }
             wait_for_change(&mut ev_rx, self.resync).await;
@@ -381,12 +506,8 @@ status:
 
     #[test]
     fn multi_document_files_parse_into_typed_objects() {
-        let objs = parse_documents(NODES);
-        assert_eq!(objs.len(), 2);
-        let mut st = ClusterState::default();
-        for o in objs {
-            apply_object(&mut st, o.unwrap()).unwrap();
-        }
+        assert_eq!(parse_documents(NODES).len(), 2);
+        let st = state_from_yaml(NODES).unwrap();
         assert_eq!(
             st.node_pod_cidr("b"),
             Some(("10.244.2.0".parse().unwrap(), 24))
@@ -431,7 +552,7 @@ status:
         )
         .unwrap();
         let st = DirSource::new(vec![spec, status]).load();
-        let pod = &st.pods[&ObjectKey::new("x", "p")];
+        let pod = &st.pods[&crate::ObjectKey::new("x", "p")];
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "web");
         assert_eq!(
             pod.status.as_ref().unwrap().pod_ip.as_deref(),
@@ -441,31 +562,52 @@ status:
     }
 
     #[tokio::test]
-    async fn changes_to_the_directory_are_published() {
+    async fn changes_to_the_directory_are_sent_as_changes_of_what_changed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nodes.yaml"), NODES).unwrap();
         let (tx, mut rx) = crate::channel();
         let src = DirSource::new(vec![dir.path().to_path_buf()]);
         tokio::spawn(src.run(tx));
-        rx.wait_for(|s| s.nodes.len() == 2).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        assert!(first.synced);
+        assert_eq!(first.ops.len(), 2, "both nodes, complete");
+        let mut st = ClusterState::default();
+        st.apply_batch(first);
         std::fs::write(
             dir.path().join("ns.yaml"),
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {team: a}}\n",
         )
         .unwrap();
-        let st = tokio::time::timeout(
+        let b = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .expect("the new file is seen within 3 s")
+            .unwrap();
+        // Only the new object: the unchanged file is not read again.
+        assert_eq!(b.ops.len(), 1, "{:?}", b.ops);
+        st.apply_batch(b);
+        assert_eq!(st.namespace_labels("prod")["team"], "a");
+        // One node edited in place: one upsert.
+        std::fs::write(
+            dir.path().join("nodes.yaml"),
+            NODES.replace("10.0.0.2", "10.0.0.9"),
+        )
+        .unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.ops.len(), 1, "{:?}", b.ops);
+        let changes = st.apply_batch(b);
+        assert_eq!(changes[0].reference.key.name, "b");
+        assert!(changes[0].old.is_some());
+        std::fs::remove_file(dir.path().join("nodes.yaml")).unwrap();
+        tokio::time::timeout(
             Duration::from_secs(3),
-            rx.wait_for(|s| s.namespaces.contains_key("prod")),
+            crate::follow_until(&mut rx, &mut st, |s| s.nodes.is_empty()),
         )
         .await
-        .expect("the new file is seen within 3 s")
-        .unwrap()
-        .clone();
-        assert_eq!(st.namespace_labels("prod")["team"], "a");
-        std::fs::remove_file(dir.path().join("nodes.yaml")).unwrap();
-        tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|s| s.nodes.is_empty()))
-            .await
-            .expect("removal is seen")
-            .unwrap();
+        .expect("removal is seen")
+        .unwrap();
+        assert_eq!(st.namespaces.len(), 1);
     }
 }

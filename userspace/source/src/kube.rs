@@ -1,15 +1,15 @@
 //! Desired state from a Kubernetes API server: one kube-rs watcher per kind
 //! (list, then watch; relist when the watch expires or breaks, with
-//! backoff), folded into one [`ClusterState`] and published once every kind
-//! has listed, then on every change (changes arriving together are
-//! published together).
+//! backoff), turned into batches of operations: nothing until every kind
+//! has listed (one complete batch), then the events as they come (events
+//! arriving together are sent together).
 //!
-//! A relist replaces everything of its kind, so objects deleted while the
-//! watch was down disappear too. Until every kind has listed once, nothing
-//! is published: consumers never act on a partial view.
+//! A relist is diffed against what was sent before: objects deleted while
+//! the watch was down are deleted, unchanged ones cost the consumer one
+//! comparison, and nothing is published from a partial list.
 
-use crate::dir::{apply_object, Object};
-use crate::{ClusterState, ObjectKey, StateSender};
+use crate::state::{Kind, Object, ObjectKey, ObjectRef, Op};
+use crate::{Batch, BatchSender};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -17,36 +17,27 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::BTreeMap;
+use kube::{Api, Client, Resource};
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The kinds the data plane is computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    Node,
-    Namespace,
-    Pod,
-    Service,
-    EndpointSlice,
-    NetworkPolicy,
-}
-
-const KINDS: [Kind; 6] = [
-    Kind::Node,
-    Kind::Namespace,
-    Kind::Pod,
-    Kind::Service,
-    Kind::EndpointSlice,
-    Kind::NetworkPolicy,
+/// What the source asks of the API server, per resource: exactly what the
+/// agent's ClusterRole (deploy/strake/rbac.yaml) must grant.
+pub const ACCESS: [(&str, &str, &[&str]); 6] = [
+    ("", "nodes", &["list", "watch"]),
+    ("", "namespaces", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
 ];
 
 /// One watcher event, any kind.
-enum Change {
+enum Event2 {
     Apply(Object),
-    Delete(Kind, ObjectKey),
+    Delete(Object),
     Init(Kind),
     InitApply(Object),
     InitDone(Kind),
@@ -55,8 +46,20 @@ enum Change {
 
 pub struct KubeSource {
     client: Client,
-    /// How long to wait for more changes before publishing.
+    /// How long to wait for more events before sending.
     pub settle: Duration,
+}
+
+/// What the source remembers: the keys it sent per kind (to turn a relist
+/// into deletes), a relist in progress, which kinds listed once.
+#[derive(Default)]
+struct Fold {
+    sent: BTreeMap<Kind, BTreeSet<ObjectKey>>,
+    listing: BTreeMap<Kind, Vec<Object>>,
+    listed: BTreeSet<Kind>,
+    ops: Vec<Op>,
+    /// Highest resourceVersion seen (etcd revisions are numbers).
+    position: u64,
 }
 
 impl KubeSource {
@@ -72,69 +75,73 @@ impl KubeSource {
     pub fn new(client: Client) -> Self {
         KubeSource {
             client,
-            settle: Duration::from_millis(50),
+            settle: Duration::from_millis(20),
         }
     }
 
-    /// Watches until the receivers are gone.
-    pub async fn run(self, tx: StateSender) -> Result<()> {
+    /// Watches until the receiver is gone.
+    pub async fn run(self, tx: BatchSender) -> Result<()> {
         let c = &self.client;
-        let mut changes = futures::stream::select_all([
+        let mut events = futures::stream::select_all([
             watch::<Node>(Api::all(c.clone()), Kind::Node, |o| {
-                Object::Node(Box::new(o))
+                Object::Node(Arc::new(o))
             }),
             watch::<Namespace>(Api::all(c.clone()), Kind::Namespace, |o| {
-                Object::Namespace(Box::new(o))
+                Object::Namespace(Arc::new(o))
             }),
-            watch::<Pod>(Api::all(c.clone()), Kind::Pod, |o| Object::Pod(Box::new(o))),
+            watch::<Pod>(Api::all(c.clone()), Kind::Pod, |o| Object::Pod(Arc::new(o))),
             watch::<Service>(Api::all(c.clone()), Kind::Service, |o| {
-                Object::Service(Box::new(o))
+                Object::Service(Arc::new(o))
             }),
             watch::<EndpointSlice>(Api::all(c.clone()), Kind::EndpointSlice, |o| {
-                Object::EndpointSlice(Box::new(o))
+                Object::EndpointSlice(Arc::new(o))
             }),
             watch::<NetworkPolicy>(Api::all(c.clone()), Kind::NetworkPolicy, |o| {
-                Object::NetworkPolicy(Box::new(o))
+                Object::NetworkPolicy(Arc::new(o))
             }),
         ]);
-        let mut state = ClusterState::default();
-        let mut listing: BTreeMap<Kind, ClusterState> = BTreeMap::new();
-        let mut listed: BTreeMap<Kind, bool> = KINDS.iter().map(|k| (*k, false)).collect();
-        let mut revision = 0u64;
+        let mut fold = Fold::default();
+        let mut synced = false;
         loop {
-            let Some(first) = changes.next().await else {
+            let Some(first) = events.next().await else {
                 return Ok(());
             };
-            let mut changed = fold(first, &mut state, &mut listing, &mut listed);
+            fold.event(first);
             // Take whatever else arrives while the burst settles.
             let deadline = tokio::time::sleep(self.settle);
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
                     _ = &mut deadline => break,
-                    c = changes.next() => match c {
-                        Some(c) => changed |= fold(c, &mut state, &mut listing, &mut listed),
+                    e = events.next() => match e {
+                        Some(e) => fold.event(e),
                         None => return Ok(()),
                     },
                 }
             }
-            if !changed || !listed.values().all(|l| *l) {
+            if fold.listed.len() < Kind::ALL.len() {
+                continue; // nothing until every kind has listed once
+            }
+            if fold.ops.is_empty() && synced {
                 continue;
             }
-            revision += 1;
-            let mut snapshot = state.clone();
-            snapshot.synced = true;
-            snapshot.revision = revision;
-            if tx.send(Arc::new(snapshot)).is_err() {
+            synced = true;
+            let batch = Batch {
+                ops: std::mem::take(&mut fold.ops),
+                synced: true,
+                position: fold.position,
+                errors: None,
+            };
+            if tx.send(batch).is_err() {
                 return Ok(()); // nobody listens any more
             }
         }
     }
 }
 
-type ChangeStream = Pin<Box<dyn Stream<Item = Change> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Event2> + Send>>;
 
-fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object) -> ChangeStream
+fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object) -> EventStream
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
@@ -142,105 +149,73 @@ where
     watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .map(move |ev| match ev {
-            Ok(Event::Apply(o)) => Change::Apply(wrap(o)),
-            Ok(Event::Delete(o)) => Change::Delete(
-                kind,
-                ObjectKey::new(o.namespace().unwrap_or_default(), o.name_any()),
-            ),
-            Ok(Event::Init) => Change::Init(kind),
-            Ok(Event::InitApply(o)) => Change::InitApply(wrap(o)),
-            Ok(Event::InitDone) => Change::InitDone(kind),
-            Err(e) => Change::Error(kind, e.to_string()),
+            Ok(Event::Apply(o)) => Event2::Apply(wrap(o).trimmed()),
+            Ok(Event::Delete(o)) => Event2::Delete(wrap(o)),
+            Ok(Event::Init) => Event2::Init(kind),
+            Ok(Event::InitApply(o)) => Event2::InitApply(wrap(o).trimmed()),
+            Ok(Event::InitDone) => Event2::InitDone(kind),
+            Err(e) => Event2::Error(kind, e.to_string()),
         })
         .boxed()
 }
 
-/// Applies one change; returns whether the published state changed.
-fn fold(
-    c: Change,
-    state: &mut ClusterState,
-    listing: &mut BTreeMap<Kind, ClusterState>,
-    listed: &mut BTreeMap<Kind, bool>,
-) -> bool {
-    match c {
-        Change::Apply(o) => apply(state, o),
-        Change::Delete(kind, key) => {
-            remove(state, kind, &key);
-            true
+impl Fold {
+    fn seen(&mut self, o: &Object) {
+        if let Some(rv) = o
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.position = self.position.max(rv);
         }
-        Change::Init(kind) => {
-            listing.insert(kind, ClusterState::default());
-            false
-        }
-        Change::InitApply(o) => {
-            if let Some(kind) = kind_of(&o) {
-                apply(listing.entry(kind).or_default(), o);
+    }
+
+    fn event(&mut self, e: Event2) {
+        match e {
+            Event2::Apply(o) => {
+                self.seen(&o);
+                if let Some(r) = o.reference() {
+                    self.sent.entry(r.kind).or_default().insert(r.key);
+                    self.ops.push(Op::Upsert(o));
+                }
             }
-            false
+            Event2::Delete(o) => {
+                self.seen(&o);
+                if let Some(r) = o.reference() {
+                    if let Some(s) = self.sent.get_mut(&r.kind) {
+                        s.remove(&r.key);
+                    }
+                    self.ops.push(Op::Delete(r));
+                }
+            }
+            Event2::Init(kind) => {
+                self.listing.insert(kind, Vec::new());
+            }
+            Event2::InitApply(o) => {
+                self.seen(&o);
+                self.listing.entry(o.kind()).or_default().push(o);
+            }
+            Event2::InitDone(kind) => {
+                let listed = self.listing.remove(&kind).unwrap_or_default();
+                let keys: BTreeSet<ObjectKey> = listed
+                    .iter()
+                    .filter_map(|o| o.reference())
+                    .map(|r| r.key)
+                    .collect();
+                let before = self.sent.insert(kind, keys.clone()).unwrap_or_default();
+                for key in before.difference(&keys) {
+                    self.ops.push(Op::Delete(ObjectRef {
+                        kind,
+                        key: key.clone(),
+                    }));
+                }
+                self.ops.extend(listed.into_iter().map(Op::Upsert));
+                self.listed.insert(kind);
+            }
+            Event2::Error(kind, e) => {
+                tracing::warn!(kind = kind.name(), error = %e, "watching the Kubernetes API failed; retrying with backoff");
+            }
         }
-        Change::InitDone(kind) => {
-            let fresh = listing.remove(&kind).unwrap_or_default();
-            replace_kind(state, kind, fresh);
-            listed.insert(kind, true);
-            true
-        }
-        Change::Error(kind, e) => {
-            tracing::warn!(kind = ?kind, error = %e, "watching the Kubernetes API failed; retrying with backoff");
-            false
-        }
-    }
-}
-
-fn kind_of(o: &Object) -> Option<Kind> {
-    Some(match o {
-        Object::Node(_) => Kind::Node,
-        Object::Namespace(_) => Kind::Namespace,
-        Object::Pod(_) => Kind::Pod,
-        Object::Service(_) => Kind::Service,
-        Object::EndpointSlice(_) => Kind::EndpointSlice,
-        Object::NetworkPolicy(_) => Kind::NetworkPolicy,
-        Object::Other { .. } => return None,
-    })
-}
-
-fn apply(state: &mut ClusterState, o: Object) -> bool {
-    if let Err(e) = apply_object(state, o) {
-        tracing::warn!(error = %e, "ignoring an object from the API server");
-        return false;
-    }
-    true
-}
-
-fn remove(state: &mut ClusterState, kind: Kind, key: &ObjectKey) {
-    match kind {
-        Kind::Node => {
-            state.nodes.remove(&key.name);
-        }
-        Kind::Namespace => {
-            state.namespaces.remove(&key.name);
-        }
-        Kind::Pod => {
-            state.pods.remove(key);
-        }
-        Kind::Service => {
-            state.services.remove(key);
-        }
-        Kind::EndpointSlice => {
-            state.endpoint_slices.remove(key);
-        }
-        Kind::NetworkPolicy => {
-            state.network_policies.remove(key);
-        }
-    }
-}
-
-fn replace_kind(state: &mut ClusterState, kind: Kind, fresh: ClusterState) {
-    match kind {
-        Kind::Node => state.nodes = fresh.nodes,
-        Kind::Namespace => state.namespaces = fresh.namespaces,
-        Kind::Pod => state.pods = fresh.pods,
-        Kind::Service => state.services = fresh.services,
-        Kind::EndpointSlice => state.endpoint_slices = fresh.endpoint_slices,
-        Kind::NetworkPolicy => state.network_policies = fresh.network_policies,
     }
 }

@@ -86,23 +86,18 @@ fn pod(ns: &str, name: &str, rv: u32) -> Value {
 }
 
 async fn next_state(
-    rx: &mut strake_source::StateReceiver,
+    rx: &mut strake_source::BatchReceiver,
+    st: &mut strake_source::ClusterState,
     what: &str,
     ok: impl Fn(&strake_source::ClusterState) -> bool,
-) -> Arc<strake_source::ClusterState> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        {
-            let s = rx.borrow_and_update().clone();
-            if s.synced && ok(&s) {
-                return s;
-            }
-        }
-        tokio::select! {
-            r = rx.changed() => r.expect("source alive"),
-            _ = tokio::time::sleep_until(deadline) => panic!("timed out waiting for {what}"),
-        }
-    }
+) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        strake_source::follow_until(rx, st, ok),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    .expect("source alive");
 }
 
 #[tokio::test]
@@ -138,7 +133,8 @@ async fn lists_watches_and_relists_from_an_api_server() {
     tokio::spawn(KubeSource::new(client).run(tx));
 
     // The first snapshot comes only once every kind has listed.
-    let s = next_state(&mut rx, "the initial list", |s| s.pods.len() == 1).await;
+    let mut s = strake_source::ClusterState::default();
+    next_state(&mut rx, &mut s, "the initial list", |s| s.pods.len() == 1).await;
     assert_eq!(s.node_internal_ip("n1"), Some("10.0.0.1".parse().unwrap()));
     assert_eq!(
         s.node_pod_cidr("n1"),
@@ -168,14 +164,14 @@ async fn lists_watches_and_relists_from_an_api_server() {
         json!({"type": "ADDED", "object": pod("x", "b", 11)}),
     )
     .await;
-    let s = next_state(&mut rx, "pod x/b added", |s| s.pods.len() == 2).await;
+    next_state(&mut rx, &mut s, "pod x/b added", |s| s.pods.len() == 2).await;
     assert!(s.revision > first_revision);
     send(
         PATHS[2],
         json!({"type": "DELETED", "object": pod("x", "a", 12)}),
     )
     .await;
-    let s = next_state(&mut rx, "pod x/a deleted", |s| s.pods.len() == 1).await;
+    next_state(&mut rx, &mut s, "pod x/a deleted", |s| s.pods.len() == 1).await;
     assert!(s.pods.keys().any(|k| k.name == "b"));
 
     // The watch expires; meanwhile x/b went and x/c came: the relist says so.
@@ -188,7 +184,7 @@ async fn lists_watches_and_relists_from_an_api_server() {
         json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version"}}),
     )
     .await;
-    let s = next_state(&mut rx, "the relist", |s| {
+    next_state(&mut rx, &mut s, "the relist", |s| {
         s.pods.len() == 1 && s.pods.keys().any(|k| k.name == "c")
     })
     .await;

@@ -5,7 +5,6 @@
 //! plugin. Plugins run in a chosen network namespace (a lab node's), which is
 //! where a real runtime runs them: the host's.
 
-use crate::spec::{version_at_least, CniError, SUPPORTED_VERSIONS};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -16,6 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use strake_cni::spec::{version_at_least, CniError, SUPPORTED_VERSIONS};
 
 /// A parsed conflist.
 #[derive(Debug, Clone)]

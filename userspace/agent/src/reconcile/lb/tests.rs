@@ -1,0 +1,348 @@
+//! The load balancer phase against an in-memory kernel: what a change
+//! writes, id allocation and reuse, restarts, and incremental passes against
+//! a from-scratch pass after random changes.
+
+use super::*;
+use crate::reconcile::fake::FakeLb;
+use crate::reconcile::testutil::{pod, service, slice, Rng};
+use strake_source::{Object, ObjectRef, Op};
+
+struct Harness {
+    kernel: FakeLb,
+    phase: LbPhase<FakeLb>,
+    state: ClusterState,
+    _dir: tempfile::TempDir,
+    revision: u64,
+}
+
+fn harness(node: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    harness_in(node, dir, FakeLb::default())
+}
+
+fn harness_in(node: &str, dir: tempfile::TempDir, kernel: FakeLb) -> Harness {
+    let phase = LbPhase::new(
+        kernel.clone(),
+        Default::default(),
+        Arc::new(HealthChecker::new(None)),
+        node,
+        ModelOptions::default(),
+        dir.path().join("lb-ids.json"),
+    );
+    Harness {
+        kernel,
+        phase,
+        state: ClusterState::default(),
+        _dir: dir,
+        revision: 0,
+    }
+}
+
+impl Harness {
+    fn apply(&mut self, op: Op) {
+        if let Some(c) = self.state.apply(op) {
+            self.phase.note(&c, &self.state);
+        }
+    }
+    fn pass(&mut self, full: bool) -> usize {
+        self.revision += 1;
+        match self
+            .phase
+            .reconcile(&Pass {
+                state: &self.state,
+                full,
+                revision: self.revision,
+            })
+            .unwrap()
+        {
+            Outcome::Applied { changes, .. } => changes,
+            o => panic!("{o:?}"),
+        }
+    }
+    fn ids(&self) -> Ids {
+        self.phase.state.lock().unwrap().ids.clone()
+    }
+}
+
+fn ip(s: &str) -> u32 {
+    addr_key(s.parse().unwrap())
+}
+
+#[test]
+fn services_from_slices_and_from_selectors_are_installed() {
+    let mut h = harness("n1");
+    h.apply(Op::Upsert(service("x", "web", "10.96.0.1", Some("web"))));
+    h.apply(Op::Upsert(pod(
+        "x",
+        "a",
+        "web",
+        "n1",
+        Some("10.244.1.5"),
+        true,
+    )));
+    h.apply(Op::Upsert(pod(
+        "x",
+        "b",
+        "web",
+        "n2",
+        Some("10.244.2.5"),
+        true,
+    )));
+    h.apply(Op::Upsert(service("x", "db", "10.96.0.2", None)));
+    h.apply(Op::Upsert(slice(
+        "x",
+        "db",
+        "db-1",
+        &[("10.244.1.9", true), ("10.244.2.9", false)],
+    )));
+    assert!(h.pass(true) > 0);
+    let r = h.kernel.maps.lock().unwrap().resolved();
+    let web = &r[&(ip("10.96.0.1"), 80u16.to_be(), 6)];
+    assert_eq!(web.count, 2);
+    assert_eq!(web.table_size, 251);
+    assert_eq!(web.table.len(), 251);
+    let db = &r[&(ip("10.96.0.2"), 80u16.to_be(), 6)];
+    assert_eq!(db.count, 1, "the not-ready endpoint takes no new flows");
+    assert_eq!(db.slots[0].0, ip("10.244.1.9"));
+    // Ids were saved.
+    let saved: Ids = serde_json::from_slice(&std::fs::read(&h.phase.ids_path).unwrap()).unwrap();
+    assert_eq!(saved, h.ids());
+    assert_eq!(h.pass(false), 0, "nothing changed, nothing written");
+}
+
+#[test]
+fn one_backend_change_writes_only_that_services_entries() {
+    let mut h = harness("n1");
+    for i in 0..200 {
+        h.apply(Op::Upsert(service(
+            "x",
+            &format!("s{i}"),
+            &format!("10.96.1.{}", i % 250),
+            None,
+        )));
+        h.apply(Op::Upsert(slice(
+            "x",
+            &format!("s{i}"),
+            &format!("s{i}-1"),
+            &[(&format!("10.244.{}.{}", i / 200, i % 200 + 1), true)],
+        )));
+    }
+    h.pass(true);
+    let before = h.kernel.fault.writes();
+    h.apply(Op::Upsert(slice(
+        "x",
+        "s7",
+        "s7-1",
+        &[("10.244.0.8", true), ("10.244.9.9", true)],
+    )));
+    let changes = h.pass(false);
+    let writes = h.kernel.fault.writes() - before;
+    // A new backend, the set's slots and table, its frontend.
+    assert_eq!(changes, 3, "backend, set, frontend");
+    assert_eq!(writes, 4, "backend + slots + table + frontend");
+}
+
+#[test]
+fn ids_are_stable_freed_when_unused_and_reused_lowest_first() {
+    let mut h = harness("n1");
+    for (n, vip) in [("a", "10.96.0.1"), ("b", "10.96.0.2"), ("c", "10.96.0.3")] {
+        h.apply(Op::Upsert(service("x", n, vip, None)));
+        h.apply(Op::Upsert(slice(
+            "x",
+            n,
+            &format!("{n}-1"),
+            &[(&format!("10.244.1.{}", n.as_bytes()[0]), true)],
+        )));
+    }
+    h.pass(true);
+    let ids = h.ids();
+    assert_eq!(
+        ids.frontends.values().copied().collect::<BTreeSet<_>>(),
+        [1, 2, 3].into()
+    );
+    let b_id = ids.frontends["10.96.0.2:80/6"];
+    h.apply(Op::Delete(ObjectRef {
+        kind: Kind::Service,
+        key: ObjectKey::new("x", "b"),
+    }));
+    h.pass(false);
+    let after = h.ids();
+    assert!(!after.frontends.contains_key("10.96.0.2:80/6"));
+    assert_eq!(
+        after.frontends["10.96.0.1:80/6"], ids.frontends["10.96.0.1:80/6"],
+        "others keep theirs"
+    );
+    assert!(!h.kernel.maps.lock().unwrap().services.contains_key(&(
+        ip("10.96.0.2"),
+        80u16.to_be(),
+        6
+    )));
+    h.apply(Op::Upsert(service("x", "d", "10.96.0.4", None)));
+    h.pass(false);
+    assert_eq!(
+        h.ids().frontends["10.96.0.4:80/6"],
+        b_id,
+        "the freed id, lowest first"
+    );
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_ids_and_one_without_its_state_dir_takes_them_from_the_maps() {
+    let mut h = harness("n1");
+    h.apply(Op::Upsert(service("x", "a", "10.96.0.1", None)));
+    h.apply(Op::Upsert(slice(
+        "x",
+        "a",
+        "a-1",
+        &[("10.244.1.1", true), ("10.244.1.2", true)],
+    )));
+    h.apply(Op::Upsert(service("x", "b", "10.96.0.2", None)));
+    h.pass(true);
+    let ids = h.ids();
+    let resolved = h.kernel.maps.lock().unwrap().resolved();
+    let objects = h.state.objects();
+
+    // Same state directory: same ids, same kernel.
+    let Harness { kernel, _dir, .. } = h;
+    let mut h2 = harness_in("n1", _dir, kernel.clone());
+    for o in &objects {
+        h2.apply(Op::Upsert(o.clone()));
+    }
+    h2.pass(true);
+    assert_eq!(h2.ids(), ids);
+    assert_eq!(kernel.maps.lock().unwrap().resolved(), resolved);
+
+    // State directory lost, and a Service deleted while the agent was down:
+    // frontend and backend ids come from the maps; the stray frontend goes.
+    let mut h3 = harness_in("n1", tempfile::tempdir().unwrap(), kernel.clone());
+    for o in objects
+        .iter()
+        .filter(|o| o.reference().unwrap().key.name != "b")
+    {
+        h3.apply(Op::Upsert(o.clone()));
+    }
+    h3.pass(true);
+    let ids3 = h3.ids();
+    assert_eq!(
+        ids3.frontends["10.96.0.1:80/6"],
+        ids.frontends["10.96.0.1:80/6"]
+    );
+    assert_eq!(ids3.backends, ids.backends);
+    let maps = kernel.maps.lock().unwrap();
+    assert_eq!(
+        maps.services.len(),
+        1,
+        "the deleted Service's frontend is gone"
+    );
+}
+
+#[test]
+fn a_failed_write_is_retried_by_a_full_pass_that_finishes_the_job() {
+    let mut h = harness("n1");
+    h.apply(Op::Upsert(service("x", "a", "10.96.0.1", None)));
+    h.apply(Op::Upsert(slice("x", "a", "a-1", &[("10.244.1.1", true)])));
+    h.pass(true);
+    h.kernel.fault.set(true);
+    h.apply(Op::Upsert(slice(
+        "x",
+        "a",
+        "a-1",
+        &[("10.244.1.1", true), ("10.244.1.2", true)],
+    )));
+    h.revision += 1;
+    let e = h
+        .phase
+        .reconcile(&Pass {
+            state: &h.state,
+            full: false,
+            revision: h.revision,
+        })
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("No space left"), "{e:#}");
+    h.kernel.fault.set(false);
+    h.pass(true);
+    let r = h.kernel.maps.lock().unwrap().resolved();
+    assert_eq!(r[&(ip("10.96.0.1"), 80u16.to_be(), 6)].count, 2);
+}
+
+/// Random Service, EndpointSlice and Pod changes, each followed by an
+/// incremental pass: the kernel ends as a fresh agent's full pass over the
+/// final state leaves its own, ids aside.
+#[test]
+fn incremental_passes_match_a_pass_from_scratch_after_random_changes() {
+    for seed in 1..=150u64 {
+        let mut rng = Rng(seed);
+        let mut h = harness("n1");
+        h.pass(true);
+        for step in 0..40 {
+            let op = random_lb_op(&mut rng, &h.state);
+            h.apply(op);
+            if rng.below(3) == 0 || step == 39 {
+                h.pass(false);
+            }
+        }
+        let mut fresh = harness("n1");
+        for o in h.state.objects() {
+            fresh.apply(Op::Upsert(o));
+        }
+        fresh.pass(true);
+        let (a, b) = (
+            h.kernel.maps.lock().unwrap().resolved(),
+            fresh.kernel.maps.lock().unwrap().resolved(),
+        );
+        assert_eq!(a, b, "seed {seed}");
+        // The planners agree too (what lb list shows).
+        let pa = h.phase.state.lock().unwrap().planner.plan();
+        let pb = fresh.phase.state.lock().unwrap().planner.plan();
+        assert_eq!(pa, pb, "seed {seed}");
+    }
+}
+
+fn random_lb_op(rng: &mut Rng, st: &ClusterState) -> Op {
+    let svc = format!("s{}", rng.below(4));
+    let ns = ["x", "y"][rng.below(2) as usize];
+    match rng.below(10) {
+        0 | 1 => Op::Upsert(service(
+            ns,
+            &svc,
+            &format!("10.96.{}.{}", rng.below(2), rng.below(5) + 1),
+            [None, Some("web"), Some("db")][rng.below(3) as usize],
+        )),
+        2 | 3 => {
+            let eps: Vec<(String, bool)> = (0..rng.below(4))
+                .map(|_| {
+                    (
+                        format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1),
+                        rng.below(4) > 0,
+                    )
+                })
+                .collect();
+            let eps: Vec<(&str, bool)> = eps.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+            Op::Upsert(slice(ns, &svc, &format!("{svc}-{}", rng.below(2)), &eps))
+        }
+        4..=6 => Op::Upsert(pod(
+            ns,
+            &format!("p{}", rng.below(6)),
+            ["web", "db"][rng.below(2) as usize],
+            ["n1", "n2"][rng.below(2) as usize],
+            (rng.below(5) > 0)
+                .then(|| format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1))
+                .as_deref(),
+            rng.below(4) > 0,
+        )),
+        _ => {
+            // Delete something that exists, if anything does.
+            let all: Vec<ObjectRef> = st.references();
+            if all.is_empty() {
+                return Op::Delete(ObjectRef {
+                    kind: Kind::Pod,
+                    key: ObjectKey::new(ns, "p0"),
+                });
+            }
+            Op::Delete(all[rng.below(all.len() as u64) as usize].clone())
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _object_is_used(_: Object) {}

@@ -1,0 +1,252 @@
+//! The node itself: the uplink (the interface holding the node's
+//! InternalIP, unless `--uplink` names one) with its programs, and the load
+//! balancer's node-wide settings: the node's address (SNAT source, DSR outer
+//! source) and every local address NodePorts answer on.
+
+use super::{Outcome, Pass, Phase};
+use anyhow::{Context, Result};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strake_datapath::shared::lb_config;
+use strake_datapath::Datapath;
+use strake_netlink::Netlink;
+use strake_source::{Kind, KindSet};
+
+/// The kernel's side of this phase.
+pub trait NodeKernel: Send {
+    /// The interface holding `ip`, if any.
+    fn interface_with(&self, ip: Ipv4Addr) -> Result<Option<String>>;
+    /// Attaches the uplink programs (tc, and XDP when configured).
+    fn attach_uplink(&self, ifname: &str) -> Result<()>;
+    /// The uplink's ifindex and the node's addresses (pod veths excluded).
+    fn addresses(&self, uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)>;
+    fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()>;
+}
+
+/// Settings of the load balancer that do not come from the cluster state.
+#[derive(Debug, Clone, Copy)]
+pub struct LbNodeSettings {
+    pub hash_seed: u32,
+    pub snat_ports: (u16, u16),
+}
+
+pub struct NodePhase<K> {
+    pub kernel: K,
+    pub node: String,
+    /// The uplink once attached, shared with the API (STATUS, healthz).
+    pub uplink: Arc<Mutex<Option<String>>>,
+    pub settings: LbNodeSettings,
+}
+
+impl<K: NodeKernel> Phase for NodePhase<K> {
+    fn name(&self) -> &'static str {
+        "node"
+    }
+
+    fn kinds(&self) -> KindSet {
+        KindSet::of(&[Kind::Node])
+    }
+
+    fn reconcile(&mut self, pass: &Pass<'_>) -> Result<Outcome> {
+        let internal_ip = pass.state.node_internal_ip(&self.node);
+        let current = self.uplink.lock().unwrap().clone();
+        let mut changes = 0;
+        let uplink = match current {
+            Some(u) => u,
+            None => {
+                let Some(ip) = internal_ip else {
+                    return Ok(Outcome::Waiting {
+                        after: Duration::from_secs(5),
+                        reason: format!("Node {} has no InternalIP yet", self.node),
+                    });
+                };
+                let Some(u) = self.kernel.interface_with(ip)? else {
+                    return Ok(Outcome::Waiting {
+                        after: Duration::from_secs(2),
+                        reason: format!(
+                            "no interface holds this node's InternalIP {ip} yet; uplink programs not attached"
+                        ),
+                    });
+                };
+                self.kernel
+                    .attach_uplink(&u)
+                    .with_context(|| format!("attaching the uplink programs to {u}"))?;
+                tracing::info!(uplink = %u, "uplink programs attached");
+                *self.uplink.lock().unwrap() = Some(u.clone());
+                changes += 1;
+                u
+            }
+        };
+        let (ifindex, local) = self.kernel.addresses(&uplink)?;
+        let node_addr = internal_ip
+            .or_else(|| local.first().copied())
+            .context("no address for this node: neither an InternalIP nor one on the uplink")?;
+        let (lo, hi) = self.settings.snat_ports;
+        self.kernel.configure_lb(
+            lb_config {
+                node_addr: strake_datapath::lb::addr_key(node_addr),
+                uplink_ifindex: ifindex,
+                hash_seed: self.settings.hash_seed,
+                snat_port_min: lo,
+                snat_port_max: hi,
+            },
+            &local,
+        )?;
+        Ok(Outcome::applied(changes + 1))
+    }
+}
+
+/// The node over rtnetlink and the data plane.
+pub struct KernelNode {
+    pub nl: Netlink,
+    pub rt: tokio::runtime::Handle,
+    pub dp: Arc<Mutex<Datapath>>,
+    pub xdp: bool,
+}
+
+impl NodeKernel for KernelNode {
+    fn interface_with(&self, ip: Ipv4Addr) -> Result<Option<String>> {
+        self.rt.block_on(async {
+            for l in self.nl.links().await? {
+                if self
+                    .nl
+                    .addresses(l.index)
+                    .await?
+                    .iter()
+                    .any(|(a, _)| *a == ip)
+                {
+                    return Ok(Some(l.name));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn attach_uplink(&self, ifname: &str) -> Result<()> {
+        attach_uplink(&self.dp, ifname, self.xdp)
+    }
+
+    fn addresses(&self, uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)> {
+        self.rt.block_on(async {
+            let link = self
+                .nl
+                .link_by_name(uplink)
+                .await?
+                .with_context(|| format!("uplink {uplink} vanished"))?;
+            let mut local = Vec::new();
+            for l in self.nl.links().await? {
+                if l.name == "lo" || l.name.starts_with("strk") {
+                    continue;
+                }
+                local.extend(
+                    self.nl
+                        .addresses(l.index)
+                        .await?
+                        .into_iter()
+                        .map(|(a, _)| a),
+                );
+            }
+            Ok((link.index, local))
+        })
+    }
+
+    fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()> {
+        let mut dp = self.dp.lock().unwrap_or_else(|e| e.into_inner());
+        dp.lb.set_config(cfg)?;
+        dp.lb.set_node_addrs(local)
+    }
+}
+
+/// Attaches the uplink programs: tc ingress, and XDP when `xdp`.
+pub fn attach_uplink(dp: &Mutex<Datapath>, ifname: &str, xdp: bool) -> Result<()> {
+    let mut dp = dp.lock().unwrap_or_else(|e| e.into_inner());
+    dp.attach_uplink(ifname)?;
+    if xdp {
+        dp.attach_xdp(ifname)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type LbSettings = Option<(lb_config, Vec<Ipv4Addr>)>;
+
+    #[derive(Default, Clone)]
+    struct FakeNode {
+        interfaces: Arc<Mutex<Vec<(String, Ipv4Addr)>>>,
+        attached: Arc<Mutex<Vec<String>>>,
+        config: Arc<Mutex<LbSettings>>,
+    }
+
+    impl NodeKernel for FakeNode {
+        fn interface_with(&self, ip: Ipv4Addr) -> Result<Option<String>> {
+            let i = self.interfaces.lock().unwrap();
+            Ok(i.iter().find(|(_, a)| *a == ip).map(|(n, _)| n.clone()))
+        }
+        fn attach_uplink(&self, ifname: &str) -> Result<()> {
+            self.attached.lock().unwrap().push(ifname.into());
+            Ok(())
+        }
+        fn addresses(&self, _uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)> {
+            Ok((
+                7,
+                self.interfaces
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.1)
+                    .collect(),
+            ))
+        }
+        fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()> {
+            *self.config.lock().unwrap() = Some((cfg, local.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn waits_for_the_uplink_then_attaches_and_configures_the_load_balancer() {
+        let k = FakeNode::default();
+        let mut phase = NodePhase {
+            kernel: k.clone(),
+            node: "a".into(),
+            uplink: Default::default(),
+            settings: LbNodeSettings {
+                hash_seed: 1,
+                snat_ports: (20000, 29999),
+            },
+        };
+        let st = strake_source::dir::state_from_yaml(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: a}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n",
+        )
+        .unwrap();
+        let pass = Pass {
+            state: &st,
+            full: true,
+            revision: 1,
+        };
+        match phase.reconcile(&pass).unwrap() {
+            Outcome::Waiting { reason, .. } => assert!(reason.contains("10.0.0.1"), "{reason}"),
+            o => panic!("{o:?}"),
+        }
+        k.interfaces
+            .lock()
+            .unwrap()
+            .push(("eth0".into(), "10.0.0.1".parse().unwrap()));
+        assert!(matches!(
+            phase.reconcile(&pass).unwrap(),
+            Outcome::Applied { .. }
+        ));
+        assert_eq!(*k.attached.lock().unwrap(), vec!["eth0".to_string()]);
+        let (cfg, local) = k.config.lock().unwrap().clone().unwrap();
+        assert_eq!(cfg.uplink_ifindex, 7);
+        assert_eq!(cfg.snat_port_min, 20000);
+        assert_eq!(local, vec!["10.0.0.1".parse::<Ipv4Addr>().unwrap()]);
+        // Attached once.
+        phase.reconcile(&pass).unwrap();
+        assert_eq!(k.attached.lock().unwrap().len(), 1);
+    }
+}
