@@ -96,6 +96,7 @@ csi_cleanup() {
   for v in clone data; do
     strake-csi call unpublish "${ID[$v]:-x}" --target "$VOLS/$v" >/dev/null 2>&1
     strake-csi call unstage "${ID[$v]:-x}" --staging "$CSI_DIR/stage-$v" >/dev/null 2>&1
+    strake-csi call --secret userID=admin --secret "userKey=@$CSI_DIR/key" controller-unpublish "${ID[$v]:-x}" --node a >/dev/null 2>&1
   done
   [ -n "${ID[clone]:-}" ] && call delete-volume "${ID[clone]}"
   [ -n "${ID[snap]:-}" ] && call delete-snapshot "${ID[snap]}"
@@ -108,19 +109,24 @@ ceph_stop() { if [ "$CEPH_STARTED" = 1 ]; then ./deploy/dev/ceph-down.sh >/dev/n
 declare -A ID
 if [ "$KEEP" = 1 ]; then trap 'true' EXIT; else trap 'csi_cleanup; ceph_stop; step "tearing down"; strake lab down "$LAB"' EXIT; fi
 
-step "a 1 GiB XFS volume for shop/db: CreateVolume, NodeStage (attach + mkfs + mount), NodePublish"
+step "a 1 GiB XFS volume for shop/db: CreateVolume, ControllerPublish to node a, NodeStage (attach + mkfs + mount), NodePublish"
 ID[data]=$(call create-volume --name shop-db-data --size 1Gi --param pool=rbd --fs xfs)
 echo "volume ${ID[data]}"
+call controller-publish "${ID[data]}" --node a --fs xfs
 call stage "${ID[data]}" --staging "$CSI_DIR/stage-data" --fs xfs
 call publish "${ID[data]}" --staging "$CSI_DIR/stage-data" --target "$VOLS/data" --fs xfs
 run strake lab exec shop/db sh -c "seq 1 100000 > $VOLS/data/orders && sync && sha256sum $VOLS/data/orders"
 call stats "${ID[data]}" --path "$VOLS/data"
 run rbd ls -l rbd 2>/dev/null
 
+step "one writer node at a time: publishing the volume to node b as well is refused, naming the holder"
+call controller-publish "${ID[data]}" --node b --fs xfs || echo "(refused, as it must be: node a holds it)"
+
 step "snapshot it, restore the snapshot as a new volume, read the data back"
 ID[snap]=$(call create-snapshot --name shop-db-nightly --source "${ID[data]}")
 echo "snapshot ${ID[snap]}"
 ID[clone]=$(call create-volume --name shop-db-restore --size 1Gi --param pool=rbd --fs xfs --from-snapshot "${ID[snap]}")
+call controller-publish "${ID[clone]}" --node a --fs xfs
 call stage "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --fs xfs
 call publish "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --target "$VOLS/clone" --fs xfs
 run sha256sum "$VOLS/clone/orders"

@@ -15,6 +15,10 @@ const SECRET_BEARING: &[&str] = &[
     "NodeStageVolumeRequest",
     "NodePublishVolumeRequest",
     "NodeExpandVolumeRequest",
+    "ControllerModifyVolumeRequest",
+    "CreateVolumeGroupSnapshotRequest",
+    "DeleteVolumeGroupSnapshotRequest",
+    "GetVolumeGroupSnapshotRequest",
 ];
 
 fn main() {

@@ -370,6 +370,9 @@ impl Drop for Cleanup {
 struct Driver(Child);
 
 /// Starts strake-csi (all services) in `dir` and connects to it.
+/// The node id of the benchmark's node plugin (ControllerPublishVolume names it).
+const BENCH_NODE: &str = "bench-node";
+
 async fn start_driver(
     bin: &Path,
     conf: &Path,
@@ -388,7 +391,7 @@ async fn start_driver(
             .arg(dir.join("state"))
             .arg("--ceph-conf")
             .arg(conf)
-            .args(["--metrics-addr", "", "--list-pools", pool])
+            .args(["--metrics-addr", "", "--list-pools", pool, "--node-id", BENCH_NODE])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stderr(log)
@@ -626,6 +629,14 @@ async fn main() -> Result<()> {
                 req.parameters.insert("mounter".into(), kind.to_string());
                 let v = c.create_volume(req).await?.into_inner().volume.unwrap();
                 let stg = dir.join("stg");
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    node_id: BENCH_NODE.into(),
+                    volume_capability: Some(block_cap()),
+                    secrets: secrets.clone(),
+                    ..Default::default()
+                })
+                .await?;
                 n.node_stage_volume(NodeStageVolumeRequest {
                     volume_id: v.volume_id.clone(),
                     staging_target_path: stg.to_string_lossy().into(),
@@ -677,6 +688,12 @@ async fn main() -> Result<()> {
                 n.node_unstage_volume(NodeUnstageVolumeRequest {
                     volume_id: vol.clone(),
                     staging_target_path: stg.to_string_lossy().into(),
+                })
+                .await?;
+                c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    node_id: BENCH_NODE.into(),
+                    secrets: secrets.clone(),
                 })
                 .await?;
                 c.delete_volume(DeleteVolumeRequest {

@@ -8,6 +8,9 @@
 
 use libc::{c_char, c_int, c_void, size_t, ssize_t, time_t};
 
+mod group;
+pub use group::*;
+
 pub type rados_t = *mut c_void;
 pub type rados_ioctx_t = *mut c_void;
 pub type rados_write_op_t = *mut c_void;
@@ -150,6 +153,11 @@ extern "C" {
         outslen: *mut size_t,
     ) -> c_int;
     pub fn rados_buffer_free(buf: *mut c_char);
+    /// Blocklists one client instance (`addr:port/nonce`) or, with nonce 0, every
+    /// client at an address; `expire_seconds` 0 means the cluster default (1 h).
+    /// Writes a malloc'd string (free it with `libc::free`) of this client's addresses.
+    pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
+    pub fn rados_blocklist_add(cluster: rados_t, client_address: *mut c_char, expire_seconds: u32) -> c_int;
 
     pub fn rados_create_write_op() -> rados_write_op_t;
     pub fn rados_release_write_op(op: rados_write_op_t);
@@ -333,6 +341,8 @@ extern "C" {
     /// `*val_len` is in/out; -ERANGE when the buffer is short.
     pub fn rbd_metadata_get(image: rbd_image_t, key: *const c_char, value: *mut c_char, val_len: *mut size_t) -> c_int;
     pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
+    /// -ENOENT when the key is absent.
+    pub fn rbd_metadata_remove(image: rbd_image_t, key: *const c_char) -> c_int;
 
     pub fn rbd_watchers_list(
         image: rbd_image_t,

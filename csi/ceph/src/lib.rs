@@ -7,11 +7,13 @@
 
 mod aio;
 mod error;
+mod group;
 mod rados;
 mod rbd;
 
 pub use aio::{AioDone, Encryption, EncryptionFormat, UpdateWatch};
 pub use error::{errno_name, CephError, Result};
+pub use group::GroupSnap;
 pub use rados::{Cluster, ConnectOptions, Credentials, IoCtx, OmapPage};
 pub use rbd::{features, librbd_version, Image, ImageOptions, ImageSpec, ParentSpec, SnapInfo, TrashEntry, Watcher};
 

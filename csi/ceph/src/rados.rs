@@ -199,6 +199,30 @@ impl Cluster {
     }
 
     /// Raw cluster capacity in bytes: (total, available).
+    /// Blocklists `addr` on every OSD: one client instance (`ip:port/nonce`, as
+    /// `rbd_watchers_list` reports it) or every client of a host (`ip:0/0`). Its
+    /// watches and locks are dropped and its writes refused until the entry expires
+    /// (`expire_secs`, 0 = the cluster default of one hour).
+    pub fn blocklist_add(&self, addr: &str, expire_secs: u32) -> Result<()> {
+        let c = cstr("rados_blocklist_add", addr)?;
+        check("rados_blocklist_add", addr, unsafe {
+            sys::rados_blocklist_add(self.h.0, c.as_ptr() as *mut libc::c_char, expire_secs)
+        })?;
+        Ok(())
+    }
+
+    /// This client's own addresses (`[v2:ip:port/nonce,v1:...]`), as watchers and
+    /// blocklists name them.
+    pub fn addrs(&self) -> Result<String> {
+        let mut p: *mut libc::c_char = ptr::null_mut();
+        check("rados_getaddrs", &self.user, unsafe {
+            sys::rados_getaddrs(self.h.0, &mut p)
+        })?;
+        let s = unsafe { crate::owned(p) };
+        unsafe { libc::free(p as *mut libc::c_void) };
+        Ok(s)
+    }
+
     pub fn cluster_stat(&self) -> Result<(u64, u64)> {
         let mut st = sys::rados_cluster_stat_t {
             kb: 0,
@@ -289,13 +313,35 @@ impl IoCtx {
     /// Returns Ok(false) when an assertion failed (nothing was written), which is how
     /// two writers racing for one key are told apart on the OSD rather than in memory.
     pub fn omap_update(&self, oid: &str, absent: &[&str], set: &[(&str, &[u8])], remove: &[&str]) -> Result<bool> {
+        let expect: Vec<(&str, &[u8])> = absent.iter().map(|k| (*k, &[][..])).collect();
+        self.omap_update_if(oid, &expect, set, remove)
+    }
+
+    /// Like [`IoCtx::omap_update`], asserting that each key in `expect` holds exactly
+    /// that value (an empty value: the key is absent): a compare-and-swap on the OSD.
+    pub fn omap_update_if(
+        &self,
+        oid: &str,
+        expect: &[(&str, &[u8])],
+        set: &[(&str, &[u8])],
+        remove: &[&str],
+    ) -> Result<bool> {
         let o = cstr("rados_write_op_operate", oid)?;
         let op = WriteOp(unsafe { sys::rados_create_write_op() });
-        let absent_c: Vec<CString> = absent.iter().map(|k| cstr("omap_cmp", k)).collect::<Result<_>>()?;
-        let mut prvals = vec![0i32; absent_c.len()];
-        for (k, pr) in absent_c.iter().zip(prvals.iter_mut()) {
+        let expect_c: Vec<CString> = expect.iter().map(|(k, _)| cstr("omap_cmp", k)).collect::<Result<_>>()?;
+        let mut prvals = vec![0i32; expect_c.len()];
+        for ((k, pr), (_, v)) in expect_c.iter().zip(prvals.iter_mut()).zip(expect) {
             // A missing key compares equal to the empty value; we never store empty values.
-            unsafe { sys::rados_write_op_omap_cmp(op.0, k.as_ptr(), sys::LIBRADOS_CMPXATTR_OP_EQ, ptr::null(), 0, pr) };
+            unsafe {
+                sys::rados_write_op_omap_cmp(
+                    op.0,
+                    k.as_ptr(),
+                    sys::LIBRADOS_CMPXATTR_OP_EQ,
+                    v.as_ptr() as *const libc::c_char,
+                    v.len(),
+                    pr,
+                )
+            };
         }
         let set_keys: Vec<CString> = set.iter().map(|(k, _)| cstr("omap_set", k)).collect::<Result<_>>()?;
         let key_ptrs: Vec<*const libc::c_char> = set_keys.iter().map(|k| k.as_ptr()).collect();

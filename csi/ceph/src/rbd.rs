@@ -83,7 +83,7 @@ pub struct ImageOptions {
     pub clone_format: Option<u64>,
 }
 
-struct Opts(sys::rbd_image_options_t);
+pub(crate) struct Opts(pub(crate) sys::rbd_image_options_t);
 impl Drop for Opts {
     fn drop(&mut self) {
         unsafe { sys::rbd_image_options_destroy(self.0) }
@@ -91,7 +91,7 @@ impl Drop for Opts {
 }
 
 impl ImageOptions {
-    fn build(&self, op: &'static str, target: &str, format2: bool) -> Result<Opts> {
+    pub(crate) fn build(&self, op: &'static str, target: &str, format2: bool) -> Result<Opts> {
         let mut o: sys::rbd_image_options_t = ptr::null_mut();
         unsafe { sys::rbd_image_options_create(&mut o) };
         let opts = Opts(o);
@@ -593,6 +593,17 @@ impl Image {
             check("rbd_metadata_get", &format!("{}:{key}", self.name), r)?;
             return Ok(Some(unsafe { owned(buf.as_ptr()) }));
         }
+    }
+
+    /// Removes a metadata key; absent counts as removed.
+    pub fn metadata_remove(&self, key: &str) -> Result<()> {
+        let k = self.c("rbd_metadata_remove", key)?;
+        let r = unsafe { sys::rbd_metadata_remove(self.img, k.as_ptr()) };
+        if r == -libc::ENOENT {
+            return Ok(());
+        }
+        check("rbd_metadata_remove", &format!("{}:{key}", self.name), r)?;
+        Ok(())
     }
 
     /// Clients that have the image open (mapped or attached somewhere).

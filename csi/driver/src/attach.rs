@@ -618,6 +618,9 @@ impl Attacher for Krbd {
         if req.read_only {
             cmd.arg("--read-only");
         }
+        // A Ceph client of its own per mapping (the kernel shares one otherwise), so
+        // fencing one volume's client (ControllerUnpublishVolume) cuts only that volume.
+        cmd.args(["--options", "noshare"]);
         let dev = run(cmd
             .args(["device", "map", "--pool", req.pool, "--id", &req.creds.user])
             .arg("--keyring")

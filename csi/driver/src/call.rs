@@ -68,6 +68,28 @@ pub enum Rpc {
         #[arg(long, default_value = "ext4")]
         fs: String,
     },
+    /// ControllerPublishVolume: make NODE the volume's holder (what Kubernetes'
+    /// attach/detach controller does before the node may stage it); prints the
+    /// publish context.
+    ControllerPublish {
+        id: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "ext4")]
+        fs: String,
+        /// CSI access mode, e.g. SINGLE_NODE_WRITER, MULTI_NODE_READER_ONLY.
+        #[arg(long, default_value = "SINGLE_NODE_WRITER")]
+        access_mode: String,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// ControllerUnpublishVolume: NODE lets go of the volume; a client it still has
+    /// open is fenced (blocklisted).
+    ControllerUnpublish {
+        id: String,
+        #[arg(long)]
+        node: String,
+    },
     /// NodeStageVolume: attach, make the filesystem on first use, mount.
     Stage {
         id: String,
@@ -154,6 +176,10 @@ fn size(s: &str) -> Result<i64> {
     }
     s.parse()
         .with_context(|| format!("size {s:?}: a number of bytes, or 10Gi"))
+}
+
+fn mode(name: &str) -> Result<Mode> {
+    Mode::from_str_name(name).ok_or_else(|| anyhow!("unknown access mode {name:?}; e.g. SINGLE_NODE_WRITER"))
 }
 
 fn capability(fs: &str) -> VolumeCapability {
@@ -274,6 +300,44 @@ pub async fn run(args: CallArgs) -> Result<()> {
                     ""
                 }
             );
+        }
+        Rpc::ControllerPublish {
+            id,
+            node,
+            fs,
+            access_mode,
+            readonly,
+        } => {
+            let mut cap = capability(&fs);
+            cap.access_mode = Some(AccessMode {
+                mode: mode(&access_mode)? as i32,
+            });
+            let r = c
+                .controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: id,
+                    node_id: node,
+                    volume_capability: Some(cap),
+                    readonly,
+                    secrets,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| status("ControllerPublishVolume", e))?
+                .into_inner();
+            let mut ctx: Vec<_> = r.publish_context.into_iter().collect();
+            ctx.sort();
+            for (k, v) in ctx {
+                println!("{k}={v}");
+            }
+        }
+        Rpc::ControllerUnpublish { id, node } => {
+            c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                volume_id: id,
+                node_id: node,
+                secrets,
+            })
+            .await
+            .map_err(|e| status("ControllerUnpublishVolume", e))?;
         }
         Rpc::Stage { id, staging, fs } => {
             n.node_stage_volume(NodeStageVolumeRequest {

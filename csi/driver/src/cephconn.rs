@@ -33,6 +33,11 @@ impl Connections {
         &self.conf
     }
 
+    /// Every connection made so far (their clients are ours: fencing spares them).
+    pub fn all(&self) -> Vec<Cluster> {
+        self.cache.lock().unwrap().values().cloned().collect()
+    }
+
     /// A connection as `creds`, or as the driver's own identity when None. Blocking.
     pub fn get(&self, creds: Option<&Credentials>) -> Result<Cluster, Status> {
         let key = creds.cloned().or_else(|| self.own.clone());

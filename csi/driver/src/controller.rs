@@ -1,39 +1,29 @@
-//! The CSI Controller service: volumes, snapshots, clones, expansion, listing.
-//!
-//! Shape of every mutating RPC: validate → take the in-process lock for the CSI name
-//! (or id) → on the blocking pool: connect with the request's secrets, read the
-//! journal, reserve or resume, run idempotent steps, mark the record ready (or remove
-//! it). A crash anywhere leaves a record that the retry resumes from; see `journal`.
-//!
-//! Snapshots follow the layout ceph-csi uses, for the same reason: a CSI snapshot must
-//! outlive its source volume, and an RBD snapshot cannot. CreateSnapshot takes a
-//! temporary RBD snapshot of the source, clones it (clone v2) into the snapshot's own
-//! image, takes the snapshot's RBD snapshot on that image, and drops the temporary
-//! one. Restores are clone-v2 children of that snapshot. Deleting an image that still
-//! has clones parks it in the RBD trash; it is purged when its last clone goes.
+//! The CSI Controller service's gRPC edge: argument checks, locks, and the calls into
+//! the workflows, which live by job in `volumes` (create, clone, restore, delete),
+//! `snapshots`, `groupsnap` (GroupController), `publish` (attach records and fencing)
+//! and `modify` (VolumeAttributesClass). Listing, capacity and expansion are small
+//! enough to stay here.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strake_ceph::{features, CephError, ImageOptions, IoCtx};
+use strake_ceph::IoCtx;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::cephconn::{credentials, Connections};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::rpc::Type as CapType;
-use crate::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use crate::csi::volume_content_source::Type as SourceType;
 use crate::csi::*;
 use crate::errors::{self, blocking};
-use crate::failpoint;
 use crate::ids::{Naming, SnapshotId, VolumeId};
-use crate::images::{
-    clone_hint, flatten_if_deep, ioctx, ioctx_for_id, ok_if, open, purge_trash, refuse_if_open, remove_or_trash,
-};
-use crate::journal::{now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
+use crate::images::{ioctx_for_id, open};
+use crate::journal::{Journal, SnapRecord, State, VolumeRecord};
 use crate::locks::KeyLocks;
 use crate::metrics::instrument;
-use crate::params::{self, check_capabilities, parse_volume_params, size_for_range, size_satisfies, validate_name};
+use crate::params::{self, check_capabilities, parse_volume_params, size_for_range, validate_name};
+use crate::snapshots::csi_snapshot;
+use crate::volumes::csi_volume;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -49,12 +39,14 @@ pub struct ControllerConfig {
     /// How long an RPC waits for another RPC on the same name before ABORTED.
     pub lock_timeout: Duration,
     pub default_fs: String,
+    /// How ControllerUnpublishVolume fences a node that left without unstaging.
+    pub fence: crate::publish::FenceOptions,
 }
 
 #[derive(Clone)]
 pub struct ControllerService {
-    cfg: Arc<ControllerConfig>,
-    conns: Arc<Connections>,
+    pub(crate) cfg: Arc<ControllerConfig>,
+    pub(crate) conns: Arc<Connections>,
     locks: Arc<KeyLocks>,
 }
 
@@ -67,602 +59,35 @@ impl ControllerService {
         }
     }
 
-    async fn lock(&self, key: String) -> Result<crate::locks::KeyGuard, Status> {
+    /// Connects, opens the id's pool and journal, and reads its volume record, which
+    /// must exist and be ready. Blocking.
+    pub(crate) fn ready_volume(
+        &self,
+        id: &VolumeId,
+        volume_id: &str,
+        creds: Option<&strake_ceph::Credentials>,
+    ) -> Result<(IoCtx, VolumeRecord), Status> {
+        let cluster = self.conns.get(creds)?;
+        let nf = || Status::not_found(format!("volume {volume_id} does not exist"));
+        let io = ioctx_for_id(&cluster, &id.pool)?.ok_or_else(nf)?;
+        let rec = Journal::new(&io, &self.cfg.instance)
+            .by_uuid::<VolumeRecord>(&id.uuid)?
+            .ok_or_else(nf)?;
+        if rec.state != State::Ready {
+            return Err(Status::aborted(format!(
+                "volume {volume_id} is being created or deleted; retry"
+            )));
+        }
+        Ok((io, rec))
+    }
+
+    pub(crate) async fn lock(&self, key: String) -> Result<crate::locks::KeyGuard, Status> {
         self.locks.lock(&key, self.cfg.lock_timeout).await.ok_or_else(|| {
             Status::aborted(format!(
                 "another operation on {key} has been running for over {:?}; retry later",
                 self.cfg.lock_timeout
             ))
         })
-    }
-}
-
-fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
-    let mut m = HashMap::from([
-        ("pool".to_string(), pool.to_string()),
-        ("imageName".to_string(), rec.image.clone()),
-        ("imageFeatures".to_string(), features::names(rec.features)),
-    ]);
-    if let Some(mt) = &rec.mounter {
-        m.insert("mounter".into(), mt.clone());
-    }
-    m
-}
-
-fn csi_volume(rec: &VolumeRecord, pool: &str) -> Volume {
-    let content_source = rec.source.as_ref().map(|s| VolumeContentSource {
-        r#type: Some(match s {
-            Source::Snapshot { pool, uuid, .. } => SourceType::Snapshot(SnapshotSource {
-                snapshot_id: SnapshotId {
-                    pool: pool.clone(),
-                    uuid: *uuid,
-                }
-                .to_string(),
-            }),
-            Source::Volume { pool, uuid, .. } => SourceType::Volume(VolumeSource {
-                volume_id: VolumeId {
-                    pool: pool.clone(),
-                    uuid: *uuid,
-                }
-                .to_string(),
-            }),
-        }),
-    });
-    Volume {
-        capacity_bytes: rec.size as i64,
-        volume_id: VolumeId {
-            pool: pool.to_string(),
-            uuid: rec.uuid,
-        }
-        .to_string(),
-        volume_context: volume_context(rec, pool),
-        content_source,
-        accessible_topology: vec![],
-    }
-}
-
-fn csi_snapshot(rec: &SnapRecord, pool: &str) -> Snapshot {
-    Snapshot {
-        size_bytes: rec.size as i64,
-        snapshot_id: SnapshotId {
-            pool: pool.to_string(),
-            uuid: rec.uuid,
-        }
-        .to_string(),
-        source_volume_id: VolumeId {
-            pool: pool.to_string(),
-            uuid: rec.source_uuid,
-        }
-        .to_string(),
-        creation_time: Some(Timestamp {
-            seconds: rec.created_secs,
-            nanos: rec.created_nanos,
-        }),
-        ready_to_use: rec.state == State::Ready,
-        group_snapshot_id: String::new(),
-    }
-}
-
-/// What CreateVolume was asked to copy from, resolved through the journal.
-enum ResolvedSource {
-    Snapshot(SnapRecord, String),
-    Volume(VolumeRecord, String),
-}
-
-impl ResolvedSource {
-    fn as_source(&self) -> Source {
-        match self {
-            ResolvedSource::Snapshot(r, pool) => Source::Snapshot {
-                pool: pool.clone(),
-                uuid: r.uuid,
-                image: r.image.clone(),
-            },
-            ResolvedSource::Volume(r, pool) => Source::Volume {
-                pool: pool.clone(),
-                uuid: r.uuid,
-                image: r.image.clone(),
-            },
-        }
-    }
-    fn size(&self) -> u64 {
-        match self {
-            ResolvedSource::Snapshot(r, _) => r.size,
-            ResolvedSource::Volume(r, _) => r.size,
-        }
-    }
-}
-
-/// Same source = same kind and uuid (the CO may not switch the source on a retry).
-fn same_source(a: &Option<Source>, b: &Option<Source>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(Source::Snapshot { uuid: x, .. }), Some(Source::Snapshot { uuid: y, .. })) => x == y,
-        (Some(Source::Volume { uuid: x, .. }), Some(Source::Volume { uuid: y, .. })) => x == y,
-        _ => false,
-    }
-}
-
-impl ControllerService {
-    /// Runs (or resumes) the steps that make `rec`'s image exist, then marks it ready.
-    fn build_volume(&self, io: &IoCtx, j: &Journal, rec: &mut VolumeRecord) -> Result<(), Status> {
-        let cfg = &self.cfg;
-        let clone_opts = ImageOptions {
-            features: Some(rec.features),
-            clone_format: Some(2),
-            data_pool: rec.data_pool.clone(),
-            ..Default::default()
-        };
-        let exists = io
-            .open_if_exists(&rec.image)
-            .map_err(|e| errors::ceph("opening image", e))?
-            .is_some();
-        match rec.source.clone() {
-            None => {
-                if !exists {
-                    let opts = ImageOptions {
-                        features: Some(rec.features),
-                        data_pool: rec.data_pool.clone(),
-                        ..Default::default()
-                    };
-                    ok_if(
-                        io.create_image(&rec.image, rec.size, &opts),
-                        CephError::is_exists,
-                        &format!("creating image {}", rec.image),
-                    )?;
-                }
-            }
-            Some(Source::Snapshot { pool, image: simg, .. }) => {
-                if !exists {
-                    let sio = ioctx(io.cluster(), &pool)?;
-                    ok_if(
-                        sio.clone_image(&simg, &simg, io, &rec.image, &clone_opts),
-                        CephError::is_exists,
-                        &format!("cloning {simg}@{simg} into {}", rec.image),
-                    )
-                    .map_err(clone_hint)?;
-                }
-            }
-            Some(Source::Volume { pool, image: vimg, .. }) => {
-                let sio = ioctx(io.cluster(), &pool)?;
-                let tmp = cfg.naming.clone_temp_snap(&rec.uuid);
-                if !exists {
-                    let src = sio.open(&vimg).map_err(|e| match e.is_not_found() {
-                        true => Status::not_found(format!("source volume image {vimg} no longer exists")),
-                        false => errors::ceph("opening the source volume", e),
-                    })?;
-                    if !src
-                        .snap_exists(&tmp)
-                        .map_err(|e| errors::ceph("checking the clone's temporary snapshot", e))?
-                    {
-                        ok_if(
-                            src.snap_create(&tmp),
-                            CephError::is_exists,
-                            &format!("snapshotting {vimg}@{tmp}"),
-                        )?;
-                    }
-                    failpoint::hit("clone:after-temp-snap");
-                    ok_if(
-                        sio.clone_image(&vimg, &tmp, io, &rec.image, &clone_opts),
-                        CephError::is_exists,
-                        &format!("cloning {vimg}@{tmp} into {}", rec.image),
-                    )
-                    .map_err(clone_hint)?;
-                    failpoint::hit("clone:after-clone");
-                }
-                // Always: a crash may have left the temporary snapshot behind.
-                if let Some(src) = sio
-                    .open_if_exists(&vimg)
-                    .map_err(|e| errors::ceph("opening the source volume", e))?
-                {
-                    if src.snap_exists(&tmp).unwrap_or(false) {
-                        ok_if(
-                            src.snap_remove(&tmp),
-                            CephError::is_not_found,
-                            &format!("removing {vimg}@{tmp}"),
-                        )?;
-                    }
-                }
-            }
-        }
-        failpoint::hit("create:after-image");
-        let img = open(io, &rec.image)?;
-        let size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
-        if size < rec.size {
-            img.resize(rec.size)
-                .map_err(|e| errors::ceph(&format!("growing {} to the requested size", rec.image), e))?;
-        }
-        if rec.source.is_some() {
-            flatten_if_deep(io, &img, cfg.max_clone_depth)?;
-        }
-        // For people reading `rbd info`: which CSI name this image belongs to.
-        ok_if(img.metadata_set("strake.csi/name", &rec.name), |_| true, "")?;
-        rec.size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
-        rec.state = State::Ready;
-        j.put_volume(rec)
-    }
-
-    fn create_volume_blocking(
-        &self,
-        req: CreateVolumeRequest,
-        p: params::VolumeParams,
-        size: u64,
-        creds: strake_ceph::Credentials,
-        source: Option<SourceType>,
-    ) -> Result<CreateVolumeResponse, Status> {
-        let cluster = self.conns.get(Some(&creds))?;
-        let io = ioctx(&cluster, &p.pool)?;
-        let j = Journal::new(&io, &self.cfg.instance);
-        j.ensure()?;
-        // Resolve the content source through its pool's journal.
-        let resolved = match source {
-            None => None,
-            Some(SourceType::Snapshot(s)) => {
-                let id = SnapshotId::parse(&s.snapshot_id)
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {:?} does not exist", s.snapshot_id)))?;
-                let sio = ioctx_for_id(&cluster, &id.pool)?
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
-                let rec = Journal::new(&sio, &self.cfg.instance)
-                    .snap_by_uuid(&id.uuid)?
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
-                if rec.state != State::Ready {
-                    return Err(Status::aborted(format!(
-                        "source snapshot {} is not ready yet; retry",
-                        s.snapshot_id
-                    )));
-                }
-                Some(ResolvedSource::Snapshot(rec, id.pool))
-            }
-            Some(SourceType::Volume(v)) => {
-                let id = VolumeId::parse(&v.volume_id)
-                    .ok_or_else(|| Status::not_found(format!("source volume {:?} does not exist", v.volume_id)))?;
-                let sio = ioctx_for_id(&cluster, &id.pool)?
-                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
-                let rec = Journal::new(&sio, &self.cfg.instance)
-                    .volume_by_uuid(&id.uuid)?
-                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
-                if rec.state != State::Ready {
-                    return Err(Status::aborted(format!(
-                        "source volume {} is not ready yet; retry",
-                        v.volume_id
-                    )));
-                }
-                Some(ResolvedSource::Volume(rec, id.pool))
-            }
-        };
-        let mut size = size;
-        if let Some(src) = &resolved {
-            let limit = req.capacity_range.as_ref().map(|r| r.limit_bytes).unwrap_or(0);
-            if limit > 0 && src.size() > limit as u64 {
-                return Err(Status::out_of_range(format!(
-                    "the source is {} bytes, larger than limit_bytes {limit}; a volume cannot be smaller than its source",
-                    src.size()
-                )));
-            }
-            let required = req.capacity_range.as_ref().map(|r| r.required_bytes).unwrap_or(0);
-            if required <= 0 {
-                size = src.size();
-            }
-            size = size.max(src.size());
-        }
-        let source = resolved.as_ref().map(ResolvedSource::as_source);
-        loop {
-            if let Some(mut rec) = j.volume_by_name(&req.name)? {
-                if !same_source(&rec.source, &source) {
-                    return Err(Status::already_exists(format!(
-                        "volume {:?} already exists with a different content source",
-                        req.name
-                    )));
-                }
-                if !size_satisfies(rec.size, req.capacity_range.as_ref()) && rec.state == State::Ready {
-                    return Err(Status::already_exists(format!(
-                        "volume {:?} already exists with {} bytes, outside the requested capacity range",
-                        req.name, rec.size
-                    )));
-                }
-                match rec.state {
-                    State::Ready => {
-                        if io
-                            .open_if_exists(&rec.image)
-                            .map_err(|e| errors::ceph("opening image", e))?
-                            .is_some()
-                        {
-                            return Ok(CreateVolumeResponse {
-                                volume: Some(csi_volume(&rec, &p.pool)),
-                            });
-                        }
-                        // The record outlived its image (removed behind our back): rebuild it.
-                        tracing::warn!(
-                            name = req.name,
-                            image = rec.image,
-                            "journal says ready but the image is gone: recreating"
-                        );
-                        rec.state = State::Creating;
-                        self.build_volume(&io, &j, &mut rec)?;
-                    }
-                    State::Creating => {
-                        tracing::info!(
-                            name = req.name,
-                            image = rec.image,
-                            "resuming an interrupted CreateVolume"
-                        );
-                        self.build_volume(&io, &j, &mut rec)?;
-                    }
-                    State::Deleting => {
-                        return Err(Status::aborted(format!(
-                            "volume {:?} is being deleted; retry CreateVolume after DeleteVolume finishes",
-                            req.name
-                        )))
-                    }
-                }
-                return Ok(CreateVolumeResponse {
-                    volume: Some(csi_volume(&rec, &p.pool)),
-                });
-            }
-            let uuid = Uuid::new_v4();
-            let mut rec = VolumeRecord {
-                name: req.name.clone(),
-                uuid,
-                image: self.cfg.naming.volume_image(&uuid),
-                size,
-                state: State::Creating,
-                features: p.features,
-                data_pool: p.data_pool.clone(),
-                mounter: p.mounter.map(|m| m.to_string()),
-                source: source.clone(),
-                reserved_at: now_secs(),
-            };
-            failpoint::delay("create:before-reserve");
-            if !j.reserve_volume(&rec)? {
-                // Another process reserved the name between our read and write: use theirs.
-                continue;
-            }
-            tracing::info!(name = req.name, image = rec.image, size, "reserved volume name");
-            failpoint::hit("create:after-reserve");
-            self.build_volume(&io, &j, &mut rec)?;
-            tracing::info!(name = req.name, image = rec.image, "volume created");
-            return Ok(CreateVolumeResponse {
-                volume: Some(csi_volume(&rec, &p.pool)),
-            });
-        }
-    }
-
-    fn delete_volume_blocking(&self, id: VolumeId, creds: strake_ceph::Credentials) -> Result<(), Status> {
-        let cluster = self.conns.get(Some(&creds))?;
-        let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
-            return Ok(());
-        };
-        let j = Journal::new(&io, &self.cfg.instance);
-        let image = self.cfg.naming.volume_image(&id.uuid);
-        match j.volume_by_uuid(&id.uuid)? {
-            None => {
-                // No record: the id names an image we would have created; remove it if
-                // it exists (an image without a record is an orphan anyway).
-                remove_or_trash(&io, &image)?;
-            }
-            Some(mut rec) => {
-                // Fail fast, before marking, if a node still has it attached.
-                refuse_if_open(&io, &rec.image)?;
-                if rec.state != State::Deleting {
-                    rec.state = State::Deleting;
-                    j.put_volume(&rec)?;
-                }
-                failpoint::hit("delete:after-mark");
-                if let Err(e) = remove_or_trash(&io, &rec.image) {
-                    if e.code() == tonic::Code::FailedPrecondition {
-                        // Opened by a node between the check and the removal: the volume
-                        // is untouched, so it is ready again (ListVolumes shows it).
-                        rec.state = State::Ready;
-                        j.put_volume(&rec)?;
-                    }
-                    return Err(e);
-                }
-                failpoint::hit("delete:after-image");
-                j.remove_volume(&rec)?;
-                tracing::info!(name = rec.name, image = rec.image, "volume deleted");
-            }
-        }
-        purge_trash(&io, &self.cfg.naming);
-        Ok(())
-    }
-
-    fn build_snapshot(&self, io: &IoCtx, j: &Journal, rec: &mut SnapRecord) -> Result<(), Status> {
-        let snap = rec.image.clone();
-        let exists = io
-            .open_if_exists(&rec.image)
-            .map_err(|e| errors::ceph("opening image", e))?
-            .is_some();
-        if !exists {
-            let src = io.open(&rec.source_image).map_err(|e| match e.is_not_found() {
-                true => Status::not_found(format!("source volume image {} no longer exists", rec.source_image)),
-                false => errors::ceph("opening the source volume", e),
-            })?;
-            if !src
-                .snap_exists(&snap)
-                .map_err(|e| errors::ceph("checking the source snapshot", e))?
-            {
-                ok_if(
-                    src.snap_create(&snap),
-                    CephError::is_exists,
-                    &format!("snapshotting {}@{snap}", rec.source_image),
-                )?;
-            }
-            failpoint::hit("snapshot:after-source-snap");
-            let feats = src.features().map_err(|e| errors::ceph("reading source features", e))?;
-            let opts = ImageOptions {
-                features: Some(feats),
-                clone_format: Some(2),
-                ..Default::default()
-            };
-            ok_if(
-                io.clone_image(&rec.source_image, &snap, io, &rec.image, &opts),
-                CephError::is_exists,
-                &format!("cloning {}@{snap} into {}", rec.source_image, rec.image),
-            )
-            .map_err(clone_hint)?;
-            failpoint::hit("snapshot:after-clone");
-        }
-        let img = open(io, &rec.image)?;
-        if !img
-            .snap_exists(&snap)
-            .map_err(|e| errors::ceph("checking the snapshot", e))?
-        {
-            ok_if(
-                img.snap_create(&snap),
-                CephError::is_exists,
-                &format!("snapshotting {}@{snap}", rec.image),
-            )?;
-        }
-        flatten_if_deep(io, &img, self.cfg.max_clone_depth)?;
-        rec.size = img.size().map_err(|e| errors::ceph("reading snapshot size", e))?;
-        drop(img);
-        // The temporary snapshot on the source: with clone v2 it moves to the trash
-        // namespace and goes away when our image no longer needs it.
-        if let Some(src) = io
-            .open_if_exists(&rec.source_image)
-            .map_err(|e| errors::ceph("opening source", e))?
-        {
-            if src.snap_exists(&snap).unwrap_or(false) {
-                ok_if(
-                    src.snap_remove(&snap),
-                    CephError::is_not_found,
-                    &format!("removing {}@{snap}", rec.source_image),
-                )?;
-            }
-        }
-        failpoint::hit("snapshot:after-snap");
-        rec.state = State::Ready;
-        j.put_snap(rec)
-    }
-
-    fn create_snapshot_blocking(
-        &self,
-        req: CreateSnapshotRequest,
-        src_id: VolumeId,
-        creds: strake_ceph::Credentials,
-    ) -> Result<CreateSnapshotResponse, Status> {
-        let cluster = self.conns.get(Some(&creds))?;
-        let not_found = || Status::not_found(format!("source volume {} does not exist", req.source_volume_id));
-        let io = ioctx_for_id(&cluster, &src_id.pool)?.ok_or_else(not_found)?;
-        let j = Journal::new(&io, &self.cfg.instance);
-        let src = j.volume_by_uuid(&src_id.uuid)?.ok_or_else(not_found)?;
-        if src.state != State::Ready {
-            return Err(Status::aborted(format!(
-                "source volume {} is not ready; retry",
-                req.source_volume_id
-            )));
-        }
-        loop {
-            if let Some(mut rec) = j.snap_by_name(&req.name)? {
-                if rec.source_uuid != src.uuid {
-                    return Err(Status::already_exists(format!(
-                        "snapshot {:?} already exists for a different source volume",
-                        req.name
-                    )));
-                }
-                match rec.state {
-                    State::Ready => {
-                        if io
-                            .open_if_exists(&rec.image)
-                            .map_err(|e| errors::ceph("opening image", e))?
-                            .is_some()
-                        {
-                            return Ok(CreateSnapshotResponse {
-                                snapshot: Some(csi_snapshot(&rec, &src_id.pool)),
-                            });
-                        }
-                        return Err(Status::internal(format!(
-                            "snapshot {:?} is recorded but its image {} is gone; delete the snapshot and take it again",
-                            req.name, rec.image
-                        )));
-                    }
-                    State::Creating => {
-                        tracing::info!(
-                            name = req.name,
-                            image = rec.image,
-                            "resuming an interrupted CreateSnapshot"
-                        );
-                        self.build_snapshot(&io, &j, &mut rec)?;
-                        return Ok(CreateSnapshotResponse {
-                            snapshot: Some(csi_snapshot(&rec, &src_id.pool)),
-                        });
-                    }
-                    State::Deleting => {
-                        return Err(Status::aborted(format!(
-                            "snapshot {:?} is being deleted; retry later",
-                            req.name
-                        )))
-                    }
-                }
-            }
-            let uuid = Uuid::new_v4();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let mut rec = SnapRecord {
-                name: req.name.clone(),
-                uuid,
-                image: self.cfg.naming.snapshot_image(&uuid),
-                source_uuid: src.uuid,
-                source_image: src.image.clone(),
-                size: src.size,
-                state: State::Creating,
-                created_secs: now.as_secs() as i64,
-                created_nanos: now.subsec_nanos() as i32,
-                reserved_at: now_secs(),
-            };
-            if !j.reserve_snap(&rec)? {
-                continue;
-            }
-            failpoint::hit("snapshot:after-reserve");
-            self.build_snapshot(&io, &j, &mut rec)?;
-            tracing::info!(
-                name = req.name,
-                image = rec.image,
-                source = src.image,
-                "snapshot created"
-            );
-            return Ok(CreateSnapshotResponse {
-                snapshot: Some(csi_snapshot(&rec, &src_id.pool)),
-            });
-        }
-    }
-
-    fn delete_snapshot_blocking(&self, id: SnapshotId, creds: strake_ceph::Credentials) -> Result<(), Status> {
-        let cluster = self.conns.get(Some(&creds))?;
-        let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
-            return Ok(());
-        };
-        let j = Journal::new(&io, &self.cfg.instance);
-        match j.snap_by_uuid(&id.uuid)? {
-            None => remove_or_trash(&io, &self.cfg.naming.snapshot_image(&id.uuid))?,
-            Some(mut rec) => {
-                if rec.state != State::Deleting {
-                    rec.state = State::Deleting;
-                    j.put_snap(&rec)?;
-                }
-                failpoint::hit("delete-snapshot:after-mark");
-                // A CreateSnapshot that crashed before its last step may have left the
-                // temporary snapshot on the source volume.
-                if let Some(src) = io
-                    .open_if_exists(&rec.source_image)
-                    .map_err(|e| errors::ceph("opening source", e))?
-                {
-                    if src.snap_exists(&rec.image).unwrap_or(false) {
-                        ok_if(
-                            src.snap_remove(&rec.image),
-                            CephError::is_not_found,
-                            "removing the source snapshot",
-                        )?;
-                    }
-                }
-                remove_or_trash(&io, &rec.image)?;
-                failpoint::hit("delete-snapshot:after-image");
-                j.remove_snap(&rec)?;
-                tracing::info!(name = rec.name, image = rec.image, "snapshot deleted");
-            }
-        }
-        purge_trash(&io, &self.cfg.naming);
-        Ok(())
     }
 }
 
@@ -704,6 +129,7 @@ impl Controller for ControllerService {
             validate_name("name", &req.name)?;
             check_capabilities(&req.volume_capabilities, &self.cfg.default_fs)?;
             let p = parse_volume_params(&req.parameters)?;
+            let qos = crate::modify::parse(&req.mutable_parameters)?;
             let size = size_for_range(req.capacity_range.as_ref(), self.cfg.default_size, self.cfg.max_size)?;
             params::check_min_size(&req.volume_capabilities, size, &self.cfg.default_fs)?;
             let creds = credentials(&req.secrets, "CreateVolume", "provisioner")?;
@@ -725,7 +151,18 @@ impl Controller for ControllerService {
             tracing::info!(name = req.name, pool = p.pool, size, "CreateVolume");
             let _g = self.lock(format!("volume-name/{}/{}", p.pool, req.name)).await?;
             let this = self.clone();
-            blocking(move || this.create_volume_blocking(req, p, size, creds, source)).await
+            blocking(move || {
+                let r = this.create_volume_blocking(req, p, size, creds.clone(), source)?;
+                if !qos.is_empty() {
+                    // VolumeAttributesClass at creation: the same limits ModifyVolume sets.
+                    let v = r.volume.as_ref().expect("a created volume");
+                    let id = VolumeId::parse(&v.volume_id).expect("our own id");
+                    let (io, rec) = this.ready_volume(&id, &v.volume_id, Some(&creds))?;
+                    crate::modify::apply(&open(&io, &rec.image)?, &qos)?;
+                }
+                Ok(r)
+            })
+            .await
         })
         .await
     }
@@ -759,24 +196,77 @@ impl Controller for ControllerService {
 
     async fn controller_publish_volume(
         &self,
-        _: Request<ControllerPublishVolumeRequest>,
+        request: Request<ControllerPublishVolumeRequest>,
     ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
         instrument("ControllerPublishVolume", async {
-            Err(Status::unimplemented(
-                "strake-csi attaches on the node (NodeStageVolume); PUBLISH_UNPUBLISH_VOLUME is not offered",
-            ))
+            let req = request.into_inner();
+            if req.volume_id.is_empty() {
+                return Err(Status::invalid_argument("volume_id is required"));
+            }
+            crate::publish::validate_node_id(&req.node_id)?;
+            let cap = req
+                .volume_capability
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+            let (kind, mode) = params::check_capability(cap, &self.cfg.default_fs).map_err(Status::invalid_argument)?;
+            let creds = credentials(&req.secrets, "ControllerPublishVolume", "controller-publish")?;
+            let id = VolumeId::parse(&req.volume_id)
+                .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+            let want = crate::publish::Holder::new(&req.node_id, mode, req.readonly, kind == params::AccessKind::Block);
+            let _g = self.lock(format!("volume-id/{}", id.uuid)).await?;
+            let this = self.clone();
+            blocking(move || {
+                let (io, _) = this.ready_volume(&id, &req.volume_id, Some(&creds))?;
+                let j = Journal::new(&io, &this.cfg.instance);
+                let h = crate::publish::publish(&j, &id.uuid, &req.volume_id, want)?;
+                tracing::info!(
+                    volume_id = req.volume_id,
+                    node = h.node,
+                    mode = h.mode,
+                    readonly = h.readonly,
+                    "published"
+                );
+                Ok(ControllerPublishVolumeResponse {
+                    publish_context: crate::publish::publish_context(&h),
+                })
+            })
+            .await
         })
         .await
     }
 
     async fn controller_unpublish_volume(
         &self,
-        _: Request<ControllerUnpublishVolumeRequest>,
+        request: Request<ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
         instrument("ControllerUnpublishVolume", async {
-            Err(Status::unimplemented(
-                "strake-csi attaches on the node (NodeStageVolume); PUBLISH_UNPUBLISH_VOLUME is not offered",
-            ))
+            let req = request.into_inner();
+            if req.volume_id.is_empty() {
+                return Err(Status::invalid_argument("volume_id is required"));
+            }
+            crate::publish::validate_node_id(&req.node_id)?;
+            let creds = credentials(&req.secrets, "ControllerUnpublishVolume", "controller-publish")?;
+            let Some(id) = VolumeId::parse(&req.volume_id) else {
+                return Ok(ControllerUnpublishVolumeResponse {});
+            };
+            let _g = self.lock(format!("volume-id/{}", id.uuid)).await?;
+            let this = self.clone();
+            blocking(move || {
+                let cluster = this.conns.get(Some(&creds))?;
+                let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
+                    return Ok(ControllerUnpublishVolumeResponse {});
+                };
+                let j = Journal::new(&io, &this.cfg.instance);
+                let image = match j.by_uuid::<VolumeRecord>(&id.uuid)? {
+                    Some(r) => r.image,
+                    None => this.cfg.naming.volume_image(&id.uuid),
+                };
+                let ours = crate::publish::own_addrs(&this.conns.all());
+                let fenced = crate::publish::unpublish(&io, &j, &id.uuid, &image, &req.node_id, &ours, this.cfg.fence)?;
+                tracing::info!(volume_id = req.volume_id, node = req.node_id, fenced = ?fenced, "unpublished");
+                Ok(ControllerUnpublishVolumeResponse {})
+            })
+            .await
         })
         .await
     }
@@ -812,7 +302,7 @@ impl Controller for ControllerService {
                 let io = ioctx_for_id(&cluster, &id.pool)?
                     .ok_or_else(|| Status::not_found(format!("volume {vid} does not exist")))?;
                 Journal::new(&io, &instance)
-                    .volume_by_uuid(&id.uuid)?
+                    .by_uuid::<VolumeRecord>(&id.uuid)?
                     .ok_or_else(|| Status::not_found(format!("volume {vid} does not exist")))?;
                 Ok(())
             })
@@ -859,15 +349,31 @@ impl Controller for ControllerService {
                         continue;
                     };
                     let j = Journal::new(&io, &instance);
+                    // LIST_VOLUMES_PUBLISHED_NODES: the holders of every volume in this pool.
+                    let mut published: HashMap<String, Vec<String>> = HashMap::new();
+                    for (k, v) in j.entries("pub.")? {
+                        let hs: crate::publish::Holders = serde_json::from_slice(&v)
+                            .map_err(|e| Status::internal(format!("journal entry {k} is corrupt: {e}")))?;
+                        published.insert(
+                            k["pub.".len()..].to_string(),
+                            hs.holders.into_iter().map(|h| h.node).collect(),
+                        );
+                    }
                     loop {
                         let want = max - entries.len() as u64;
-                        let (recs, more) = j.list_volumes(&after, want)?;
+                        let (recs, more) = j.list::<VolumeRecord>(&after, want)?;
                         for r in &recs {
                             after = r.name.clone();
                             if r.state == State::Ready {
                                 entries.push(list_volumes_response::Entry {
                                     volume: Some(csi_volume(r, &pools[pi])),
-                                    status: None,
+                                    status: Some(list_volumes_response::VolumeStatus {
+                                        published_node_ids: published
+                                            .get(&r.uuid.to_string())
+                                            .cloned()
+                                            .unwrap_or_default(),
+                                        volume_condition: None,
+                                    }),
                                 });
                             }
                         }
@@ -980,6 +486,10 @@ impl Controller for ControllerService {
                 CapType::ListVolumes,
                 CapType::GetCapacity,
                 CapType::SingleNodeMultiWriter,
+                CapType::PublishUnpublishVolume,
+                CapType::PublishReadonly,
+                CapType::ListVolumesPublishedNodes,
+                CapType::ModifyVolume,
             ];
             Ok(ControllerGetCapabilitiesResponse {
                 capabilities: caps
@@ -1067,7 +577,7 @@ impl Controller for ControllerService {
                     let mut entries = vec![];
                     if let Some(id) = SnapshotId::parse(&req.snapshot_id) {
                         if let Some(io) = ioctx_for_id(&cluster, &id.pool)? {
-                            if let Some(r) = Journal::new(&io, &instance).snap_by_uuid(&id.uuid)? {
+                            if let Some(r) = Journal::new(&io, &instance).by_uuid::<SnapRecord>(&id.uuid)? {
                                 if r.state == State::Ready {
                                     entries.push(list_snapshots_response::Entry {
                                         snapshot: Some(csi_snapshot(&r, &id.pool)),
@@ -1099,7 +609,7 @@ impl Controller for ControllerService {
                     };
                     let j = Journal::new(&io, &instance);
                     loop {
-                        let (recs, more) = j.list_snaps(&after, 256)?;
+                        let (recs, more) = j.list::<SnapRecord>(&after, 256)?;
                         for r in &recs {
                             after = r.name.clone();
                             if r.state == State::Ready && source.is_none_or(|s| s == r.source_uuid) {
@@ -1157,7 +667,7 @@ impl Controller for ControllerService {
                 let nf = || Status::not_found(format!("volume {vid} does not exist"));
                 let io = ioctx_for_id(&cluster, &id.pool)?.ok_or_else(nf)?;
                 let j = Journal::new(&io, &instance);
-                let mut rec = j.volume_by_uuid(&id.uuid)?.ok_or_else(nf)?;
+                let mut rec = j.by_uuid::<VolumeRecord>(&id.uuid)?.ok_or_else(nf)?;
                 if rec.state != State::Ready {
                     return Err(Status::aborted(format!(
                         "volume {vid} is being created or deleted; retry"
@@ -1172,7 +682,7 @@ impl Controller for ControllerService {
                 let new = cur.max(size);
                 if rec.size != new {
                     rec.size = new;
-                    j.put_volume(&rec)?;
+                    j.put(&rec)?;
                 }
                 // The node must grow the filesystem, and (fuse-loop) refresh the loop
                 // device's size even for raw block.
@@ -1180,6 +690,41 @@ impl Controller for ControllerService {
                     capacity_bytes: new as i64,
                     node_expansion_required: true,
                 })
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        instrument("ControllerModifyVolume", async {
+            let req = request.into_inner();
+            if req.volume_id.is_empty() {
+                return Err(Status::invalid_argument("volume_id is required"));
+            }
+            let qos = crate::modify::parse(&req.mutable_parameters)?;
+            // csi-resizer may send no secrets for ModifyVolume: the driver's own identity then.
+            let creds = if req.secrets.is_empty() {
+                None
+            } else {
+                Some(credentials(
+                    &req.secrets,
+                    "ControllerModifyVolume",
+                    "controller-modify",
+                )?)
+            };
+            let id = VolumeId::parse(&req.volume_id)
+                .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+            tracing::info!(volume_id = req.volume_id, parameters = ?qos, "ControllerModifyVolume");
+            let _g = self.lock(format!("volume-id/{}", id.uuid)).await?;
+            let this = self.clone();
+            blocking(move || {
+                let (io, rec) = this.ready_volume(&id, &req.volume_id, creds.as_ref())?;
+                crate::modify::apply(&open(&io, &rec.image)?, &qos)?;
+                Ok(ControllerModifyVolumeResponse {})
             })
             .await
         })

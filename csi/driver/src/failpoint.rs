@@ -21,6 +21,12 @@ pub const ALL: &[&str] = &[
     "delete:after-image",
     "delete-snapshot:after-mark",
     "delete-snapshot:after-image",
+    "group-snapshot:after-reserve",
+    "group-snapshot:after-group",
+    "group-snapshot:after-group-snap",
+    "group-snapshot:after-copy",
+    "group-snapshot:after-group-removed",
+    "delete-group-snapshot:after-mark",
 ];
 
 fn armed() -> &'static HashSet<String> {

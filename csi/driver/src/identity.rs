@@ -45,11 +45,11 @@ impl Identity for IdentityService {
                 })),
             }];
             if self.controller {
-                caps.push(PluginCapability {
-                    r#type: Some(Type::Service(Service {
-                        r#type: service::Type::ControllerService as i32,
-                    })),
-                });
+                for t in [service::Type::ControllerService, service::Type::GroupControllerService] {
+                    caps.push(PluginCapability {
+                        r#type: Some(Type::Service(Service { r#type: t as i32 })),
+                    });
+                }
             }
             Ok(GetPluginCapabilitiesResponse { capabilities: caps })
         })

@@ -30,6 +30,25 @@ fn parse(s: &str, kind: &str) -> Option<(String, Uuid)> {
     Some((pool.to_string(), Uuid::parse_str(uuid).ok()?))
 }
 
+/// `strake:gsnap:<pool>:<uuid>`: a volume group snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupSnapshotId {
+    pub pool: String,
+    pub uuid: Uuid,
+}
+
+impl GroupSnapshotId {
+    pub fn parse(s: &str) -> Option<Self> {
+        parse(s, "gsnap").map(|(pool, uuid)| GroupSnapshotId { pool, uuid })
+    }
+}
+
+impl fmt::Display for GroupSnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "strake:gsnap:{}:{}", self.pool, self.uuid)
+    }
+}
+
 impl VolumeId {
     pub fn parse(s: &str) -> Option<Self> {
         parse(s, "vol").map(|(pool, uuid)| VolumeId { pool, uuid })
@@ -67,6 +86,13 @@ impl Naming {
     }
     pub fn snapshot_image(&self, uuid: &Uuid) -> String {
         format!("{}snap-{uuid}", self.prefix)
+    }
+    /// The RBD group a volume group snapshot gathers its sources in while it runs.
+    pub fn group(&self, uuid: &Uuid) -> String {
+        format!("{}group-{uuid}", self.prefix)
+    }
+    pub fn parse_group(&self, name: &str) -> Option<Uuid> {
+        Uuid::parse_str(name.strip_prefix(&self.prefix)?.strip_prefix("group-")?).ok()
     }
     /// The temporary snapshot a volume clone takes on its source.
     pub fn clone_temp_snap(&self, uuid: &Uuid) -> String {

@@ -68,6 +68,81 @@ pub struct SnapRecord {
     pub created_secs: i64,
     pub created_nanos: i32,
     pub reserved_at: u64,
+    /// Member of this volume group snapshot (deleted only with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Uuid>,
+}
+
+/// One source volume of a group snapshot and the snapshot it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub volume_uuid: Uuid,
+    pub volume_image: String,
+    /// The member's [`SnapRecord`] (named `<group snapshot name>/<volume uuid>`).
+    pub snap_uuid: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSnapRecord {
+    pub name: String,
+    pub uuid: Uuid,
+    /// The RBD group that exists only while the snapshot is taken.
+    pub group: String,
+    pub members: Vec<GroupMember>,
+    pub state: State,
+    pub created_secs: i64,
+    pub created_nanos: i32,
+    pub reserved_at: u64,
+}
+
+impl GroupSnapRecord {
+    pub fn member_name(&self, m: &GroupMember) -> String {
+        format!("{}/{}", self.name, m.volume_uuid)
+    }
+}
+
+/// A kind of journal record: stored as `<KIND>.name.<name>` → JSON, with the index
+/// `<KIND>.id.<uuid>` → name, both written in one transaction at reservation.
+pub trait Record: Serialize + for<'de> Deserialize<'de> {
+    const KIND: &'static str;
+    fn name(&self) -> &str;
+    fn uuid(&self) -> Uuid;
+    fn name_key(name: &str) -> String {
+        format!("{}.name.{name}", Self::KIND)
+    }
+    fn id_key(uuid: &Uuid) -> String {
+        format!("{}.id.{uuid}", Self::KIND)
+    }
+}
+
+impl Record for VolumeRecord {
+    const KIND: &'static str = "vol";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+}
+
+impl Record for GroupSnapRecord {
+    const KIND: &'static str = "gsnap";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+}
+
+impl Record for SnapRecord {
+    const KIND: &'static str = "snap";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uuid(&self) -> Uuid {
+        self.uuid
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -118,63 +193,60 @@ impl<'a> Journal<'a> {
             .map_err(|e| je(&format!("reading {key}"), e))
     }
 
-    // ---- volumes ----
-
-    pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeRecord>, Status> {
-        let key = format!("vol.name.{name}");
+    /// The record named `name`, if any.
+    pub fn by_name<R: Record>(&self, name: &str) -> Result<Option<R>, Status> {
+        let key = R::name_key(name);
         self.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
 
-    pub fn volume_name_by_uuid(&self, uuid: &Uuid) -> Result<Option<String>, Status> {
-        Ok(self
-            .get(&format!("vol.id.{uuid}"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    pub fn volume_by_uuid(&self, uuid: &Uuid) -> Result<Option<VolumeRecord>, Status> {
-        match self.volume_name_by_uuid(uuid)? {
+    /// The record whose uuid is `uuid`, through the id index.
+    pub fn by_uuid<R: Record>(&self, uuid: &Uuid) -> Result<Option<R>, Status> {
+        match self.get(&R::id_key(uuid))? {
             None => Ok(None),
-            Some(n) => Ok(self.volume_by_name(&n)?.filter(|r| r.uuid == *uuid)),
+            Some(n) => Ok(self
+                .by_name::<R>(&String::from_utf8_lossy(&n))?
+                .filter(|r| r.uuid() == *uuid)),
         }
     }
 
-    /// Claims `rec.name` for `rec.uuid` atomically. Ok(false): someone else holds it.
-    pub fn reserve_volume(&self, rec: &VolumeRecord) -> Result<bool, Status> {
-        let nk = format!("vol.name.{}", rec.name);
-        let ik = format!("vol.id.{}", rec.uuid);
+    /// Claims `rec`'s name for its uuid atomically. Ok(false): someone else holds it.
+    pub fn reserve<R: Record>(&self, rec: &R) -> Result<bool, Status> {
+        let nk = R::name_key(rec.name());
+        let ik = R::id_key(&rec.uuid());
         let v = serde_json::to_vec(rec).expect("records serialise");
         self.io
-            .omap_update(&self.oid, &[&nk, &ik], &[(&nk, &v), (&ik, rec.name.as_bytes())], &[])
+            .omap_update(&self.oid, &[&nk, &ik], &[(&nk, &v), (&ik, rec.name().as_bytes())], &[])
             .map_err(|e| je(&format!("reserving {nk}"), e))
     }
 
-    pub fn put_volume(&self, rec: &VolumeRecord) -> Result<(), Status> {
-        let nk = format!("vol.name.{}", rec.name);
+    pub fn put<R: Record>(&self, rec: &R) -> Result<(), Status> {
+        let nk = R::name_key(rec.name());
         let v = serde_json::to_vec(rec).expect("records serialise");
         self.io
             .omap_set(&self.oid, &[(&nk, &v)])
             .map_err(|e| je(&format!("updating {nk}"), e))
     }
 
-    pub fn remove_volume(&self, rec: &VolumeRecord) -> Result<(), Status> {
-        let nk = format!("vol.name.{}", rec.name);
-        let ik = format!("vol.id.{}", rec.uuid);
+    pub fn remove<R: Record>(&self, rec: &R) -> Result<(), Status> {
+        let nk = R::name_key(rec.name());
+        let ik = R::id_key(&rec.uuid());
         self.io
             .omap_remove(&self.oid, &[&nk, &ik])
             .map_err(|e| je(&format!("removing {nk}"), e))
     }
 
-    /// Volume records in name order after `after` (exclusive), at most `max`.
-    pub fn list_volumes(&self, after: &str, max: u64) -> Result<(Vec<VolumeRecord>, bool), Status> {
+    /// Records in name order after `after` (exclusive), at most `max`; and whether
+    /// more follow.
+    pub fn list<R: Record>(&self, after: &str, max: u64) -> Result<(Vec<R>, bool), Status> {
         let start = if after.is_empty() {
             String::new()
         } else {
-            format!("vol.name.{after}")
+            R::name_key(after)
         };
         let page = self
             .io
-            .omap_list(&self.oid, "vol.name.", &start, max)
-            .map_err(|e| je("listing volumes", e))?;
+            .omap_list(&self.oid, &R::name_key(""), &start, max)
+            .map_err(|e| je(&format!("listing {} records", R::KIND), e))?;
         let recs = page
             .entries
             .iter()
@@ -183,19 +255,20 @@ impl<'a> Journal<'a> {
         Ok((recs, page.more))
     }
 
-    pub fn all_volumes(&self) -> Result<Vec<VolumeRecord>, Status> {
+    pub fn all<R: Record>(&self) -> Result<Vec<R>, Status> {
         let all = self
             .io
-            .omap_list_all(&self.oid, "vol.name.")
-            .map_err(|e| je("listing volumes", e))?;
+            .omap_list_all(&self.oid, &R::name_key(""))
+            .map_err(|e| je(&format!("listing {} records", R::KIND), e))?;
         all.iter().map(|(k, v)| decode(k, v)).collect()
     }
 
-    /// Raw `vol.id.*` / `snap.id.*` index entries: (uuid text, name).
-    pub fn id_index(&self, prefix: &str) -> Result<Vec<(String, String)>, Status> {
+    /// Raw `<kind>.id.*` index entries: (uuid text, name).
+    pub fn id_index<R: Record>(&self) -> Result<Vec<(String, String)>, Status> {
+        let prefix = format!("{}.id.", R::KIND);
         let all = self
             .io
-            .omap_list_all(&self.oid, prefix)
+            .omap_list_all(&self.oid, &prefix)
             .map_err(|e| je("listing ids", e))?;
         Ok(all
             .into_iter()
@@ -207,71 +280,27 @@ impl<'a> Journal<'a> {
         self.io.omap_remove(&self.oid, keys).map_err(|e| je("removing keys", e))
     }
 
-    // ---- snapshots ----
-
-    pub fn snap_by_name(&self, name: &str) -> Result<Option<SnapRecord>, Status> {
-        let key = format!("snap.name.{name}");
-        self.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    /// A value by key with its raw bytes (the compare half of [`Journal::swap`]).
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+        self.get(key)
     }
 
-    pub fn snap_by_uuid(&self, uuid: &Uuid) -> Result<Option<SnapRecord>, Status> {
-        match self.get(&format!("snap.id.{uuid}"))? {
-            None => Ok(None),
-            Some(n) => Ok(self
-                .snap_by_name(&String::from_utf8_lossy(&n))?
-                .filter(|r| r.uuid == *uuid)),
-        }
-    }
-
-    pub fn reserve_snap(&self, rec: &SnapRecord) -> Result<bool, Status> {
-        let nk = format!("snap.name.{}", rec.name);
-        let ik = format!("snap.id.{}", rec.uuid);
-        let v = serde_json::to_vec(rec).expect("records serialise");
+    /// Replaces `key`'s value only if it still is `expected` (None: absent); `new` None
+    /// removes it. Ok(false): someone else changed it first; read again and retry.
+    pub fn swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, Status> {
+        let expect = [(key, expected.unwrap_or(&[]))];
+        let set: Vec<(&str, &[u8])> = new.map(|v| (key, v)).into_iter().collect();
+        let remove: Vec<&str> = if new.is_none() { vec![key] } else { vec![] };
         self.io
-            .omap_update(&self.oid, &[&nk, &ik], &[(&nk, &v), (&ik, rec.name.as_bytes())], &[])
-            .map_err(|e| je(&format!("reserving {nk}"), e))
+            .omap_update_if(&self.oid, &expect, &set, &remove)
+            .map_err(|e| je(&format!("updating {key}"), e))
     }
 
-    pub fn put_snap(&self, rec: &SnapRecord) -> Result<(), Status> {
-        let nk = format!("snap.name.{}", rec.name);
-        let v = serde_json::to_vec(rec).expect("records serialise");
+    /// Every (key, value) whose key starts with `prefix`.
+    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Status> {
         self.io
-            .omap_set(&self.oid, &[(&nk, &v)])
-            .map_err(|e| je(&format!("updating {nk}"), e))
-    }
-
-    pub fn remove_snap(&self, rec: &SnapRecord) -> Result<(), Status> {
-        let nk = format!("snap.name.{}", rec.name);
-        let ik = format!("snap.id.{}", rec.uuid);
-        self.io
-            .omap_remove(&self.oid, &[&nk, &ik])
-            .map_err(|e| je(&format!("removing {nk}"), e))
-    }
-
-    pub fn list_snaps(&self, after: &str, max: u64) -> Result<(Vec<SnapRecord>, bool), Status> {
-        let start = if after.is_empty() {
-            String::new()
-        } else {
-            format!("snap.name.{after}")
-        };
-        let page = self
-            .io
-            .omap_list(&self.oid, "snap.name.", &start, max)
-            .map_err(|e| je("listing snapshots", e))?;
-        let recs = page
-            .entries
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((recs, page.more))
-    }
-
-    pub fn all_snaps(&self) -> Result<Vec<SnapRecord>, Status> {
-        let all = self
-            .io
-            .omap_list_all(&self.oid, "snap.name.")
-            .map_err(|e| je("listing snapshots", e))?;
-        all.iter().map(|(k, v)| decode(k, v)).collect()
+            .omap_list_all(&self.oid, prefix)
+            .map_err(|e| je(&format!("listing {prefix}*"), e))
     }
 
     /// Every key in the journal (tests and sweep use it to prove emptiness).

@@ -15,19 +15,24 @@ pub mod client;
 pub mod controller;
 pub mod errors;
 pub mod failpoint;
+pub mod groupsnap;
 pub mod identity;
 pub mod ids;
 pub mod images;
 pub mod journal;
 pub mod locks;
 pub mod metrics;
+pub mod modify;
 pub mod mount;
 pub mod node;
 pub mod params;
+pub mod publish;
 mod redact;
 pub mod server;
+pub mod snapshots;
 pub mod sweep;
 pub mod validate;
+pub mod volumes;
 
 /// Generated CSI v1 types, clients and servers.
 pub mod csi {

@@ -140,10 +140,32 @@ struct Serve {
     /// NodeGetInfo max_volumes_per_node (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     max_volumes: i64,
+    /// Lifetime of the blocklist entry ControllerUnpublishVolume adds when it fences a
+    /// node's client (0 = the cluster default, one hour).
+    #[arg(long, default_value_t = 0)]
+    fence_expire_secs: u32,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Fence a lost node by address, as ceph-csi's NetworkFence does: blocklist every
+    /// Ceph client of that host (`ADDR:0/0`), so nothing it still runs can write.
+    /// For a node declared lost for good; ControllerUnpublishVolume already fences the
+    /// exact clients of each volume it detaches. Never use on an address other nodes share.
+    Fence {
+        /// The node's IP address (as the OSDs see its clients).
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// Entry lifetime in seconds (0 = the cluster default, one hour); renew or
+        /// `unfence` once the node is wiped or rebooted.
+        #[arg(long, default_value_t = 0)]
+        expire_secs: u32,
+    },
+    /// Lift a `fence` once the node is clean (rebooted, its mounts gone).
+    Unfence {
+        #[arg(long)]
+        address: std::net::IpAddr,
+    },
     /// Make one CSI call to a running driver (create-volume, stage, publish, ...).
     Call(strake_csi::call::CallArgs),
     /// List (and with --delete remove) orphaned images, journal records and temporary
@@ -216,6 +238,8 @@ async fn run(cli: Cli) -> Result<()> {
         return strake_csi::call::run(args.clone()).await;
     }
     let c = &cli.common;
+    strake_csi::validate::prefix("--instance-id", &c.instance_id).map_err(anyhow::Error::msg)?;
+    strake_csi::validate::prefix("--image-prefix", &c.image_prefix).map_err(anyhow::Error::msg)?;
     let conns = Arc::new(Connections::new(
         c.ceph_conf.clone(),
         Duration::from_secs(c.ceph_timeout_secs),
@@ -224,6 +248,37 @@ async fn run(cli: Cli) -> Result<()> {
     let naming = Naming {
         prefix: c.image_prefix.clone(),
     };
+    if let Some(Cmd::Fence { address, .. } | Cmd::Unfence { address }) = &cli.cmd {
+        // ip:0/0 (port and nonce 0): every client instance on that host.
+        let addr = format!("{}/0", SocketAddr::new(*address, 0));
+        let add = matches!(cli.cmd, Some(Cmd::Fence { .. }));
+        let ip = *address;
+        let expire = match &cli.cmd {
+            Some(Cmd::Fence { expire_secs, .. }) => *expire_secs,
+            _ => 0,
+        };
+        let conns = conns.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let cluster = conns.get(None).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            if add {
+                cluster
+                    .blocklist_add(&addr, expire)
+                    .with_context(|| format!("blocklisting {addr}"))?;
+                eprintln!(
+                    "fenced {addr}: no Ceph client on that host can write until `strake-csi unfence --address {ip}`"
+                );
+            } else {
+                let cmd = serde_json::json!({"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr});
+                cluster
+                    .mon_command(&cmd.to_string())
+                    .with_context(|| format!("removing the blocklist entry {addr}"))?;
+                eprintln!("unfenced {addr}");
+            }
+            Ok(())
+        })
+        .await??;
+        return Ok(());
+    }
     if let Some(Cmd::Sweep {
         pool,
         delete,
@@ -294,6 +349,10 @@ async fn run(cli: Cli) -> Result<()> {
                 list_pools: s.list_pools.clone(),
                 lock_timeout: Duration::from_secs(s.lock_timeout_secs),
                 default_fs: s.default_fs.clone(),
+                fence: strake_csi::publish::FenceOptions {
+                    expire_secs: s.fence_expire_secs,
+                    ..Default::default()
+                },
             },
             conns.clone(),
         )
@@ -306,6 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .trim()
                 .to_string(),
         };
+        strake_csi::publish::validate_node_id(&node_id).map_err(|e| anyhow::anyhow!("--node-id: {}", e.message()))?;
         std::fs::create_dir_all(&s.state_dir)
             .with_context(|| format!("creating --state-dir {}", s.state_dir.display()))?;
         if s.fuse_enable_uring {
@@ -315,6 +375,7 @@ async fn run(cli: Cli) -> Result<()> {
         let n = NodeService::new(
             NodeConfig {
                 node_id,
+                instance: c.instance_id.clone(),
                 state_dir: s.state_dir.clone(),
                 default_attacher,
                 max_volumes: s.max_volumes,

@@ -22,6 +22,7 @@ use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::*;
 use crate::errors::{self, blocking};
 use crate::ids::{Naming, VolumeId};
+use crate::journal::Journal;
 use crate::locks::KeyLocks;
 use crate::metrics::{self, instrument};
 use crate::mount::{self, GrowError};
@@ -30,6 +31,8 @@ use crate::params::{check_capability, AccessKind};
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: String,
+    /// Journal instance (`--instance-id`): where ControllerPublishVolume's records are.
+    pub instance: String,
     pub state_dir: PathBuf,
     /// Attach path when the volume does not name one (`mounter` parameter).
     pub default_attacher: Option<AttacherKind>,
@@ -188,30 +191,6 @@ impl NodeService {
         creds: strake_ceph::Credentials,
     ) -> Result<(), Status> {
         let staging = PathBuf::from(&req.staging_target_path);
-        if let Some(st) = self.load(&req.volume_id)? {
-            if st.read_only != read_only {
-                return Err(Status::already_exists(format!(
-                    "volume {} is already staged {} on this node; the capability asks for it {}",
-                    req.volume_id,
-                    if st.read_only { "read-only" } else { "read-write" },
-                    if read_only { "read-only" } else { "read-write" },
-                )));
-            }
-            if st.staging_path != staging {
-                return Err(Status::already_exists(format!(
-                    "volume {} is already staged at {}, not {}",
-                    req.volume_id,
-                    st.staging_path.display(),
-                    staging.display()
-                )));
-            }
-            if st.kind != kind {
-                return Err(Status::already_exists(format!(
-                    "volume {} is already staged with a different capability",
-                    req.volume_id
-                )));
-            }
-        }
         let id = VolumeId::parse(&req.volume_id)
             .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         let pool = req
@@ -243,24 +222,79 @@ impl NodeService {
             ))
         })?;
 
-        let mut st = match self.load(&req.volume_id)? {
-            Some(st) if self.attacher(st.attachment.kind).check(&st.attachment).is_none() => st,
-            existing => {
-                // Check credentials and that the image exists before starting helpers:
-                // the errors are much clearer from librbd than from a dying rbd-fuse.
-                let cluster = self.conns.get(Some(&creds))?;
-                let io = cluster.ioctx(&pool).map_err(|e| match e.is_not_found() {
-                    true => Status::not_found(format!("volume {}: pool {pool} does not exist", req.volume_id)),
-                    false => errors::ceph("opening pool", e),
+        // Check credentials and that the image exists before starting helpers (the
+        // errors are much clearer from librbd than from a dying helper), and that the
+        // journal says this node holds the volume.
+        let cluster = self.conns.get(Some(&creds))?;
+        let open_pool = |p: &str| {
+            cluster.ioctx(p).map_err(|e| match e.is_not_found() {
+                true => Status::not_found(format!("volume {}: pool {p} does not exist", req.volume_id)),
+                false => errors::ceph("opening pool", e),
+            })
+        };
+        let io = open_pool(&pool)?;
+        let jio = if id.pool == pool {
+            None
+        } else {
+            Some(open_pool(&id.pool)?)
+        };
+        let j = Journal::new(jio.as_ref().unwrap_or(&io), &self.cfg.instance);
+        io.open_read_only(&image).map_err(|e| match e.is_not_found() {
+            true => Status::not_found(format!(
+                "volume {} does not exist (no image {pool}/{image})",
+                req.volume_id
+            )),
+            false => errors::ceph(&format!("opening {pool}/{image}"), e),
+        })?;
+        let attached = self
+            .load(&req.volume_id)?
+            .filter(|st| self.attacher(st.attachment.kind).check(&st.attachment).is_none());
+        let (holder, before) = if attached.is_some() {
+            let me = crate::publish::holders(&j, &id.uuid)?
+                .holders
+                .into_iter()
+                .find(|h| h.node == self.cfg.node_id)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "volume {} is attached here but no longer published to node {} (unpublished, or fenced \
+                         after this node was declared lost): unstage it",
+                        req.volume_id, self.cfg.node_id
+                    ))
                 })?;
-                io.open(&image).map_err(|e| match e.is_not_found() {
-                    true => Status::not_found(format!(
-                        "volume {} does not exist (no image {pool}/{image})",
-                        req.volume_id
-                    )),
-                    false => errors::ceph(&format!("opening {pool}/{image}"), e),
-                })?;
-                if let Some(old) = existing {
+            (me, vec![])
+        } else {
+            crate::publish::claim_for_stage(&io, &j, &id.uuid, &image, &req.volume_id, &self.cfg.node_id)?
+        };
+        let read_only = read_only || holder.readonly;
+        if let Some(st) = self.load(&req.volume_id)? {
+            if st.read_only != read_only {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged {} on this node; the capability asks for it {}",
+                    req.volume_id,
+                    if st.read_only { "read-only" } else { "read-write" },
+                    if read_only { "read-only" } else { "read-write" },
+                )));
+            }
+            if st.staging_path != staging {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged at {}, not {}",
+                    req.volume_id,
+                    st.staging_path.display(),
+                    staging.display()
+                )));
+            }
+            if st.kind != kind {
+                return Err(Status::already_exists(format!(
+                    "volume {} is already staged with a different capability",
+                    req.volume_id
+                )));
+            }
+        }
+
+        let mut st = match attached {
+            Some(st) => st,
+            None => {
+                if let Some(old) = self.load(&req.volume_id)? {
                     // A dead attachment (e.g. the helper died): clean it before re-attaching.
                     let _ = mount::umount(&old.staging_path);
                     let _ = self.attacher(old.attachment.kind).detach(&old.attachment);
@@ -278,6 +312,8 @@ impl NodeService {
                     })
                     .map_err(|e| internal(&format!("attaching {pool}/{image} with {kind_attacher}"), e))?;
                 tracing::info!(volume_id = req.volume_id, device = %att.device.display(), attacher = %kind_attacher, "attached");
+                let claim = crate::publish::record_claim(&io, &j, &id.uuid, &image, &self.cfg.node_id, &before)?;
+                tracing::info!(volume_id = req.volume_id, clients = ?claim.clients, "claim recorded");
                 let st = StagedVolume {
                     volume_id: req.volume_id.clone(),
                     staging_path: staging.clone(),

@@ -44,6 +44,10 @@ redact_debug! {
     NodeStageVolumeRequest { volume_id, publish_context, staging_target_path, volume_capability, volume_context }
     NodePublishVolumeRequest { volume_id, publish_context, staging_target_path, target_path, volume_capability, readonly, volume_context }
     NodeExpandVolumeRequest { volume_id, volume_path, capacity_range, staging_target_path, volume_capability }
+    ControllerModifyVolumeRequest { volume_id, mutable_parameters }
+    CreateVolumeGroupSnapshotRequest { name, source_volume_ids, parameters }
+    DeleteVolumeGroupSnapshotRequest { group_snapshot_id, snapshot_ids }
+    GetVolumeGroupSnapshotRequest { group_snapshot_id, snapshot_ids }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::controller::ControllerService;
 use crate::csi::controller_server::ControllerServer;
+use crate::csi::group_controller_server::GroupControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::identity::IdentityService;
@@ -49,6 +50,7 @@ pub async fn serve(
     tracing::info!(socket = %path.display(), "serving CSI");
     let router = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_optional_service(controller.clone().map(GroupControllerServer::new))
         .add_optional_service(controller.map(ControllerServer::new))
         .add_optional_service(node.map(NodeServer::new));
     router

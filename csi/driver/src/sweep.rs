@@ -10,6 +10,7 @@
 //! * `vol.id.*`/`snap.id.*` index entry without its name entry → dangling index
 //! * temporary clone/snapshot RBD snapshots whose operation is not in progress
 //! * our images in the RBD trash that nothing depends on any more
+//! * RBD groups of ours that no group snapshot in progress needs
 //!
 //! A record `creating` whose image exists is reported but kept: the CO may still retry
 //! and finish it.
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::errors;
 use crate::ids::Naming;
 use crate::images::{purge_trash, remove_or_trash};
-use crate::journal::{now_secs, Journal, State};
+use crate::journal::{now_secs, GroupSnapRecord, Journal, SnapRecord, State, VolumeRecord};
 
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
@@ -62,8 +63,8 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
     // Images first, journal second: see the module docs for why this order is safe.
     let images = io.list_images().map_err(|e| errors::ceph("listing images", e))?;
     let j = Journal::new(io, &cfg.instance);
-    let vols = j.all_volumes()?;
-    let snaps = j.all_snaps()?;
+    let vols = j.all::<VolumeRecord>()?;
+    let snaps = j.all::<SnapRecord>()?;
     let vol_by_uuid: HashMap<Uuid, State> = vols.iter().map(|r| (r.uuid, r.state)).collect();
     let snap_by_uuid: HashMap<Uuid, State> = snaps.iter().map(|r| (r.uuid, r.state)).collect();
     let image_names: HashSet<&str> = images.iter().map(|i| i.name.as_str()).collect();
@@ -94,7 +95,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         let has_image = image_names.contains(r.image.as_str());
         match r.state {
             State::Deleting => {
-                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove_volume(r).is_ok();
+                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove(r).is_ok();
                 push(
                     "volume-record",
                     r.name.clone(),
@@ -104,7 +105,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Ready if !has_image => {
-                let removed = cfg.delete && j.remove_volume(r).is_ok();
+                let removed = cfg.delete && j.remove(r).is_ok();
                 push(
                     "volume-record",
                     r.name.clone(),
@@ -126,7 +127,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                         false,
                     );
                 } else {
-                    let removed = cfg.delete && j.remove_volume(r).is_ok();
+                    let removed = cfg.delete && j.remove(r).is_ok();
                     push(
                         "volume-record",
                         r.name.clone(),
@@ -146,7 +147,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         let has_image = image_names.contains(r.image.as_str());
         match r.state {
             State::Deleting => {
-                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove_snap(r).is_ok();
+                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove(r).is_ok();
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -156,7 +157,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Ready if !has_image => {
-                let removed = cfg.delete && j.remove_snap(r).is_ok();
+                let removed = cfg.delete && j.remove(r).is_ok();
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -166,7 +167,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() && !has_image => {
-                let removed = cfg.delete && j.remove_snap(r).is_ok();
+                let removed = cfg.delete && j.remove(r).is_ok();
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -184,7 +185,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
 
     // Index entries whose name entry is missing or points elsewhere.
     let vol_names: HashMap<&str, Uuid> = vols.iter().map(|r| (r.name.as_str(), r.uuid)).collect();
-    for (uuid, name) in j.id_index("vol.id.")? {
+    for (uuid, name) in j.id_index::<VolumeRecord>()? {
         if vol_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
             let key = format!("vol.id.{uuid}");
             let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
@@ -198,7 +199,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         }
     }
     let snap_names: HashMap<&str, Uuid> = snaps.iter().map(|r| (r.name.as_str(), r.uuid)).collect();
-    for (uuid, name) in j.id_index("snap.id.")? {
+    for (uuid, name) in j.id_index::<SnapRecord>()? {
         if snap_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
             let key = format!("snap.id.{uuid}");
             let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
@@ -210,6 +211,56 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 removed,
             );
         }
+    }
+
+    // Publish records and node claims of volumes that no longer exist.
+    for prefix in ["pub.", "claim."] {
+        for (key, _) in j.entries(prefix)? {
+            let uuid = key[prefix.len()..]
+                .split('.')
+                .next()
+                .and_then(|u| Uuid::parse_str(u).ok());
+            if uuid.is_some_and(|u| !vol_by_uuid.contains_key(&u)) {
+                let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+                push(
+                    "journal-publish",
+                    key,
+                    "publish record or node claim of a volume that no longer exists".into(),
+                    true,
+                    removed,
+                );
+            }
+        }
+    }
+
+    // RBD groups exist only while a group snapshot is taken or deleted.
+    let gsnaps = j.all::<GroupSnapRecord>()?;
+    for name in io.group_list().map_err(|e| errors::ceph("listing RBD groups", e))? {
+        let Some(uuid) = cfg.naming.parse_group(&name) else {
+            continue;
+        };
+        let busy = gsnaps.iter().any(|g| {
+            g.uuid == uuid && g.state == State::Creating && now.saturating_sub(g.reserved_at) < cfg.grace.as_secs()
+        });
+        if !busy {
+            let removed = cfg.delete && io.group_remove(&name).is_ok();
+            push(
+                "group",
+                name,
+                "RBD group left by an interrupted or abandoned group snapshot".into(),
+                true,
+                removed,
+            );
+        }
+    }
+    for g in gsnaps.iter().filter(|g| g.state == State::Deleting) {
+        push(
+            "group-snapshot-record",
+            g.name.clone(),
+            "DeleteVolumeGroupSnapshot was interrupted; the CO retries it".into(),
+            false,
+            false,
+        );
     }
 
     // Temporary RBD snapshots on our volume images.

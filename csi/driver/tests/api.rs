@@ -146,6 +146,9 @@ async fn every_rpc_is_idempotent_and_ten_concurrent_creates_make_one_image() {
     let d = drv.dir.clone();
     let (stg, tgt) = (d.join("stg"), d.join("tgt"));
     for _ in 0..2 {
+        publish_to(&mut c, &v, NODE, mount_cap("ext4")).await;
+    }
+    for _ in 0..2 {
         stage(&mut n, &v, &stg, mount_cap("ext4")).await;
     }
     for _ in 0..2 {
@@ -161,7 +164,7 @@ async fn every_rpc_is_idempotent_and_ten_concurrent_creates_make_one_image() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(
-        e.message().contains("still in use") && e.message().contains("unstage"),
+        e.message().contains("published to test-node") && e.message().contains("ControllerUnpublishVolume"),
         "{}",
         e.message()
     );

@@ -454,3 +454,113 @@ async fn the_controller_sweeps_orphans_by_itself_when_asked() {
     delete(&mut c, &live.volume_id).await;
     pool.assert_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_snapshots_converge_after_a_crash_at_every_step_and_leak_no_snapshot_or_group() {
+    let pool = TestPool::new("crash-gsnap");
+    let base = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        ..Default::default()
+    });
+    let mut c = base.controller().await;
+    let mut vols = vec![];
+    for i in 0..3 {
+        let v = c
+            .create_volume(create_req(&pool, &format!("pvc-g{i}"), None).await)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let img = pool.io().open(&v.volume_context["imageName"]).unwrap();
+        img.write_at(0, &[i as u8 + 1; 4096]).unwrap();
+        vols.push(v);
+    }
+    let volume_images: Vec<String> = vols.iter().map(|v| v.volume_context["imageName"].clone()).collect();
+    let refs: Vec<&Volume> = vols.iter().collect();
+    for fp in [
+        "group-snapshot:after-reserve",
+        "group-snapshot:after-group",
+        "group-snapshot:after-group-snap",
+        "group-snapshot:after-copy",
+        "group-snapshot:after-group-removed",
+    ] {
+        let name = format!("gs-{}", fp.replace(':', "-"));
+        let srcs: Vec<Volume> = vols.clone();
+        let n2 = name.clone();
+        let d = crash_then_restart(&pool, fp, |d| async move {
+            let mut g = d.group().await;
+            let r = group_snapshot(&mut g, &n2, &srcs.iter().collect::<Vec<_>>())
+                .await
+                .map(|_| ());
+            (d, r)
+        })
+        .await;
+        let mut g = d.group().await;
+        let gs = group_snapshot(&mut g, &name, &refs)
+            .await
+            .unwrap_or_else(|e| panic!("{fp}: the retry must finish the group snapshot: {e:?}"));
+        assert!(gs.ready_to_use, "{fp}");
+        assert_eq!(gs.snapshots.len(), 3, "{fp}");
+        let (snaps, groups) = snapshots_and_groups(&pool);
+        assert_eq!(
+            (snaps, groups),
+            (vec![], vec![]),
+            "{fp}: a finished group snapshot leaves no RBD group nor snapshot on its sources"
+        );
+        // Each member holds its source's data: restore one and read it back.
+        for s in &gs.snapshots {
+            assert_eq!(s.group_snapshot_id, gs.group_snapshot_id);
+            let img = pool
+                .io()
+                .open_read_only(&format!("{PREFIX}snap-{}", s.snapshot_id.rsplit(':').next().unwrap()))
+                .unwrap();
+            let k = vols.iter().position(|v| v.volume_id == s.source_volume_id).unwrap();
+            let mut b = [0u8; 4096];
+            img.read_at(0, &mut b).unwrap();
+            assert_eq!(
+                b,
+                [k as u8 + 1; 4096],
+                "{fp}: member of {} holds its data",
+                s.source_volume_id
+            );
+        }
+        delete_group_snapshot(&mut g, &gs.group_snapshot_id).await;
+        let mut left = pool.images();
+        left.sort();
+        let mut want = volume_images.clone();
+        want.sort();
+        assert_eq!(left, want, "{fp}: only the source volumes are left");
+        assert!(
+            !pool
+                .journal_keys()
+                .iter()
+                .any(|k| k.starts_with("gsnap.") || k.starts_with("snap.")),
+            "{fp}: {:?}",
+            pool.journal_keys()
+        );
+    }
+    // Deletion interrupted after marking: the retry finishes it.
+    let mut g = base.group().await;
+    let gs = group_snapshot(&mut g, "gs-delete", &refs).await.unwrap();
+    let id = gs.group_snapshot_id.clone();
+    let d = crash_then_restart(&pool, "delete-group-snapshot:after-mark", |d| async move {
+        let mut g = d.group().await;
+        let r = g
+            .delete_volume_group_snapshot(DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: id,
+                secrets: secrets(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ());
+        (d, r)
+    })
+    .await;
+    delete_group_snapshot(&mut d.group().await, &gs.group_snapshot_id).await;
+    for v in &vols {
+        delete(&mut c, &v.volume_id).await;
+    }
+    pool.assert_empty();
+    assert_eq!(snapshots_and_groups(&pool), (vec![], vec![]));
+}

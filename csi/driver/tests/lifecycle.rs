@@ -41,6 +41,7 @@ async fn filesystem_volume_whole_life_xfs() {
     let vol = create(&mut c, "pvc-life-fs", &pool, GIB, cap.clone(), None).await;
     assert_eq!(vol.capacity_bytes, GIB as i64);
     let (stg, tgt) = (d.join("stg-a"), d.join("pods/a/mount"));
+    publish_to(&mut c, &vol, NODE, cap.clone()).await;
     stage(&mut n, &vol, &stg, cap.clone()).await;
     publish(&mut n, &vol, &stg, &tgt, cap.clone(), false).await;
     assert!(is_mountpoint(&tgt));
@@ -114,6 +115,7 @@ async fn filesystem_volume_whole_life_xfs() {
     // Every copy holds the data.
     for (v, name) in [(&restored, "restored"), (&cloned, "clone")] {
         let (s2, t2) = (d.join(format!("stg-{name}")), d.join(format!("pods/{name}/mount")));
+        publish_to(&mut c, v, NODE, cap.clone()).await;
         stage(&mut n, v, &s2, cap.clone()).await;
         publish(&mut n, v, &s2, &t2, cap.clone(), true).await;
         assert_eq!(
@@ -166,6 +168,7 @@ async fn block_volume_whole_life() {
 
     let vol = create(&mut c, "pvc-life-blk", &pool, GIB, cap.clone(), None).await;
     let (stg, tgt) = (d.join("stg-a"), d.join("pods/a/dev"));
+    publish_to(&mut c, &vol, NODE, cap.clone()).await;
     stage(&mut n, &vol, &stg, cap.clone()).await;
     publish(&mut n, &vol, &stg, &tgt, cap.clone(), false).await;
     assert!(strake_csi::mount::is_block_device(&tgt));
@@ -246,6 +249,7 @@ async fn block_volume_whole_life() {
 
     for (v, name) in [(&restored, "restored"), (&cloned, "clone")] {
         let (s2, t2) = (d.join(format!("stg-{name}")), d.join(format!("pods/{name}/dev")));
+        publish_to(&mut c, v, NODE, cap.clone()).await;
         stage(&mut n, v, &s2, cap.clone()).await;
         publish(&mut n, v, &s2, &t2, cap.clone(), false).await;
         assert_eq!(read_sha(&t2, 7 * MIB, DATA), sum, "data in the {name} volume differs");
@@ -277,6 +281,7 @@ async fn ext4_expansion_without_cap_sys_resource_grows_offline_at_next_stage() {
     let d = drv.dir.clone();
     let vol = create(&mut c, "pvc-ext4", &pool, 256 * MIB, cap.clone(), None).await;
     let (stg, tgt) = (d.join("stg"), d.join("pods/p/mount"));
+    publish_to(&mut c, &vol, NODE, cap.clone()).await;
     stage(&mut n, &vol, &stg, cap.clone()).await;
     publish(&mut n, &vol, &stg, &tgt, cap.clone(), false).await;
     let sum = write_data(&tgt.join("f"), 0, 20 * MIB, 3);

@@ -25,6 +25,19 @@ struct VolumeSnapshotClass {
     parameters: Option<BTreeMap<String, String>>,
 }
 
+/// VolumeGroupSnapshotClass (groupsnapshot.storage.k8s.io/v1beta1): a CRD too.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct VolumeGroupSnapshotClass {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    driver: String,
+    deletion_policy: DeletionPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parameters: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum DeletionPolicy {
     Delete,
@@ -66,6 +79,11 @@ const KINDS: &[(&str, &str, Check)] = &[
     ("storage.k8s.io/v1", "StorageClass", typed::<storage::v1::StorageClass>),
     ("storage.k8s.io/v1", "CSIDriver", typed::<storage::v1::CSIDriver>),
     (
+        "storage.k8s.io/v1",
+        "VolumeAttributesClass",
+        typed::<storage::v1::VolumeAttributesClass>,
+    ),
+    (
         "networking.k8s.io/v1",
         "NetworkPolicy",
         typed::<networking::v1::NetworkPolicy>,
@@ -79,6 +97,11 @@ const KINDS: &[(&str, &str, Check)] = &[
         "snapshot.storage.k8s.io/v1",
         "VolumeSnapshotClass",
         typed::<VolumeSnapshotClass>,
+    ),
+    (
+        "groupsnapshot.storage.k8s.io/v1beta1",
+        "VolumeGroupSnapshotClass",
+        typed::<VolumeGroupSnapshotClass>,
     ),
 ];
 
@@ -228,8 +251,8 @@ fn csi_manifests_agree_with_the_driver() {
         strake_csi::DRIVER_NAME
     );
     assert_eq!(
-        driver[0]["spec"]["attachRequired"], false,
-        "strake-csi has no ControllerPublish"
+        driver[0]["spec"]["attachRequired"], true,
+        "strake-csi records and fences holders in ControllerPublish/Unpublish"
     );
     let classes: Vec<_> = of_kind(&docs, "StorageClass")
         .filter(|v| v["provisioner"] == strake_csi::DRIVER_NAME)
@@ -245,13 +268,24 @@ fn csi_manifests_agree_with_the_driver() {
                 e.message()
             )
         });
-        for step in ["provisioner", "node-stage", "controller-expand"] {
+        for step in ["provisioner", "controller-publish", "node-stage", "controller-expand"] {
             assert!(
                 params.contains_key(&format!("csi.storage.k8s.io/{step}-secret-name")),
                 "StorageClass {} lacks the {step} secret: that RPC would fail with INVALID_ARGUMENT",
                 sc["metadata"]["name"]
             );
         }
+    }
+    for vac in of_kind(&docs, "VolumeAttributesClass").filter(|v| v["driverName"] == strake_csi::DRIVER_NAME) {
+        let params: std::collections::HashMap<String, String> =
+            serde_json::from_value(vac["parameters"].clone()).unwrap();
+        strake_csi::modify::parse(&params).unwrap_or_else(|e| {
+            panic!(
+                "VolumeAttributesClass {} would be refused by ControllerModifyVolume: {}",
+                vac["metadata"]["name"],
+                e.message()
+            )
+        });
     }
     for sc in of_kind(&docs, "VolumeSnapshotClass").filter(|v| v["driver"] == strake_csi::DRIVER_NAME) {
         assert!(sc["parameters"]["csi.storage.k8s.io/snapshotter-secret-name"].is_string());

@@ -59,6 +59,7 @@ async fn node_plugin_restart_keeps_a_published_volume_working() {
     );
     let mut n = node.node().await;
     let (stg, tgt) = (nd.join("stg"), nd.join("pods/p/mount"));
+    publish_to(&mut c, &vol, NODE, cap.clone()).await;
     stage(&mut n, &vol, &stg, cap.clone()).await;
     publish(&mut n, &vol, &stg, &tgt, cap.clone(), false).await;
 

@@ -4,6 +4,8 @@
 //! trashed.
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -41,6 +43,7 @@ async fn a_device_holding_only_a_partition_table_is_never_formatted() {
     }
     let before = image_sha(&pool, &image_name(&v));
     let stg = drv.dir.join("stg");
+    publish_to(&mut c, &v, NODE, mount_cap("ext4")).await;
     for fs in ["ext4", "xfs"] {
         let e = n
             .node_stage_volume(NodeStageVolumeRequest {
@@ -204,9 +207,11 @@ async fn a_multi_node_reader_only_filesystem_is_read_only_on_every_node_and_the_
             .unwrap();
         // Written once, read-write, on node A.
         let stg = a.dir.join(format!("stg-rw-{fs}"));
+        publish_to(&mut c, &v, "node-a", rw.clone()).await;
         stage(&mut na, &v, &stg, rw.clone()).await;
         let sum = write_data(&stg.join("data"), 0, 16 * MIB, 7);
         unstage(&mut na, &v, &stg).await;
+        unpublish_from(&mut c, &v.volume_id, "node-a").await;
         let before = image_sha(&pool, &image_name(&v));
 
         // Then staged and published on both nodes with MULTI_NODE_READER_ONLY.
@@ -214,6 +219,7 @@ async fn a_multi_node_reader_only_filesystem_is_read_only_on_every_node_and_the_
         for (node, n, dir) in [("a", &mut na, &a.dir), ("b", &mut nb, &b.dir)] {
             let stg = dir.join(format!("stg-ro-{fs}"));
             let tgt = dir.join(format!("tgt-ro-{fs}"));
+            publish_to(&mut c, &v, &format!("node-{node}"), rox.clone()).await;
             stage(n, &v, &stg, rox.clone()).await;
             publish(n, &v, &stg, &tgt, rox.clone(), false).await;
             assert!(
@@ -234,6 +240,9 @@ async fn a_multi_node_reader_only_filesystem_is_read_only_on_every_node_and_the_
             unpublish(n, &v, tgt).await;
             unstage(n, &v, stg).await;
         }
+        for node in ["node-a", "node-b"] {
+            unpublish_from(&mut c, &v.volume_id, node).await;
+        }
         assert_eq!(
             image_sha(&pool, &image_name(&v)),
             before,
@@ -244,4 +253,227 @@ async fn a_multi_node_reader_only_filesystem_is_read_only_on_every_node_and_the_
     pool.assert_empty();
     assert_node_clean(&a.dir);
     assert_node_clean(&b.dir);
+}
+
+/// Rewrites the first MiB of `dev` with fsync, block `n` starting with `n`, until a
+/// write or fsync fails or `stop` is set; `done` counts the blocks that completed.
+fn writer(
+    dev: std::path::PathBuf,
+    done: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::io::Error> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
+    let mut buf = vec![0xa5u8; MIB as usize];
+    let mut n = 1u64;
+    while !stop.load(Ordering::SeqCst) {
+        buf[..8].copy_from_slice(&n.to_le_bytes());
+        let r = f
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&buf))
+            .and_then(|_| f.sync_data());
+        if let Err(e) = r {
+            return Some(e);
+        }
+        done.store(n, Ordering::SeqCst);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The first 8 bytes of the image, read through librbd (what RADOS holds).
+fn head(pool: &TestPool, image: &str) -> u64 {
+    let img = pool.io().open_read_only(image).unwrap();
+    let mut b = [0u8; 8];
+    img.read_at(0, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// The helper process of the one volume a node plugin has attached.
+fn helper_pid(d: &Driver) -> Option<i32> {
+    let dir = std::fs::read_dir(d.state_dir.join("volumes")).ok()?.next()?.ok()?;
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).ok()?).ok()?;
+    st["attachment"]["helper_pid"].as_i64().map(|p| p as i32)
+}
+
+struct KillOnDrop(Option<i32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `ceph osd blocklist ls`: what the operator sees.
+fn blocklist() -> Vec<String> {
+    let out = std::process::Command::new("ceph")
+        .args(["osd", "blocklist", "ls", "--format", "json", "-c"])
+        .arg(conf())
+        .output()
+        .unwrap();
+    // Two JSON documents: the client entries, then (Pacific) the range entries.
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Vec<serde_json::Value>>()
+        .flat_map(|d| d.unwrap_or_else(|e| panic!("ceph osd blocklist ls: {e}")))
+        .filter_map(|e| e["addr"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_writer_volume_has_one_node_and_a_lost_node_is_fenced() {
+    let pool = TestPool::new("fence");
+    let a = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        node_id: "node-a",
+        ..Default::default()
+    });
+    let b = Driver::start(DriverOpts {
+        mode: "node",
+        node_id: "node-b",
+        ..Default::default()
+    });
+    let _ca = CleanupOnDrop(a.dir.clone());
+    let _cb = CleanupOnDrop(b.dir.clone());
+    let mut c = a.controller().await;
+    let (mut na, mut nb) = (a.node().await, b.node().await);
+    let cap = block_cap();
+    let v = create(&mut c, "pvc-fence", &pool, 64 * MIB, cap.clone(), None).await;
+    let publish_b = |c: &mut strake_csi::csi::controller_client::ControllerClient<_>| {
+        let mut c = c.clone();
+        let (v, cap) = (v.clone(), cap.clone());
+        async move {
+            c.controller_publish_volume(ControllerPublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                node_id: "node-b".into(),
+                volume_capability: Some(cap),
+                secrets: secrets(),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+
+    // One writer node at a time; a clean handover works.
+    publish_to(&mut c, &v, "node-a", cap.clone()).await;
+    publish_to(&mut c, &v, "node-a", cap.clone()).await;
+    let e = publish_b(&mut c).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("published to node node-a"), "{}", e.message());
+    unpublish_from(&mut c, &v.volume_id, "node-a").await;
+    publish_b(&mut c).await.expect("after Unpublish from A, B may have it");
+    unpublish_from(&mut c, &v.volume_id, "node-b").await;
+
+    // A stages it and writes.
+    publish_to(&mut c, &v, "node-a", cap.clone()).await;
+    let (sa, ta) = (a.dir.join("stg"), a.dir.join("pods/a/dev"));
+    stage(&mut na, &v, &sa, cap.clone()).await;
+    publish(&mut na, &v, &sa, &ta, cap.clone(), false).await;
+    // A fenced helper may retry forever; whatever happens, it goes before the cleanup.
+    let a_helper = KillOnDrop(helper_pid(&a));
+    let listed = c
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.entries[0].status.as_ref().unwrap().published_node_ids,
+        vec!["node-a".to_string()]
+    );
+
+    // B may not stage what A holds and has open.
+    let stage_b = NodeStageVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        staging_target_path: b.dir.join("stg").to_string_lossy().into(),
+        volume_capability: Some(cap.clone()),
+        secrets: secrets(),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    };
+    let e = nb.node_stage_volume(stage_b.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("not published to node node-b") && e.message().contains("(node node-a)"),
+        "{}",
+        e.message()
+    );
+    assert!(!is_mountpoint(&b.dir.join("stg")));
+
+    // A writes; then A is declared lost and the CO detaches it without any
+    // NodeUnstageVolume there (a force detach): A's client is fenced.
+    let io = pool.io();
+    let j = strake_csi::journal::Journal::new(&io, INSTANCE);
+    let uuid = strake_csi::ids::VolumeId::parse(&v.volume_id).unwrap().uuid;
+    let claim = strake_csi::publish::claim(&j, &uuid, "node-a")
+        .unwrap()
+        .expect("A recorded its claim");
+    assert_eq!(claim.clients.len(), 1, "{claim:?}");
+    let (done, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let w = {
+        let (dev, done, stop) = (ta.clone(), done.clone(), stop.clone());
+        std::thread::spawn(move || writer(dev, done, stop))
+    };
+    let t0 = std::time::Instant::now();
+    while done.load(Ordering::SeqCst) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "A's writer made no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unpublish_from(&mut c, &v.volume_id, "node-a").await;
+    assert!(
+        blocklist().contains(&claim.clients[0]),
+        "A's client {} is blocklisted: {:?}",
+        claim.clients[0],
+        blocklist()
+    );
+    assert!(a.log_text().contains("fenced"), "the controller logs the fencing");
+    // From now on nothing A writes lands: its writes fail (or, with a helper that
+    // retries, never complete), and the image keeps what it had.
+    let fenced_at = done.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = done.load(Ordering::SeqCst);
+    assert!(
+        after <= fenced_at + 1,
+        "A completed {} writes after it was fenced",
+        after - fenced_at
+    );
+    let landed = head(&pool, &image_name(&v));
+    assert!(
+        landed <= fenced_at + 1,
+        "block {landed} reached the image after the fence ({fenced_at})"
+    );
+    // B takes over and its data is what B wrote.
+    publish_b(&mut c).await.expect("B may have it once A is fenced");
+    nb.node_stage_volume(stage_b).await.expect("B stages once A is fenced");
+    let tb = b.dir.join("pods/b/dev");
+    publish(&mut nb, &v, &b.dir.join("stg"), &tb, cap.clone(), false).await;
+    let sum = write_data(&tb, 0, 8 * MIB, 99);
+    assert_eq!(read_sha(&tb, 0, 8 * MIB), sum);
+    let b_head = head(&pool, &image_name(&v));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(head(&pool, &image_name(&v)), b_head, "A overwrote what B wrote");
+    // A is rebooted (or its stuck helper killed): the writer there sees its IO fail.
+    stop.store(true, Ordering::SeqCst);
+    drop(a_helper);
+    let err = tokio::task::spawn_blocking(move || w.join().unwrap()).await.unwrap();
+    eprintln!("A's writer stopped after {fenced_at} blocks before the fence: {err:?}");
+    assert!(err.is_some(), "A's writes must fail after the fence");
+    unpublish(&mut nb, &v, &tb).await;
+    unstage(&mut nb, &v, &b.dir.join("stg")).await;
+    unpublish_from(&mut c, &v.volume_id, "node-b").await;
+    // A comes back: its kubelet tears down what it had; the fenced client is gone.
+    unpublish(&mut na, &v, &ta).await;
+    unstage(&mut na, &v, &sa).await;
+    delete(&mut c, &v.volume_id).await;
+    pool.assert_empty();
+    assert_node_clean(&a.dir);
+    assert_node_clean(&b.dir);
+    for addr in &claim.clients {
+        let _ = admin().mon_command(
+            &serde_json::json!({"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr}).to_string(),
+        );
+    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use strake_ceph::{Cluster, ConnectOptions, IoCtx};
 use strake_csi::csi::controller_client::ControllerClient;
+use strake_csi::csi::group_controller_client::GroupControllerClient;
 use strake_csi::csi::identity_client::IdentityClient;
 use strake_csi::csi::node_client::NodeClient;
 use strake_csi::csi::volume_capability::access_mode::Mode;
@@ -282,6 +283,9 @@ impl Driver {
     pub async fn controller(&self) -> ControllerClient<Channel> {
         ControllerClient::new(self.channel().await)
     }
+    pub async fn group(&self) -> GroupControllerClient<Channel> {
+        GroupControllerClient::new(self.channel().await)
+    }
     pub async fn node(&self) -> NodeClient<Channel> {
         NodeClient::new(self.channel().await)
     }
@@ -519,7 +523,38 @@ pub async fn unstage(n: &mut NodeClient<Channel>, v: &Volume, staging: &Path) {
     .unwrap_or_else(|e| panic!("NodeUnstageVolume {}: {e:?}", v.volume_id));
 }
 
+/// The node id [`DriverOpts`] gives a node plugin unless a test names another.
+pub const NODE: &str = "test-node";
+
+/// ControllerPublishVolume to `node`, as the attach/detach controller does before the
+/// kubelet may stage the volume there.
+pub async fn publish_to(c: &mut ControllerClient<Channel>, v: &Volume, node: &str, cap: VolumeCapability) {
+    c.controller_publish_volume(ControllerPublishVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        node_id: node.into(),
+        volume_capability: Some(cap),
+        secrets: secrets(),
+        volume_context: v.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ControllerPublishVolume {} to {node}: {e:?}", v.volume_id));
+}
+
+pub async fn unpublish_from(c: &mut ControllerClient<Channel>, id: &str, node: &str) {
+    c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        secrets: secrets(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ControllerUnpublishVolume {id} from {node}: {e:?}"));
+}
+
+/// ControllerUnpublishVolume from [`NODE`] (a no-op where it was never published),
+/// then DeleteVolume: the order Kubernetes follows.
 pub async fn delete(c: &mut ControllerClient<Channel>, id: &str) {
+    unpublish_from(c, id, NODE).await;
     c.delete_volume(DeleteVolumeRequest {
         volume_id: id.into(),
         secrets: secrets(),
@@ -587,4 +622,46 @@ pub fn image_name(v: &Volume) -> String {
 pub fn cap_with_mode(mut c: VolumeCapability, mode: Mode) -> VolumeCapability {
     c.access_mode = Some(AccessMode { mode: mode as i32 });
     c
+}
+
+/// CreateVolumeGroupSnapshot of `sources` named `name`.
+pub async fn group_snapshot(
+    g: &mut GroupControllerClient<Channel>,
+    name: &str,
+    sources: &[&Volume],
+) -> Result<VolumeGroupSnapshot, tonic::Status> {
+    g.create_volume_group_snapshot(CreateVolumeGroupSnapshotRequest {
+        name: name.into(),
+        source_volume_ids: sources.iter().map(|v| v.volume_id.clone()).collect(),
+        secrets: secrets(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().group_snapshot.unwrap())
+}
+
+pub async fn delete_group_snapshot(g: &mut GroupControllerClient<Channel>, id: &str) {
+    g.delete_volume_group_snapshot(DeleteVolumeGroupSnapshotRequest {
+        group_snapshot_id: id.into(),
+        secrets: secrets(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("DeleteVolumeGroupSnapshot {id}: {e:?}"));
+}
+
+/// Every RBD snapshot of every image in the pool (any namespace), and every group:
+/// what a group snapshot must not leave behind.
+pub fn snapshots_and_groups(pool: &TestPool) -> (Vec<String>, Vec<String>) {
+    let io = pool.io();
+    let mut snaps = vec![];
+    for i in io.list_images().unwrap() {
+        let img = io.open_read_only(&i.name).unwrap();
+        for s in img.snaps().unwrap() {
+            if s.name != i.name {
+                snaps.push(format!("{}@{}", i.name, s.name));
+            }
+        }
+    }
+    (snaps, io.group_list().unwrap())
 }

@@ -1,0 +1,400 @@
+//! Volume workflows: create (empty, restored from a snapshot, cloned from a volume) and
+//! delete, each resumed from its journal record after a crash (see `journal`).
+//!
+//! Shape of every mutating RPC: validate → take the in-process lock for the CSI name
+//! (or id) → on the blocking pool: connect with the request's secrets, read the
+//! journal, reserve or resume, run idempotent steps, mark the record ready (or remove
+//! it). A crash anywhere leaves a record that the retry resumes from.
+use std::collections::HashMap;
+
+use strake_ceph::{features, CephError, ImageOptions, IoCtx};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::controller::ControllerService;
+use crate::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use crate::csi::*;
+use crate::errors;
+use crate::failpoint;
+use crate::ids::{SnapshotId, VolumeId};
+use crate::images::{
+    clone_hint, flatten_if_deep, ioctx, ioctx_for_id, ok_if, open, purge_trash, refuse_if_open, remove_or_trash,
+};
+use crate::journal::{now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
+use crate::params::{self, size_satisfies};
+
+pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("pool".to_string(), pool.to_string()),
+        ("imageName".to_string(), rec.image.clone()),
+        ("imageFeatures".to_string(), features::names(rec.features)),
+    ]);
+    if let Some(mt) = &rec.mounter {
+        m.insert("mounter".into(), mt.clone());
+    }
+    m
+}
+
+pub(crate) fn csi_volume(rec: &VolumeRecord, pool: &str) -> Volume {
+    let content_source = rec.source.as_ref().map(|s| VolumeContentSource {
+        r#type: Some(match s {
+            Source::Snapshot { pool, uuid, .. } => SourceType::Snapshot(SnapshotSource {
+                snapshot_id: SnapshotId {
+                    pool: pool.clone(),
+                    uuid: *uuid,
+                }
+                .to_string(),
+            }),
+            Source::Volume { pool, uuid, .. } => SourceType::Volume(VolumeSource {
+                volume_id: VolumeId {
+                    pool: pool.clone(),
+                    uuid: *uuid,
+                }
+                .to_string(),
+            }),
+        }),
+    });
+    Volume {
+        capacity_bytes: rec.size as i64,
+        volume_id: VolumeId {
+            pool: pool.to_string(),
+            uuid: rec.uuid,
+        }
+        .to_string(),
+        volume_context: volume_context(rec, pool),
+        content_source,
+        accessible_topology: vec![],
+    }
+}
+
+/// What CreateVolume was asked to copy from, resolved through the journal.
+enum ResolvedSource {
+    Snapshot(SnapRecord, String),
+    Volume(VolumeRecord, String),
+}
+
+impl ResolvedSource {
+    fn as_source(&self) -> Source {
+        match self {
+            ResolvedSource::Snapshot(r, pool) => Source::Snapshot {
+                pool: pool.clone(),
+                uuid: r.uuid,
+                image: r.image.clone(),
+            },
+            ResolvedSource::Volume(r, pool) => Source::Volume {
+                pool: pool.clone(),
+                uuid: r.uuid,
+                image: r.image.clone(),
+            },
+        }
+    }
+    fn size(&self) -> u64 {
+        match self {
+            ResolvedSource::Snapshot(r, _) => r.size,
+            ResolvedSource::Volume(r, _) => r.size,
+        }
+    }
+}
+
+/// Same source = same kind and uuid (the CO may not switch the source on a retry).
+fn same_source(a: &Option<Source>, b: &Option<Source>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(Source::Snapshot { uuid: x, .. }), Some(Source::Snapshot { uuid: y, .. })) => x == y,
+        (Some(Source::Volume { uuid: x, .. }), Some(Source::Volume { uuid: y, .. })) => x == y,
+        _ => false,
+    }
+}
+
+impl ControllerService {
+    /// Runs (or resumes) the steps that make `rec`'s image exist, then marks it ready.
+    fn build_volume(&self, io: &IoCtx, j: &Journal, rec: &mut VolumeRecord) -> Result<(), Status> {
+        let cfg = &self.cfg;
+        let clone_opts = ImageOptions {
+            features: Some(rec.features),
+            clone_format: Some(2),
+            data_pool: rec.data_pool.clone(),
+            ..Default::default()
+        };
+        let exists = io
+            .open_if_exists(&rec.image)
+            .map_err(|e| errors::ceph("opening image", e))?
+            .is_some();
+        match rec.source.clone() {
+            None => {
+                if !exists {
+                    let opts = ImageOptions {
+                        features: Some(rec.features),
+                        data_pool: rec.data_pool.clone(),
+                        ..Default::default()
+                    };
+                    ok_if(
+                        io.create_image(&rec.image, rec.size, &opts),
+                        CephError::is_exists,
+                        &format!("creating image {}", rec.image),
+                    )?;
+                }
+            }
+            Some(Source::Snapshot { pool, image: simg, .. }) => {
+                if !exists {
+                    let sio = ioctx(io.cluster(), &pool)?;
+                    ok_if(
+                        sio.clone_image(&simg, &simg, io, &rec.image, &clone_opts),
+                        CephError::is_exists,
+                        &format!("cloning {simg}@{simg} into {}", rec.image),
+                    )
+                    .map_err(clone_hint)?;
+                }
+            }
+            Some(Source::Volume { pool, image: vimg, .. }) => {
+                let sio = ioctx(io.cluster(), &pool)?;
+                let tmp = cfg.naming.clone_temp_snap(&rec.uuid);
+                if !exists {
+                    let src = sio.open(&vimg).map_err(|e| match e.is_not_found() {
+                        true => Status::not_found(format!("source volume image {vimg} no longer exists")),
+                        false => errors::ceph("opening the source volume", e),
+                    })?;
+                    if !src
+                        .snap_exists(&tmp)
+                        .map_err(|e| errors::ceph("checking the clone's temporary snapshot", e))?
+                    {
+                        ok_if(
+                            src.snap_create(&tmp),
+                            CephError::is_exists,
+                            &format!("snapshotting {vimg}@{tmp}"),
+                        )?;
+                    }
+                    failpoint::hit("clone:after-temp-snap");
+                    ok_if(
+                        sio.clone_image(&vimg, &tmp, io, &rec.image, &clone_opts),
+                        CephError::is_exists,
+                        &format!("cloning {vimg}@{tmp} into {}", rec.image),
+                    )
+                    .map_err(clone_hint)?;
+                    failpoint::hit("clone:after-clone");
+                }
+                // Always: a crash may have left the temporary snapshot behind.
+                if let Some(src) = sio
+                    .open_if_exists(&vimg)
+                    .map_err(|e| errors::ceph("opening the source volume", e))?
+                {
+                    if src.snap_exists(&tmp).unwrap_or(false) {
+                        ok_if(
+                            src.snap_remove(&tmp),
+                            CephError::is_not_found,
+                            &format!("removing {vimg}@{tmp}"),
+                        )?;
+                    }
+                }
+            }
+        }
+        failpoint::hit("create:after-image");
+        let img = open(io, &rec.image)?;
+        let size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
+        if size < rec.size {
+            img.resize(rec.size)
+                .map_err(|e| errors::ceph(&format!("growing {} to the requested size", rec.image), e))?;
+        }
+        if rec.source.is_some() {
+            flatten_if_deep(io, &img, cfg.max_clone_depth)?;
+        }
+        // For people reading `rbd info`: which CSI name this image belongs to.
+        ok_if(img.metadata_set("strake.csi/name", &rec.name), |_| true, "")?;
+        rec.size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
+        rec.state = State::Ready;
+        j.put(rec)
+    }
+
+    pub(crate) fn create_volume_blocking(
+        &self,
+        req: CreateVolumeRequest,
+        p: params::VolumeParams,
+        size: u64,
+        creds: strake_ceph::Credentials,
+        source: Option<SourceType>,
+    ) -> Result<CreateVolumeResponse, Status> {
+        let cluster = self.conns.get(Some(&creds))?;
+        let io = ioctx(&cluster, &p.pool)?;
+        let j = Journal::new(&io, &self.cfg.instance);
+        j.ensure()?;
+        // Resolve the content source through its pool's journal.
+        let resolved = match source {
+            None => None,
+            Some(SourceType::Snapshot(s)) => {
+                let id = SnapshotId::parse(&s.snapshot_id)
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {:?} does not exist", s.snapshot_id)))?;
+                let sio = ioctx_for_id(&cluster, &id.pool)?
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
+                let rec = Journal::new(&sio, &self.cfg.instance)
+                    .by_uuid::<SnapRecord>(&id.uuid)?
+                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
+                if rec.state != State::Ready {
+                    return Err(Status::aborted(format!(
+                        "source snapshot {} is not ready yet; retry",
+                        s.snapshot_id
+                    )));
+                }
+                Some(ResolvedSource::Snapshot(rec, id.pool))
+            }
+            Some(SourceType::Volume(v)) => {
+                let id = VolumeId::parse(&v.volume_id)
+                    .ok_or_else(|| Status::not_found(format!("source volume {:?} does not exist", v.volume_id)))?;
+                let sio = ioctx_for_id(&cluster, &id.pool)?
+                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
+                let rec = Journal::new(&sio, &self.cfg.instance)
+                    .by_uuid::<VolumeRecord>(&id.uuid)?
+                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
+                if rec.state != State::Ready {
+                    return Err(Status::aborted(format!(
+                        "source volume {} is not ready yet; retry",
+                        v.volume_id
+                    )));
+                }
+                Some(ResolvedSource::Volume(rec, id.pool))
+            }
+        };
+        let mut size = size;
+        if let Some(src) = &resolved {
+            let limit = req.capacity_range.as_ref().map(|r| r.limit_bytes).unwrap_or(0);
+            if limit > 0 && src.size() > limit as u64 {
+                return Err(Status::out_of_range(format!(
+                    "the source is {} bytes, larger than limit_bytes {limit}; a volume cannot be smaller than its source",
+                    src.size()
+                )));
+            }
+            let required = req.capacity_range.as_ref().map(|r| r.required_bytes).unwrap_or(0);
+            if required <= 0 {
+                size = src.size();
+            }
+            size = size.max(src.size());
+        }
+        let source = resolved.as_ref().map(ResolvedSource::as_source);
+        loop {
+            if let Some(mut rec) = j.by_name::<VolumeRecord>(&req.name)? {
+                if !same_source(&rec.source, &source) {
+                    return Err(Status::already_exists(format!(
+                        "volume {:?} already exists with a different content source",
+                        req.name
+                    )));
+                }
+                if !size_satisfies(rec.size, req.capacity_range.as_ref()) && rec.state == State::Ready {
+                    return Err(Status::already_exists(format!(
+                        "volume {:?} already exists with {} bytes, outside the requested capacity range",
+                        req.name, rec.size
+                    )));
+                }
+                match rec.state {
+                    State::Ready => {
+                        if io
+                            .open_if_exists(&rec.image)
+                            .map_err(|e| errors::ceph("opening image", e))?
+                            .is_some()
+                        {
+                            return Ok(CreateVolumeResponse {
+                                volume: Some(csi_volume(&rec, &p.pool)),
+                            });
+                        }
+                        // The record outlived its image (removed behind our back): rebuild it.
+                        tracing::warn!(
+                            name = req.name,
+                            image = rec.image,
+                            "journal says ready but the image is gone: recreating"
+                        );
+                        rec.state = State::Creating;
+                        self.build_volume(&io, &j, &mut rec)?;
+                    }
+                    State::Creating => {
+                        tracing::info!(
+                            name = req.name,
+                            image = rec.image,
+                            "resuming an interrupted CreateVolume"
+                        );
+                        self.build_volume(&io, &j, &mut rec)?;
+                    }
+                    State::Deleting => {
+                        return Err(Status::aborted(format!(
+                            "volume {:?} is being deleted; retry CreateVolume after DeleteVolume finishes",
+                            req.name
+                        )))
+                    }
+                }
+                return Ok(CreateVolumeResponse {
+                    volume: Some(csi_volume(&rec, &p.pool)),
+                });
+            }
+            let uuid = Uuid::new_v4();
+            let mut rec = VolumeRecord {
+                name: req.name.clone(),
+                uuid,
+                image: self.cfg.naming.volume_image(&uuid),
+                size,
+                state: State::Creating,
+                features: p.features,
+                data_pool: p.data_pool.clone(),
+                mounter: p.mounter.map(|m| m.to_string()),
+                source: source.clone(),
+                reserved_at: now_secs(),
+            };
+            failpoint::delay("create:before-reserve");
+            if !j.reserve(&rec)? {
+                // Another process reserved the name between our read and write: use theirs.
+                continue;
+            }
+            tracing::info!(name = req.name, image = rec.image, size, "reserved volume name");
+            failpoint::hit("create:after-reserve");
+            self.build_volume(&io, &j, &mut rec)?;
+            tracing::info!(name = req.name, image = rec.image, "volume created");
+            return Ok(CreateVolumeResponse {
+                volume: Some(csi_volume(&rec, &p.pool)),
+            });
+        }
+    }
+
+    pub(crate) fn delete_volume_blocking(&self, id: VolumeId, creds: strake_ceph::Credentials) -> Result<(), Status> {
+        let cluster = self.conns.get(Some(&creds))?;
+        let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
+            return Ok(());
+        };
+        let j = Journal::new(&io, &self.cfg.instance);
+        let image = self.cfg.naming.volume_image(&id.uuid);
+        match j.by_uuid::<VolumeRecord>(&id.uuid)? {
+            None => {
+                // No record: the id names an image we would have created; remove it if
+                // it exists (an image without a record is an orphan anyway).
+                remove_or_trash(&io, &image)?;
+            }
+            Some(mut rec) => {
+                // Fail fast, before marking, if a node still holds it or has it open.
+                let hs = crate::publish::holders(&j, &id.uuid)?;
+                if !hs.holders.is_empty() {
+                    let nodes: Vec<&str> = hs.holders.iter().map(|h| h.node.as_str()).collect();
+                    return Err(Status::failed_precondition(format!(
+                        "volume {} is published to {}: ControllerUnpublishVolume it first",
+                        id,
+                        nodes.join(", ")
+                    )));
+                }
+                refuse_if_open(&io, &rec.image)?;
+                if rec.state != State::Deleting {
+                    rec.state = State::Deleting;
+                    j.put(&rec)?;
+                }
+                failpoint::hit("delete:after-mark");
+                if let Err(e) = remove_or_trash(&io, &rec.image) {
+                    if e.code() == tonic::Code::FailedPrecondition {
+                        // Opened by a node between the check and the removal: the volume
+                        // is untouched, so it is ready again (ListVolumes shows it).
+                        rec.state = State::Ready;
+                        j.put(&rec)?;
+                    }
+                    return Err(e);
+                }
+                failpoint::hit("delete:after-image");
+                j.remove(&rec)?;
+                tracing::info!(name = rec.name, image = rec.image, "volume deleted");
+            }
+        }
+        purge_trash(&io, &self.cfg.naming);
+        Ok(())
+    }
+}
