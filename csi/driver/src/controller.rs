@@ -17,7 +17,7 @@ use crate::csi::volume_content_source::Type as SourceType;
 use crate::csi::*;
 use crate::errors::{self, blocking};
 use crate::ids::{Naming, SnapshotId, VolumeId};
-use crate::images::{ioctx_for_id, open};
+use crate::images::{ioctx_for_id, open, other_pool};
 use crate::journal::{Journal, SnapRecord, State, VolumeRecord};
 use crate::locks::KeyLocks;
 use crate::metrics::instrument;
@@ -158,7 +158,8 @@ impl Controller for ControllerService {
                     let v = r.volume.as_ref().expect("a created volume");
                     let id = VolumeId::parse(&v.volume_id).expect("our own id");
                     let (io, rec) = this.ready_volume(&id, &v.volume_id, Some(&creds))?;
-                    crate::modify::apply(&open(&io, &rec.image)?, &qos)?;
+                    let iio = other_pool(&io, &rec.image_pool)?;
+                    crate::modify::apply(&open(iio.as_ref().unwrap_or(&io), &rec.image)?, &qos)?;
                 }
                 Ok(r)
             })
@@ -257,12 +258,21 @@ impl Controller for ControllerService {
                     return Ok(ControllerUnpublishVolumeResponse {});
                 };
                 let j = Journal::new(&io, &this.cfg.instance);
-                let image = match j.by_uuid::<VolumeRecord>(&id.uuid)? {
-                    Some(r) => r.image,
-                    None => this.cfg.naming.volume_image(&id.uuid),
+                let (image, own_pool) = match j.by_uuid::<VolumeRecord>(&id.uuid)? {
+                    Some(r) => (r.image, r.image_pool),
+                    None => (this.cfg.naming.volume_image(&id.uuid), None),
                 };
+                let iio = other_pool(&io, &own_pool)?;
                 let ours = crate::publish::own_addrs(&this.conns.all());
-                let fenced = crate::publish::unpublish(&io, &j, &id.uuid, &image, &req.node_id, &ours, this.cfg.fence)?;
+                let fenced = crate::publish::unpublish(
+                    iio.as_ref().unwrap_or(&io),
+                    &j,
+                    &id.uuid,
+                    &image,
+                    &req.node_id,
+                    &ours,
+                    this.cfg.fence,
+                )?;
                 tracing::info!(volume_id = req.volume_id, node = req.node_id, fenced = ?fenced, "unpublished");
                 Ok(ControllerUnpublishVolumeResponse {})
             })
@@ -673,7 +683,8 @@ impl Controller for ControllerService {
                         "volume {vid} is being created or deleted; retry"
                     )));
                 }
-                let img = open(&io, &rec.image)?;
+                let iio = other_pool(&io, &rec.image_pool)?;
+                let img = open(iio.as_ref().unwrap_or(&io), &rec.image)?;
                 let cur = img.size().map_err(|e| errors::ceph("reading size", e))?;
                 if size > cur {
                     img.resize(size)
@@ -723,7 +734,8 @@ impl Controller for ControllerService {
             let this = self.clone();
             blocking(move || {
                 let (io, rec) = this.ready_volume(&id, &req.volume_id, creds.as_ref())?;
-                crate::modify::apply(&open(&io, &rec.image)?, &qos)?;
+                let iio = other_pool(&io, &rec.image_pool)?;
+                crate::modify::apply(&open(iio.as_ref().unwrap_or(&io), &rec.image)?, &qos)?;
                 Ok(ControllerModifyVolumeResponse {})
             })
             .await

@@ -210,6 +210,12 @@ impl ControllerService {
         let mut vols: Vec<VolumeRecord> = vec![];
         for id in &sources {
             let r = j.by_uuid::<VolumeRecord>(&id.uuid)?.ok_or_else(|| nf(id))?;
+            if r.image_pool.as_deref().is_some_and(|p| p != pool) {
+                return Err(Status::invalid_argument(format!(
+                    "source volume {id} lives in topology pool {}, not {pool}: a group snapshot takes volumes of one pool",
+                    r.image_pool.as_deref().unwrap_or_default()
+                )));
+            }
             if r.state != State::Ready {
                 return Err(Status::aborted(format!("source volume {id} is not ready; retry")));
             }
@@ -307,6 +313,7 @@ impl ControllerService {
                 created_nanos: g.created_nanos,
                 reserved_at: g.reserved_at,
                 group: Some(g.uuid),
+                image_pool: None,
             };
             if !j.reserve(&rec)? {
                 return Err(Status::internal(format!(

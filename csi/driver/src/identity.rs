@@ -37,13 +37,22 @@ impl Identity for IdentityService {
         _: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
         instrument("GetPluginCapabilities", async {
-            let mut caps = vec![PluginCapability {
-                // RBD images grow while attached; the filesystem grows online (xfs, or
-                // ext4 with CAP_SYS_RESOURCE).
-                r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                    r#type: volume_expansion::Type::Online as i32,
-                })),
-            }];
+            let mut caps = vec![
+                // Volumes of a StorageClass with topologyConstrainedPools are reachable
+                // from their pool's domain only (see `topology`).
+                PluginCapability {
+                    r#type: Some(Type::Service(Service {
+                        r#type: service::Type::VolumeAccessibilityConstraints as i32,
+                    })),
+                },
+                PluginCapability {
+                    // RBD images grow while attached; the filesystem grows online (xfs, or
+                    // ext4 with CAP_SYS_RESOURCE).
+                    r#type: Some(Type::VolumeExpansion(VolumeExpansion {
+                        r#type: volume_expansion::Type::Online as i32,
+                    })),
+                },
+            ];
             if self.controller {
                 for t in [service::Type::ControllerService, service::Type::GroupControllerService] {
                     caps.push(PluginCapability {

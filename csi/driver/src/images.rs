@@ -19,6 +19,15 @@ pub(crate) fn ioctx(cluster: &strake_ceph::Cluster, pool: &str) -> Result<IoCtx,
     })
 }
 
+/// The ioctx of an image that lives in `own` rather than `io`'s pool (topology
+/// pools); None when it is `io`'s. Use as `let io = x.as_ref().unwrap_or(io)`.
+pub(crate) fn other_pool(io: &IoCtx, own: &Option<String>) -> Result<Option<IoCtx>, Status> {
+    match own {
+        Some(p) if p != io.pool() => Ok(Some(ioctx(io.cluster(), p)?)),
+        _ => Ok(None),
+    }
+}
+
 /// ioctx for a pool named inside an id: a missing pool means the object is gone.
 pub(crate) fn ioctx_for_id(cluster: &strake_ceph::Cluster, pool: &str) -> Result<Option<IoCtx>, Status> {
     match cluster.ioctx(pool) {

@@ -30,10 +30,23 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
-    /// Restored from a snapshot: clone of `<image>@<image>`.
-    Snapshot { pool: String, uuid: Uuid, image: String },
+    /// Restored from a snapshot: clone of `<image>@<image>`. `pool` is the source's
+    /// journal pool, `image_pool` where its image is when that differs.
+    Snapshot {
+        pool: String,
+        uuid: Uuid,
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_pool: Option<String>,
+    },
     /// Cloned from a volume via a temporary snapshot on it.
-    Volume { pool: String, uuid: Uuid, image: String },
+    Volume {
+        pool: String,
+        uuid: Uuid,
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_pool: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +65,12 @@ pub struct VolumeRecord {
     pub source: Option<Source>,
     /// Unix seconds when the name was reserved.
     pub reserved_at: u64,
+    /// The pool holding the image, when not the journal's (topologyConstrainedPools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pool: Option<String>,
+    /// The topology segments the volume is reachable from.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub topology: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +90,9 @@ pub struct SnapRecord {
     /// Member of this volume group snapshot (deleted only with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Uuid>,
+    /// The pool of the snapshot's image (its source's image pool), when not the journal's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pool: Option<String>,
 }
 
 /// One source volume of a group snapshot and the snapshot it becomes.
@@ -143,6 +165,11 @@ impl Record for SnapRecord {
     fn uuid(&self) -> Uuid {
         self.uuid
     }
+}
+
+/// The pool an image lives in: its own when recorded, else the journal's.
+pub fn image_pool<'a>(own: &'a Option<String>, journal_pool: &'a str) -> &'a str {
+    own.as_deref().unwrap_or(journal_pool)
 }
 
 pub fn now_secs() -> u64 {

@@ -31,6 +31,7 @@ mod redact;
 pub mod server;
 pub mod snapshots;
 pub mod sweep;
+pub mod topology;
 pub mod validate;
 pub mod volumes;
 

@@ -140,6 +140,14 @@ struct Serve {
     /// NodeGetInfo max_volumes_per_node (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     max_volumes: i64,
+    /// This node's place in the failure domains, LABEL=VALUE (repeat or comma-separate),
+    /// e.g. zone=eu-1a: NodeGetInfo reports it as topology.rbd.csi.strake.io/<LABEL>.
+    #[arg(long, value_delimiter = ',')]
+    topology: Vec<String>,
+    /// A downward-API file of the pod's labels; its topology.kubernetes.io/* entries (the
+    /// node's, which Kubernetes copies onto its pods) join --topology.
+    #[arg(long)]
+    topology_labels_file: Option<PathBuf>,
     /// Lifetime of the blocklist entry ControllerUnpublishVolume adds when it fences a
     /// node's client (0 = the cluster default, one hour).
     #[arg(long, default_value_t = 0)]
@@ -376,6 +384,8 @@ async fn run(cli: Cli) -> Result<()> {
             NodeConfig {
                 node_id,
                 instance: c.instance_id.clone(),
+                topology: strake_csi::topology::node_segments(&s.topology, s.topology_labels_file.as_deref())
+                    .map_err(anyhow::Error::msg)?,
                 state_dir: s.state_dir.clone(),
                 default_attacher,
                 max_volumes: s.max_volumes,

@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Journal instance (`--instance-id`): where ControllerPublishVolume's records are.
     pub instance: String,
+    /// This node's topology segments (NodeGetInfo), see `topology`.
+    pub topology: std::collections::BTreeMap<String, String>,
     pub state_dir: PathBuf,
     /// Attach path when the volume does not name one (`mounter` parameter).
     pub default_attacher: Option<AttacherKind>,
@@ -743,7 +745,9 @@ impl Node for NodeService {
             Ok(NodeGetInfoResponse {
                 node_id: self.cfg.node_id.clone(),
                 max_volumes_per_node: self.cfg.max_volumes,
-                accessible_topology: None,
+                accessible_topology: (!self.cfg.topology.is_empty()).then(|| Topology {
+                    segments: self.cfg.topology.clone().into_iter().collect(),
+                }),
             })
         })
         .await

@@ -31,9 +31,17 @@ pub struct VolumeParams {
     pub features: u64,
     pub data_pool: Option<String>,
     pub mounter: Option<AttacherKind>,
+    /// `topologyConstrainedPools`: where images go, per failure domain.
+    pub topology_pools: Vec<crate::topology::TopologyPool>,
 }
 
-const KNOWN: &[&str] = &["pool", "imageFeatures", "dataPool", "mounter"];
+const KNOWN: &[&str] = &[
+    "pool",
+    "imageFeatures",
+    "dataPool",
+    "mounter",
+    "topologyConstrainedPools",
+];
 
 pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, Status> {
     for k in p.keys() {
@@ -79,6 +87,15 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         features,
         data_pool: data_pool.map(str::to_string),
         mounter,
+        topology_pools: match p
+            .get("topologyConstrainedPools")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            None => vec![],
+            Some(j) => crate::topology::parse_pools(j)
+                .map_err(|e| Status::invalid_argument(format!("StorageClass parameter {e}")))?,
+        },
     })
 }
 

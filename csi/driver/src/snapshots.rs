@@ -14,7 +14,7 @@ use crate::csi::*;
 use crate::errors;
 use crate::failpoint;
 use crate::ids::{SnapshotId, VolumeId};
-use crate::images::{clone_hint, flatten_if_deep, ioctx_for_id, ok_if, open, purge_trash, remove_or_trash};
+use crate::images::{clone_hint, flatten_if_deep, ioctx_for_id, ok_if, open, other_pool, purge_trash, remove_or_trash};
 use crate::journal::{now_secs, Journal, SnapRecord, State, VolumeRecord};
 
 pub(crate) fn csi_snapshot(rec: &SnapRecord, pool: &str) -> Snapshot {
@@ -50,6 +50,10 @@ pub(crate) fn csi_snapshot(rec: &SnapRecord, pool: &str) -> Snapshot {
 
 impl ControllerService {
     fn build_snapshot(&self, io: &IoCtx, j: &Journal, rec: &mut SnapRecord) -> Result<(), Status> {
+        // The snapshot image lives next to its source's image.
+        let journal_pool = io.pool().to_string();
+        let iio = other_pool(io, &rec.image_pool)?;
+        let io = iio.as_ref().unwrap_or(io);
         let snap = rec.image.clone();
         let exists = io
             .open_if_exists(&rec.image)
@@ -86,6 +90,11 @@ impl ControllerService {
             failpoint::hit("snapshot:after-clone");
         }
         let img = open(io, &rec.image)?;
+        ok_if(
+            img.metadata_set(crate::sweep::JOURNAL_POOL_KEY, &journal_pool),
+            |_| true,
+            "",
+        )?;
         if !img
             .snap_exists(&snap)
             .map_err(|e| errors::ceph("checking the snapshot", e))?
@@ -145,7 +154,10 @@ impl ControllerService {
                 }
                 match rec.state {
                     State::Ready => {
-                        if io
+                        let iio = other_pool(&io, &rec.image_pool)?;
+                        if iio
+                            .as_ref()
+                            .unwrap_or(&io)
                             .open_if_exists(&rec.image)
                             .map_err(|e| errors::ceph("opening image", e))?
                             .is_some()
@@ -194,6 +206,7 @@ impl ControllerService {
                 created_nanos: now.subsec_nanos() as i32,
                 reserved_at: now_secs(),
                 group: None,
+                image_pool: src.image_pool.clone(),
             };
             if !j.reserve(&rec)? {
                 continue;
@@ -239,6 +252,8 @@ impl ControllerService {
                     j.put(&rec)?;
                 }
                 failpoint::hit("delete-snapshot:after-mark");
+                let iio = other_pool(&io, &rec.image_pool)?;
+                let io = iio.as_ref().unwrap_or(&io);
                 // A CreateSnapshot that crashed before its last step may have left the
                 // temporary snapshot on the source volume.
                 if let Some(src) = io
@@ -253,10 +268,11 @@ impl ControllerService {
                         )?;
                     }
                 }
-                remove_or_trash(&io, &rec.image)?;
+                remove_or_trash(io, &rec.image)?;
                 failpoint::hit("delete-snapshot:after-image");
                 j.remove(&rec)?;
                 tracing::info!(name = rec.name, image = rec.image, "snapshot deleted");
+                purge_trash(io, &self.cfg.naming);
             }
         }
         purge_trash(&io, &self.cfg.naming);

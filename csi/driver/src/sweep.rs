@@ -27,6 +27,35 @@ use crate::ids::Naming;
 use crate::images::{purge_trash, remove_or_trash};
 use crate::journal::{now_secs, GroupSnapRecord, Journal, SnapRecord, State, VolumeRecord};
 
+/// Image metadata naming the pool whose journal holds the image's record (an image in
+/// a topology pool has its record in the StorageClass's pool).
+pub const JOURNAL_POOL_KEY: &str = "strake.csi/journal-pool";
+
+/// Whether the journal of another pool, named by the image's metadata, records it.
+fn recorded_elsewhere(io: &IoCtx, image: &str, uuid: &Uuid, is_snap: bool, instance: &str) -> Result<bool, Status> {
+    let Some(img) = io.open_if_exists(image).map_err(|e| errors::ceph("opening image", e))? else {
+        return Ok(false);
+    };
+    let Some(jp) = img
+        .metadata_get(JOURNAL_POOL_KEY)
+        .map_err(|e| errors::ceph("reading image metadata", e))?
+        .filter(|p| p != io.pool())
+    else {
+        return Ok(false);
+    };
+    let jio = match io.cluster().ioctx(&jp) {
+        Ok(j) => j,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(errors::ceph(&format!("opening journal pool {jp}"), e)),
+    };
+    let j = Journal::new(&jio, instance);
+    Ok(if is_snap {
+        j.by_uuid::<SnapRecord>(uuid)?.is_some()
+    } else {
+        j.by_uuid::<VolumeRecord>(uuid)?.is_some()
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
     pub instance: String,
@@ -79,7 +108,8 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         } else {
             vol_by_uuid.contains_key(&uuid)
         };
-        if !known {
+        // A topology pool's images have their records in another pool's journal.
+        if !known && !recorded_elsewhere(io, &img.name, &uuid, is_snap, &cfg.instance)? {
             let removed = cfg.delete && remove_or_trash(io, &img.name).is_ok();
             push(
                 "image",

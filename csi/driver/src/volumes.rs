@@ -18,14 +18,15 @@ use crate::errors;
 use crate::failpoint;
 use crate::ids::{SnapshotId, VolumeId};
 use crate::images::{
-    clone_hint, flatten_if_deep, ioctx, ioctx_for_id, ok_if, open, purge_trash, refuse_if_open, remove_or_trash,
+    clone_hint, flatten_if_deep, ioctx, ioctx_for_id, ok_if, open, other_pool, purge_trash, refuse_if_open,
+    remove_or_trash,
 };
-use crate::journal::{now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
+use crate::journal::{image_pool, now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
 use crate::params::{self, size_satisfies};
 
 pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
     let mut m = HashMap::from([
-        ("pool".to_string(), pool.to_string()),
+        ("pool".to_string(), image_pool(&rec.image_pool, pool).to_string()),
         ("imageName".to_string(), rec.image.clone()),
         ("imageFeatures".to_string(), features::names(rec.features)),
     ]);
@@ -63,7 +64,13 @@ pub(crate) fn csi_volume(rec: &VolumeRecord, pool: &str) -> Volume {
         .to_string(),
         volume_context: volume_context(rec, pool),
         content_source,
-        accessible_topology: vec![],
+        accessible_topology: if rec.topology.is_empty() {
+            vec![]
+        } else {
+            vec![Topology {
+                segments: rec.topology.clone().into_iter().collect(),
+            }]
+        },
     }
 }
 
@@ -80,11 +87,13 @@ impl ResolvedSource {
                 pool: pool.clone(),
                 uuid: r.uuid,
                 image: r.image.clone(),
+                image_pool: r.image_pool.clone(),
             },
             ResolvedSource::Volume(r, pool) => Source::Volume {
                 pool: pool.clone(),
                 uuid: r.uuid,
                 image: r.image.clone(),
+                image_pool: r.image_pool.clone(),
             },
         }
     }
@@ -110,6 +119,9 @@ impl ControllerService {
     /// Runs (or resumes) the steps that make `rec`'s image exist, then marks it ready.
     fn build_volume(&self, io: &IoCtx, j: &Journal, rec: &mut VolumeRecord) -> Result<(), Status> {
         let cfg = &self.cfg;
+        let journal_pool = io.pool().to_string();
+        let iio = other_pool(io, &rec.image_pool)?;
+        let io = iio.as_ref().unwrap_or(io);
         let clone_opts = ImageOptions {
             features: Some(rec.features),
             clone_format: Some(2),
@@ -135,9 +147,14 @@ impl ControllerService {
                     )?;
                 }
             }
-            Some(Source::Snapshot { pool, image: simg, .. }) => {
+            Some(Source::Snapshot {
+                pool,
+                image: simg,
+                image_pool: sp,
+                ..
+            }) => {
                 if !exists {
-                    let sio = ioctx(io.cluster(), &pool)?;
+                    let sio = ioctx(io.cluster(), image_pool(&sp, &pool))?;
                     ok_if(
                         sio.clone_image(&simg, &simg, io, &rec.image, &clone_opts),
                         CephError::is_exists,
@@ -146,8 +163,13 @@ impl ControllerService {
                     .map_err(clone_hint)?;
                 }
             }
-            Some(Source::Volume { pool, image: vimg, .. }) => {
-                let sio = ioctx(io.cluster(), &pool)?;
+            Some(Source::Volume {
+                pool,
+                image: vimg,
+                image_pool: sp,
+                ..
+            }) => {
+                let sio = ioctx(io.cluster(), image_pool(&sp, &pool))?;
                 let tmp = cfg.naming.clone_temp_snap(&rec.uuid);
                 if !exists {
                     let src = sio.open(&vimg).map_err(|e| match e.is_not_found() {
@@ -200,6 +222,12 @@ impl ControllerService {
         }
         // For people reading `rbd info`: which CSI name this image belongs to.
         ok_if(img.metadata_set("strake.csi/name", &rec.name), |_| true, "")?;
+        // Where its journal record is, for `sweep` of a pool other than the journal's.
+        ok_if(
+            img.metadata_set(crate::sweep::JOURNAL_POOL_KEY, &journal_pool),
+            |_| true,
+            "",
+        )?;
         rec.size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
         rec.state = State::Ready;
         j.put(rec)
@@ -285,7 +313,10 @@ impl ControllerService {
                 }
                 match rec.state {
                     State::Ready => {
-                        if io
+                        let iio = other_pool(&io, &rec.image_pool)?;
+                        if iio
+                            .as_ref()
+                            .unwrap_or(&io)
                             .open_if_exists(&rec.image)
                             .map_err(|e| errors::ceph("opening image", e))?
                             .is_some()
@@ -322,6 +353,18 @@ impl ControllerService {
                     volume: Some(csi_volume(&rec, &p.pool)),
                 });
             }
+            // The image's pool: the StorageClass's, or the topology pool for the
+            // requested domain (the record stays in the StorageClass's pool).
+            let (image_pool, data_pool, topology) = if p.topology_pools.is_empty() {
+                (None, p.data_pool.clone(), Default::default())
+            } else {
+                let tp = crate::topology::choose(&p.topology_pools, req.accessibility_requirements.as_ref())?;
+                (
+                    Some(tp.pool_name.clone()).filter(|x| *x != p.pool),
+                    tp.data_pool.clone().or(p.data_pool.clone()),
+                    crate::topology::segments(tp),
+                )
+            };
             let uuid = Uuid::new_v4();
             let mut rec = VolumeRecord {
                 name: req.name.clone(),
@@ -330,10 +373,12 @@ impl ControllerService {
                 size,
                 state: State::Creating,
                 features: p.features,
-                data_pool: p.data_pool.clone(),
+                data_pool,
                 mounter: p.mounter.map(|m| m.to_string()),
                 source: source.clone(),
                 reserved_at: now_secs(),
+                image_pool,
+                topology,
             };
             failpoint::delay("create:before-reserve");
             if !j.reserve(&rec)? {
@@ -374,13 +419,15 @@ impl ControllerService {
                         nodes.join(", ")
                     )));
                 }
-                refuse_if_open(&io, &rec.image)?;
+                let iio = other_pool(&io, &rec.image_pool)?;
+                let image_io = iio.as_ref().unwrap_or(&io);
+                refuse_if_open(image_io, &rec.image)?;
                 if rec.state != State::Deleting {
                     rec.state = State::Deleting;
                     j.put(&rec)?;
                 }
                 failpoint::hit("delete:after-mark");
-                if let Err(e) = remove_or_trash(&io, &rec.image) {
+                if let Err(e) = remove_or_trash(image_io, &rec.image) {
                     if e.code() == tonic::Code::FailedPrecondition {
                         // Opened by a node between the check and the removal: the volume
                         // is untouched, so it is ready again (ListVolumes shows it).
@@ -392,6 +439,9 @@ impl ControllerService {
                 failpoint::hit("delete:after-image");
                 j.remove(&rec)?;
                 tracing::info!(name = rec.name, image = rec.image, "volume deleted");
+                if let Some(other) = iio.as_ref() {
+                    purge_trash(other, &self.cfg.naming);
+                }
             }
         }
         purge_trash(&io, &self.cfg.naming);

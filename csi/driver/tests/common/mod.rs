@@ -172,6 +172,7 @@ pub struct DriverOpts {
     pub extra_env: Vec<(String, String)>,
     /// NodeGetInfo's node id (two node plugins in one test need two).
     pub node_id: &'static str,
+    pub extra_args: Vec<String>,
 }
 
 impl Default for DriverOpts {
@@ -183,6 +184,7 @@ impl Default for DriverOpts {
             state_dir: None,
             extra_env: vec![],
             node_id: "test-node",
+            extra_args: vec![],
         }
     }
 }
@@ -241,6 +243,7 @@ impl Driver {
         if !opts.list_pools.is_empty() {
             cmd.arg("--list-pools").arg(opts.list_pools.join(","));
         }
+        cmd.args(&opts.extra_args);
         if let Some(fp) = &opts.failpoint {
             cmd.env("STRAKE_CSI_FAILPOINT", fp);
         }
