@@ -98,6 +98,7 @@ csi_cleanup() {
     strake-csi call unstage "${ID[$v]:-x}" --staging "$CSI_DIR/stage-$v" >/dev/null 2>&1
     strake-csi call --secret userID=admin --secret "userKey=@$CSI_DIR/key" controller-unpublish "${ID[$v]:-x}" --node a >/dev/null 2>&1
   done
+  [ -n "${ID[gsnap]:-}" ] && call delete-group-snapshot "${ID[gsnap]}"
   [ -n "${ID[clone]:-}" ] && call delete-volume "${ID[clone]}"
   [ -n "${ID[snap]:-}" ] && call delete-snapshot "${ID[snap]}"
   [ -n "${ID[data]:-}" ] && call delete-volume "${ID[data]}"
@@ -130,6 +131,16 @@ call controller-publish "${ID[clone]}" --node a --fs xfs
 call stage "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --fs xfs
 call publish "${ID[clone]}" --staging "$CSI_DIR/stage-clone" --target "$VOLS/clone" --fs xfs
 run sha256sum "$VOLS/clone/orders"
+
+step "one crash-consistent point in time across both volumes: a volume group snapshot (each member an ordinary snapshot)"
+mapfile -t GS < <(call group-snapshot --name shop-db-group "${ID[data]}" "${ID[clone]}")
+ID[gsnap]=${GS[0]}
+echo "group snapshot ${GS[0]}; members: ${GS[*]:1}"
+run rbd ls -l rbd 2>/dev/null
+
+step "VolumeAttributesClass: cap the live volume at 500 IOPS and 50 MiB/s, no remount"
+call modify-volume "${ID[data]}" --param rbd_qos_iops_limit=500 --param rbd_qos_bps_limit=52428800
+run sh -c "rbd config image list rbd/csi-strake-vol-${ID[data]##*:} 2>/dev/null | grep -E '^rbd_qos_(iops|bps)_limit '"
 
 step "grow the original to 2 GiB while mounted (XFS grows online)"
 call expand-volume "${ID[data]}" --size 2Gi --fs xfs

@@ -25,6 +25,7 @@ use clap::Parser;
 use serde::Serialize;
 use strake_csi::attach::AttacherKind;
 use strake_csi::csi::controller_client::ControllerClient;
+use strake_csi::csi::group_controller_client::GroupControllerClient;
 use strake_csi::csi::node_client::NodeClient;
 use strake_csi::csi::volume_capability::access_mode::Mode;
 use strake_csi::csi::volume_capability::{AccessMode, AccessType, BlockVolume};
@@ -369,10 +370,10 @@ impl Drop for Cleanup {
 
 struct Driver(Child);
 
-/// Starts strake-csi (all services) in `dir` and connects to it.
 /// The node id of the benchmark's node plugin (ControllerPublishVolume names it).
 const BENCH_NODE: &str = "bench-node";
 
+/// Starts strake-csi (all services) in `dir` and connects to it.
 async fn start_driver(
     bin: &Path,
     conf: &Path,
@@ -447,6 +448,11 @@ async fn main() -> Result<()> {
     let secrets = HashMap::from([
         ("userID".to_string(), "strake-csi-bench".to_string()),
         ("userKey".to_string(), key),
+        // The key-encryption key for the encrypted rows (csi/README.md, Encryption).
+        (
+            "encryptionPassphrase".to_string(),
+            "strake-csi-bench-key-encryption-key".to_string(),
+        ),
     ]);
 
     let tmp = std::env::temp_dir().join(format!("strake-csi-bench-{}", std::process::id()));
@@ -456,6 +462,7 @@ async fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("strake-csi"));
     let (_driver, ch) = start_driver(&driver_bin, &a.ceph_conf, &tmp.join("main"), &pool, &[]).await?;
+    let ch_group = ch.clone();
     let mut c = ControllerClient::new(ch);
     let params = HashMap::from([("pool".to_string(), pool.clone())]);
     let create = |name: String, src: Option<volume_content_source::Type>, size: u64| CreateVolumeRequest {
@@ -557,6 +564,81 @@ async fn main() -> Result<()> {
         d.push(t.elapsed());
     }
     lat.push(stats("DeleteVolume (1 GiB)", d));
+
+    // Encrypted CreateVolume: a passphrase, its wrapping, and librbd's LUKS2 format.
+    let mut d = vec![];
+    let mut enc = vec![];
+    for i in 0..a.n {
+        let mut req = create(format!("bench-enc-{i}"), None, 1 << 30);
+        req.parameters.insert("encrypted".into(), "true".into());
+        let t = Instant::now();
+        let v = c.create_volume(req).await?.into_inner().volume.unwrap();
+        d.push(t.elapsed());
+        enc.push(v.volume_id);
+    }
+    lat.push(stats("CreateVolume (1 GiB, encrypted)", d));
+    for v in &enc {
+        c.delete_volume(DeleteVolumeRequest {
+            volume_id: v.clone(),
+            secrets: secrets.clone(),
+        })
+        .await?;
+    }
+
+    // Group snapshots of 3 and 10 volumes with 16 MiB written each (each member is
+    // copied out of the group snapshot: Ceph 16, see csi/README.md).
+    let mut g = GroupControllerClient::new(ch_group.clone());
+    let bio = admin.ioctx(&pool).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut members = vec![];
+    for i in 0..10 {
+        let v = c
+            .create_volume(create(format!("bench-gmember-{i}"), None, 256 << 20))
+            .await?
+            .into_inner()
+            .volume
+            .unwrap();
+        let img = bio
+            .open(&v.volume_context["imageName"])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let chunk = vec![0x5au8 ^ i as u8; 1 << 20];
+        for m in 0..16u64 {
+            img.write_at(m << 20, &chunk).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        members.push(v.volume_id);
+    }
+    let rounds = (a.n / 5).max(3);
+    for k in [3usize, 10] {
+        let mut d = vec![];
+        for r in 0..rounds {
+            let t = Instant::now();
+            let gs = g
+                .create_volume_group_snapshot(CreateVolumeGroupSnapshotRequest {
+                    name: format!("bench-group-{k}-{r}"),
+                    source_volume_ids: members[..k].to_vec(),
+                    secrets: secrets.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .group_snapshot
+                .unwrap();
+            d.push(t.elapsed());
+            g.delete_volume_group_snapshot(DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: gs.group_snapshot_id,
+                secrets: secrets.clone(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        lat.push(stats(&format!("CreateVolumeGroupSnapshot ({k} volumes)"), d));
+    }
+    for v in &members {
+        c.delete_volume(DeleteVolumeRequest {
+            volume_id: v.clone(),
+            secrets: secrets.clone(),
+        })
+        .await?;
+    }
     for l in &lat {
         eprintln!("  {:<38} p50 {:>7.1} ms  p99 {:>7.1} ms", l.op, l.p50_ms, l.p99_ms);
     }
@@ -613,6 +695,12 @@ async fn main() -> Result<()> {
                         vec!["--fuse-helper=strake-rbd-fuse", "--fuse-transport=classic"],
                     ),
                     ("rbd-fuse", vec!["--fuse-helper=rbd-fuse"]),
+                    // The same path as the first row, on an encrypted volume: the
+                    // ratio to that row is the price of LUKS2 in librbd.
+                    (
+                        "strake-rbd-fuse io-uring, encrypted (LUKS2)",
+                        vec!["--fuse-helper=strake-rbd-fuse", "--fuse-transport=io-uring"],
+                    ),
                 ]
                 .into_iter()
                 .filter(|(l, _)| a.only.as_deref().is_none_or(|o| l.contains(o)))
@@ -627,6 +715,9 @@ async fn main() -> Result<()> {
                 let (mut c, mut n) = (ControllerClient::new(ch.clone()), NodeClient::new(ch.clone()));
                 let mut req = create(format!("bench-io-{kind}-{i}"), None, size);
                 req.parameters.insert("mounter".into(), kind.to_string());
+                if label.contains("encrypted") {
+                    req.parameters.insert("encrypted".into(), "true".into());
+                }
                 let v = c.create_volume(req).await?.into_inner().volume.unwrap();
                 let stg = dir.join("stg");
                 c.controller_publish_volume(ControllerPublishVolumeRequest {

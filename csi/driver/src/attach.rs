@@ -117,6 +117,10 @@ pub struct AttachRequest<'a> {
     /// Reader-only access modes: the device refuses writes on every path (krbd and
     /// rbd-nbd map `--read-only`, fuse-loop attaches the loop device `-r`).
     pub read_only: bool,
+    /// An encrypted volume's LUKS passphrase: fuse-loop hands it to strake-rbd-fuse
+    /// over a pipe (`--passphrase-fd`), which loads librbd's encryption; the kernel
+    /// paths leave the device encrypted for `crypt` to map.
+    pub passphrase: Option<&'a [u8]>,
 }
 
 /// A live attachment, persisted in the volume's state file.
@@ -369,8 +373,8 @@ impl FuseLoop {
         let bin = strake_fuse_helper().ok_or_else(|| anyhow!("strake-rbd-fuse is not installed next to strake-csi"))?;
         let log_path = req.dir.join("rbd-fuse.log");
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut child = Command::new(&bin)
-            .arg("--conf")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--conf")
             .arg(req.conf)
             .args([
                 "--pool",
@@ -386,6 +390,11 @@ impl FuseLoop {
             // Reader-only modes: librbd opens the image read-only (no exclusive lock,
             // every write refused) under the read-only loop device.
             .args(if req.read_only { &["--read-only"][..] } else { &[] })
+            .args(if req.passphrase.is_some() {
+                &["--encryption", "luks2", "--passphrase-fd", "3"][..]
+            } else {
+                &[]
+            })
             .arg("--queue-depth")
             .arg(self.opts.fuse_queue_depth.to_string())
             .arg("--stats-socket")
@@ -393,9 +402,35 @@ impl FuseLoop {
             .arg(fuse_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .stderr(log);
+        // The passphrase on descriptor 3: a pipe the helper reads to EOF. Both ends
+        // close on exec; the child gets the read end as 3 (dup2 clears close-on-exec).
+        let pipe = match req.passphrase {
+            Some(_) => Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("a pipe for the passphrase")?),
+            None => None,
+        };
+        if let Some((r, _)) = &pipe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(r);
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let ok = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if ok < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        if let (Some((r, w)), Some(p)) = (pipe, req.passphrase) {
+            drop(r);
+            let mut w = std::fs::File::from(w);
+            w.write_all(p).context("handing strake-rbd-fuse the passphrase")?;
+        }
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(req.creds.key().as_bytes());
         }
@@ -420,6 +455,9 @@ impl FuseLoop {
 
     /// Starts Debian's rbd-fuse (comparison only): it mounts, then daemonizes.
     fn start_rbd_fuse(&self, req: &AttachRequest, fuse_dir: &Path) -> Result<()> {
+        if req.passphrase.is_some() {
+            bail!("rbd-fuse cannot open encrypted volumes; use --fuse-helper strake-rbd-fuse");
+        }
         let keyring = KeyringFile(write_keyring(req.dir, req.creds)?);
         let log_path = req.dir.join("rbd-fuse.log");
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;

@@ -60,6 +60,24 @@ pub enum Rpc {
     },
     /// DeleteSnapshot.
     DeleteSnapshot { id: String },
+    /// CreateVolumeGroupSnapshot: one point in time across the volumes; prints the
+    /// group snapshot id, then each member snapshot's id.
+    GroupSnapshot {
+        #[arg(long)]
+        name: String,
+        /// Volume ids.
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// DeleteVolumeGroupSnapshot (its members go with it).
+    DeleteGroupSnapshot { id: String },
+    /// ControllerModifyVolume: VolumeAttributesClass parameters on a live volume,
+    /// e.g. --param rbd_qos_iops_limit=500 (0 lifts a limit).
+    ModifyVolume {
+        id: String,
+        #[arg(long = "param", required = true)]
+        params: Vec<String>,
+    },
     /// ControllerExpandVolume (then `node-expand` where it is mounted).
     ExpandVolume {
         id: String,
@@ -208,6 +226,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
         .await
         .with_context(|| format!("connecting to the driver at {path}; is strake-csi running?"))?;
     let secrets = kv(&args.secrets, "secret")?;
+    let c_channel = ch.clone();
     let mut c = ControllerClient::new(ch.clone());
     let mut n = NodeClient::new(ch);
     let p = |x: &PathBuf| x.to_string_lossy().to_string();
@@ -300,6 +319,43 @@ pub async fn run(args: CallArgs) -> Result<()> {
                     ""
                 }
             );
+        }
+        Rpc::GroupSnapshot { name, volumes } => {
+            let g = crate::csi::group_controller_client::GroupControllerClient::new(c_channel.clone())
+                .create_volume_group_snapshot(CreateVolumeGroupSnapshotRequest {
+                    name,
+                    source_volume_ids: volumes,
+                    secrets,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| status("CreateVolumeGroupSnapshot", e))?
+                .into_inner()
+                .group_snapshot
+                .unwrap_or_default();
+            println!("{}", g.group_snapshot_id);
+            for s in g.snapshots {
+                println!("{}", s.snapshot_id);
+            }
+        }
+        Rpc::DeleteGroupSnapshot { id } => {
+            crate::csi::group_controller_client::GroupControllerClient::new(c_channel.clone())
+                .delete_volume_group_snapshot(DeleteVolumeGroupSnapshotRequest {
+                    group_snapshot_id: id,
+                    secrets,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| status("DeleteVolumeGroupSnapshot", e))?;
+        }
+        Rpc::ModifyVolume { id, params } => {
+            c.controller_modify_volume(ControllerModifyVolumeRequest {
+                volume_id: id,
+                secrets,
+                mutable_parameters: kv(&params, "param")?,
+            })
+            .await
+            .map_err(|e| status("ControllerModifyVolume", e))?;
         }
         Rpc::ControllerPublish {
             id,

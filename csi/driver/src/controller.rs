@@ -685,9 +685,12 @@ impl Controller for ControllerService {
                 }
                 let iio = other_pool(&io, &rec.image_pool)?;
                 let img = open(iio.as_ref().unwrap_or(&io), &rec.image)?;
-                let cur = img.size().map_err(|e| errors::ceph("reading size", e))?;
+                // An encrypted image is larger than its volume by the LUKS header; the
+                // payload (what the node's mapping shows) grows with the image.
+                let oh = rec.encryption_overhead;
+                let cur = img.size().map_err(|e| errors::ceph("reading size", e))? - oh;
                 if size > cur {
-                    img.resize(size)
+                    img.resize(size + oh)
                         .map_err(|e| errors::ceph(&format!("growing {} to {size} bytes", rec.image), e))?;
                 }
                 let new = cur.max(size);

@@ -210,6 +210,11 @@ impl ControllerService {
         let mut vols: Vec<VolumeRecord> = vec![];
         for id in &sources {
             let r = j.by_uuid::<VolumeRecord>(&id.uuid)?.ok_or_else(|| nf(id))?;
+            if r.encrypted {
+                return Err(Status::invalid_argument(format!(
+                    "source volume {id} is encrypted: group snapshots of encrypted volumes are not supported yet"
+                )));
+            }
             if r.image_pool.as_deref().is_some_and(|p| p != pool) {
                 return Err(Status::invalid_argument(format!(
                     "source volume {id} lives in topology pool {}, not {pool}: a group snapshot takes volumes of one pool",
@@ -314,6 +319,8 @@ impl ControllerService {
                 reserved_at: g.reserved_at,
                 group: Some(g.uuid),
                 image_pool: None,
+                encrypted: false,
+                encryption_overhead: 0,
             };
             if !j.reserve(&rec)? {
                 return Err(Status::internal(format!(

@@ -71,6 +71,16 @@ pub struct VolumeRecord {
     /// The topology segments the volume is reachable from.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub topology: std::collections::BTreeMap<String, String>,
+    /// LUKS2 on the image (see `kms`); the image is `encryption_overhead` bytes larger
+    /// than `size`, which is what the volume holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub encryption_overhead: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +103,12 @@ pub struct SnapRecord {
     /// The pool of the snapshot's image (its source's image pool), when not the journal's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pool: Option<String>,
+    /// LUKS2 on the image (see `kms`); the image is `encryption_overhead` bytes larger
+    /// than `size`, which is what the volume holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub encryption_overhead: u64,
 }
 
 /// One source volume of a group snapshot and the snapshot it becomes.

@@ -64,6 +64,20 @@ pub struct StagedVolume {
     /// Attached read-only and mounted `ro` (reader-only access modes).
     #[serde(default)]
     pub read_only: bool,
+    /// The dm-crypt mapping over the device (encrypted volumes on krbd/rbd-nbd).
+    #[serde(default)]
+    pub crypt: Option<String>,
+}
+
+impl StagedVolume {
+    /// The block device the filesystem or the pod sees: the decrypted mapping when
+    /// there is one.
+    pub fn dev(&self) -> PathBuf {
+        match &self.crypt {
+            Some(name) => crate::crypt::mapped(name),
+            None => self.attachment.device.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -293,6 +307,21 @@ impl NodeService {
             }
         }
 
+        // An encrypted volume: its passphrase, unwrapped with the node-stage Secret's KEK.
+        let passphrase = if req.volume_context.get("encrypted").is_some_and(|v| v == "true") {
+            let kms = crate::kms::SecretKms::from_secrets(&req.secrets, "NodeStageVolume", "node-stage")?;
+            let img = io
+                .open_read_only(&image)
+                .map_err(|e| errors::ceph(&format!("opening {pool}/{image}"), e))?;
+            Some(crate::kms::Kms::fetch(&kms, &img, &id.uuid)?)
+        } else {
+            None
+        };
+        let in_kernel = matches!(kind_attacher, AttacherKind::Krbd | AttacherKind::RbdNbd);
+        if passphrase.is_some() && in_kernel {
+            crate::crypt::available()
+                .map_err(|why| Status::failed_precondition(format!("volume {} is encrypted: {why}", req.volume_id)))?;
+        }
         let mut st = match attached {
             Some(st) => st,
             None => {
@@ -311,19 +340,29 @@ impl NodeService {
                         conf: self.conns.conf(),
                         dir: &dir,
                         read_only,
+                        passphrase: passphrase.as_ref().filter(|_| !in_kernel).map(|p| p.bytes()),
                     })
                     .map_err(|e| internal(&format!("attaching {pool}/{image} with {kind_attacher}"), e))?;
                 tracing::info!(volume_id = req.volume_id, device = %att.device.display(), attacher = %kind_attacher, "attached");
                 let claim = crate::publish::record_claim(&io, &j, &id.uuid, &image, &self.cfg.node_id, &before)?;
                 tracing::info!(volume_id = req.volume_id, clients = ?claim.clients, "claim recorded");
-                let st = StagedVolume {
+                let mut st = StagedVolume {
                     volume_id: req.volume_id.clone(),
                     staging_path: staging.clone(),
                     kind: kind.clone(),
                     attachment: att,
                     pending_offline_grow: false,
                     read_only,
+                    crypt: None,
                 };
+                // Recorded before the mapping exists, so an unstage after a crash closes it.
+                if let (Some(p), true) = (&passphrase, in_kernel) {
+                    let name = crate::crypt::name(&image);
+                    st.crypt = Some(name.clone());
+                    self.save(&st)?;
+                    crate::crypt::open(&st.attachment.device, &name, p.bytes(), read_only)
+                        .map_err(|e| internal("opening the LUKS2 mapping", e))?;
+                }
                 self.save(&st)?;
                 st
             }
@@ -332,7 +371,7 @@ impl NodeService {
             if !mount::is_mountpoint(&staging) {
                 fs::create_dir_all(&staging)
                     .map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
-                let dev = st.attachment.device.clone();
+                let dev = st.dev();
                 // Never format a device that holds anything: only when low-level
                 // probing finds neither a filesystem, nor any other signature, nor a
                 // partition table (as kubelet's safe formatting does).
@@ -416,6 +455,9 @@ impl NodeService {
             return Ok(());
         };
         mount::umount(&st.staging_path).map_err(|e| internal("unmounting the staging path", e))?;
+        if let Some(name) = &st.crypt {
+            crate::crypt::close(name).map_err(|e| internal("closing the LUKS2 mapping", e))?;
+        }
         self.attacher(st.attachment.kind)
             .detach(&st.attachment)
             .map_err(|e| internal("detaching", e))?;
@@ -537,7 +579,7 @@ impl Node for NodeService {
                             fs::File::create(&target)
                                 .map_err(|e| Status::internal(format!("creating {}: {e}", target.display())))?;
                         }
-                        mount::bind(&st.attachment.device, &target, readonly).map_err(|e| internal("publishing", e))?;
+                        mount::bind(&st.dev(), &target, readonly).map_err(|e| internal("publishing", e))?;
                     }
                     (AccessKind::Mount { .. }, StagedKind::Mount { .. }) => {
                         fs::create_dir_all(&target)
@@ -683,7 +725,10 @@ impl Node for NodeService {
                 }
                 let a = this.attacher(st.attachment.kind);
                 a.refresh_size(&st.attachment).map_err(|e| internal("refreshing the device size", e))?;
-                let dev = st.attachment.device.clone();
+                if let Some(name) = &st.crypt {
+                    crate::crypt::resize(name, None).map_err(|e| internal("growing the LUKS2 mapping", e))?;
+                }
+                let dev = st.dev();
                 let size = mount::device_size(&dev).map_err(|e| internal("sizing", e))? as i64;
                 if let Some(want) = req.capacity_range.as_ref().map(|r| r.required_bytes) {
                     if want > size {
@@ -762,6 +807,6 @@ pub fn staged_ids(state_dir: &Path) -> HashMap<String, PathBuf> {
     rd.flatten()
         .filter_map(|e| fs::read(e.path().join("state.json")).ok())
         .filter_map(|b| serde_json::from_slice::<StagedVolume>(&b).ok())
-        .map(|s| (s.volume_id, s.attachment.device))
+        .map(|s| (s.volume_id.clone(), s.dev()))
         .collect()
 }

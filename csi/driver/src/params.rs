@@ -33,6 +33,8 @@ pub struct VolumeParams {
     pub mounter: Option<AttacherKind>,
     /// `topologyConstrainedPools`: where images go, per failure domain.
     pub topology_pools: Vec<crate::topology::TopologyPool>,
+    /// `encrypted: "true"`: LUKS2 at rest, the passphrase kept by the KMS (`kms`).
+    pub encrypted: bool,
 }
 
 const KNOWN: &[&str] = &[
@@ -41,6 +43,8 @@ const KNOWN: &[&str] = &[
     "dataPool",
     "mounter",
     "topologyConstrainedPools",
+    "encrypted",
+    "encryptionKMS",
 ];
 
 pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, Status> {
@@ -51,6 +55,16 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
                 KNOWN.join(", ")
             )));
         }
+    }
+    if let Some(k) = p
+        .get("encryptionKMS")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && *s != "secret")
+    {
+        return Err(Status::invalid_argument(format!(
+            "StorageClass parameter encryptionKMS: {k:?} is not implemented; strake-csi keeps passphrases with \"secret\" \
+             (the key-encryption key in the StorageClass's Secret, see csi/README.md)"
+        )));
     }
     let pool = p
         .get("pool")
@@ -87,6 +101,15 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         features,
         data_pool: data_pool.map(str::to_string),
         mounter,
+        encrypted: match p.get("encrypted").map(|s| s.trim()) {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "StorageClass parameter encrypted: {other:?}; use \"true\" or \"false\""
+                )))
+            }
+        },
         topology_pools: match p
             .get("topologyConstrainedPools")
             .map(|s| s.trim())

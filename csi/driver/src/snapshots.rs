@@ -16,6 +16,7 @@ use crate::failpoint;
 use crate::ids::{SnapshotId, VolumeId};
 use crate::images::{clone_hint, flatten_if_deep, ioctx_for_id, ok_if, open, other_pool, purge_trash, remove_or_trash};
 use crate::journal::{now_secs, Journal, SnapRecord, State, VolumeRecord};
+use crate::kms::{Kms, SecretKms};
 
 pub(crate) fn csi_snapshot(rec: &SnapRecord, pool: &str) -> Snapshot {
     Snapshot {
@@ -49,7 +50,13 @@ pub(crate) fn csi_snapshot(rec: &SnapRecord, pool: &str) -> Snapshot {
 }
 
 impl ControllerService {
-    fn build_snapshot(&self, io: &IoCtx, j: &Journal, rec: &mut SnapRecord) -> Result<(), Status> {
+    fn build_snapshot(
+        &self,
+        io: &IoCtx,
+        j: &Journal,
+        rec: &mut SnapRecord,
+        kms: Option<&SecretKms>,
+    ) -> Result<(), Status> {
         // The snapshot image lives next to its source's image.
         let journal_pool = io.pool().to_string();
         let iio = other_pool(io, &rec.image_pool)?;
@@ -95,6 +102,16 @@ impl ControllerService {
             |_| true,
             "",
         )?;
+        if rec.encrypted {
+            // The snapshot image holds its source's LUKS header: its passphrase too,
+            // wrapped for the snapshot, so restores find it after the source is gone.
+            let kms = kms.ok_or_else(|| Status::internal("an encrypted snapshot without a KMS"))?;
+            // The clone copied its source's metadata: that wraps for the source's uuid.
+            if kms.fetch(&img, &rec.uuid).is_err() {
+                let p = kms.fetch(&open(io, &rec.source_image)?, &rec.source_uuid)?;
+                kms.store(&img, &rec.uuid, &p)?;
+            }
+        }
         if !img
             .snap_exists(&snap)
             .map_err(|e| errors::ceph("checking the snapshot", e))?
@@ -106,7 +123,7 @@ impl ControllerService {
             )?;
         }
         flatten_if_deep(io, &img, self.cfg.max_clone_depth)?;
-        rec.size = img.size().map_err(|e| errors::ceph("reading snapshot size", e))?;
+        rec.size = img.size().map_err(|e| errors::ceph("reading snapshot size", e))? - rec.encryption_overhead;
         drop(img);
         // The temporary snapshot on the source: with clone v2 it moves to the trash
         // namespace and goes away when our image no longer needs it.
@@ -144,6 +161,11 @@ impl ControllerService {
                 req.source_volume_id
             )));
         }
+        let kms = if src.encrypted {
+            Some(SecretKms::from_secrets(&req.secrets, "CreateSnapshot", "snapshotter")?)
+        } else {
+            None
+        };
         loop {
             if let Some(mut rec) = j.by_name::<SnapRecord>(&req.name)? {
                 if rec.source_uuid != src.uuid {
@@ -177,7 +199,7 @@ impl ControllerService {
                             image = rec.image,
                             "resuming an interrupted CreateSnapshot"
                         );
-                        self.build_snapshot(&io, &j, &mut rec)?;
+                        self.build_snapshot(&io, &j, &mut rec, kms.as_ref())?;
                         return Ok(CreateSnapshotResponse {
                             snapshot: Some(csi_snapshot(&rec, &src_id.pool)),
                         });
@@ -207,12 +229,14 @@ impl ControllerService {
                 reserved_at: now_secs(),
                 group: None,
                 image_pool: src.image_pool.clone(),
+                encrypted: src.encrypted,
+                encryption_overhead: src.encryption_overhead,
             };
             if !j.reserve(&rec)? {
                 continue;
             }
             failpoint::hit("snapshot:after-reserve");
-            self.build_snapshot(&io, &j, &mut rec)?;
+            self.build_snapshot(&io, &j, &mut rec, kms.as_ref())?;
             tracing::info!(
                 name = req.name,
                 image = rec.image,

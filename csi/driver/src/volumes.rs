@@ -7,7 +7,7 @@
 //! it). A crash anywhere leaves a record that the retry resumes from.
 use std::collections::HashMap;
 
-use strake_ceph::{features, CephError, ImageOptions, IoCtx};
+use strake_ceph::{features, CephError, Encryption, EncryptionFormat, Image, ImageOptions, IoCtx};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ use crate::images::{
     remove_or_trash,
 };
 use crate::journal::{image_pool, now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
+use crate::kms::{has_luks_header, Kms, Passphrase, SecretKms};
 use crate::params::{self, size_satisfies};
 
 pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
@@ -32,6 +33,9 @@ pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, 
     ]);
     if let Some(mt) = &rec.mounter {
         m.insert("mounter".into(), mt.clone());
+    }
+    if rec.encrypted {
+        m.insert("encrypted".into(), "true".into());
     }
     m
 }
@@ -97,6 +101,18 @@ impl ResolvedSource {
             },
         }
     }
+    fn encrypted(&self) -> bool {
+        match self {
+            ResolvedSource::Snapshot(r, _) => r.encrypted,
+            ResolvedSource::Volume(r, _) => r.encrypted,
+        }
+    }
+    fn encryption_overhead(&self) -> u64 {
+        match self {
+            ResolvedSource::Snapshot(r, _) => r.encryption_overhead,
+            ResolvedSource::Volume(r, _) => r.encryption_overhead,
+        }
+    }
     fn size(&self) -> u64 {
         match self {
             ResolvedSource::Snapshot(r, _) => r.size,
@@ -117,7 +133,76 @@ fn same_source(a: &Option<Source>, b: &Option<Source>) -> bool {
 
 impl ControllerService {
     /// Runs (or resumes) the steps that make `rec`'s image exist, then marks it ready.
-    fn build_volume(&self, io: &IoCtx, j: &Journal, rec: &mut VolumeRecord) -> Result<(), Status> {
+    /// Makes `img` (the raw image of `rec`) LUKS2 with a passphrase the KMS keeps: a new
+    /// volume gets a fresh passphrase (stored before the header is written, so a retry
+    /// formats with the same one), a clone or restore inherits its source's header and
+    /// so its passphrase, wrapped again for its own uuid. Measures the header's size.
+    fn encrypt(&self, io: &IoCtx, img: &Image, rec: &mut VolumeRecord, kms: &SecretKms) -> Result<(), Status> {
+        let cfg = &self.cfg;
+        // Metadata copied from a clone's parent holds the parent's wrapped passphrase,
+        // which does not open for this uuid: then take the source's and wrap it anew. A
+        // volume that already has a header keeps its key, whatever happens.
+        let p = match kms.fetch(img, &rec.uuid) {
+            Ok(p) => p,
+            Err(e) => {
+                let p = match &rec.source {
+                    None if has_luks_header(img)? => return Err(e),
+                    None => Passphrase::generate()?,
+                    Some(Source::Snapshot {
+                        pool,
+                        uuid,
+                        image_pool: sp,
+                        ..
+                    }) => {
+                        let sio = ioctx(io.cluster(), image_pool(sp, pool))?;
+                        kms.fetch(&open(&sio, &cfg.naming.snapshot_image(uuid))?, uuid)?
+                    }
+                    Some(Source::Volume {
+                        pool,
+                        uuid,
+                        image,
+                        image_pool: sp,
+                    }) => {
+                        let sio = ioctx(io.cluster(), image_pool(sp, pool))?;
+                        kms.fetch(&open(&sio, image)?, uuid)?
+                    }
+                };
+                kms.store(img, &rec.uuid, &p)?;
+                p
+            }
+        };
+        let enc = || Encryption::new(EncryptionFormat::Luks2, p.bytes().to_vec());
+        if !has_luks_header(img)? {
+            if rec.source.is_some() {
+                return Err(Status::internal(format!(
+                    "{} should have inherited its encrypted source's LUKS header and has none",
+                    rec.image
+                )));
+            }
+            // On a handle of its own: formatting loads the encryption on the handle.
+            open(io, &rec.image)?
+                .encryption_format(&enc())
+                .map_err(|e| errors::ceph(&format!("formatting {} as LUKS2", rec.image), e))?;
+            tracing::info!(image = rec.image, "LUKS2 header written");
+        }
+        if rec.encryption_overhead == 0 {
+            let h = open(io, &rec.image)?;
+            h.encryption_load(&enc())
+                .map_err(|e| errors::ceph(&format!("loading the LUKS2 header of {}", rec.image), e))?;
+            let payload = h.size().map_err(|e| errors::ceph("reading the payload size", e))?;
+            let raw = img.size().map_err(|e| errors::ceph("reading the image size", e))?;
+            rec.encryption_overhead = raw.saturating_sub(payload);
+        }
+        Ok(())
+    }
+
+    fn build_volume(
+        &self,
+        io: &IoCtx,
+        j: &Journal,
+        rec: &mut VolumeRecord,
+        kms: Option<&SecretKms>,
+    ) -> Result<(), Status> {
         let cfg = &self.cfg;
         let journal_pool = io.pool().to_string();
         let iio = other_pool(io, &rec.image_pool)?;
@@ -212,9 +297,15 @@ impl ControllerService {
         }
         failpoint::hit("create:after-image");
         let img = open(io, &rec.image)?;
+        if rec.encrypted {
+            let kms = kms.ok_or_else(|| Status::internal("an encrypted volume without a KMS"))?;
+            self.encrypt(io, &img, rec, kms)?;
+        }
+        // An encrypted image is larger than its volume by the LUKS header.
+        let want = rec.size + rec.encryption_overhead;
         let size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
-        if size < rec.size {
-            img.resize(rec.size)
+        if size < want {
+            img.resize(want)
                 .map_err(|e| errors::ceph(&format!("growing {} to the requested size", rec.image), e))?;
         }
         if rec.source.is_some() {
@@ -228,7 +319,7 @@ impl ControllerService {
             |_| true,
             "",
         )?;
-        rec.size = img.size().map_err(|e| errors::ceph("reading image size", e))?;
+        rec.size = img.size().map_err(|e| errors::ceph("reading image size", e))? - rec.encryption_overhead;
         rec.state = State::Ready;
         j.put(rec)
     }
@@ -297,6 +388,20 @@ impl ControllerService {
             size = size.max(src.size());
         }
         let source = resolved.as_ref().map(ResolvedSource::as_source);
+        // A copy of an encrypted volume is encrypted with its key; a plaintext one cannot
+        // be encrypted in place.
+        let src_encrypted = resolved.as_ref().is_some_and(ResolvedSource::encrypted);
+        if p.encrypted && resolved.is_some() && !src_encrypted {
+            return Err(Status::invalid_argument(
+                "the StorageClass says encrypted but the source is not: a copy of plaintext data cannot be encrypted in place",
+            ));
+        }
+        let encrypted = p.encrypted || src_encrypted;
+        let kms = if encrypted {
+            Some(SecretKms::from_secrets(&req.secrets, "CreateVolume", "provisioner")?)
+        } else {
+            None
+        };
         loop {
             if let Some(mut rec) = j.by_name::<VolumeRecord>(&req.name)? {
                 if !same_source(&rec.source, &source) {
@@ -332,7 +437,7 @@ impl ControllerService {
                             "journal says ready but the image is gone: recreating"
                         );
                         rec.state = State::Creating;
-                        self.build_volume(&io, &j, &mut rec)?;
+                        self.build_volume(&io, &j, &mut rec, kms.as_ref())?;
                     }
                     State::Creating => {
                         tracing::info!(
@@ -340,7 +445,7 @@ impl ControllerService {
                             image = rec.image,
                             "resuming an interrupted CreateVolume"
                         );
-                        self.build_volume(&io, &j, &mut rec)?;
+                        self.build_volume(&io, &j, &mut rec, kms.as_ref())?;
                     }
                     State::Deleting => {
                         return Err(Status::aborted(format!(
@@ -379,6 +484,8 @@ impl ControllerService {
                 reserved_at: now_secs(),
                 image_pool,
                 topology,
+                encrypted,
+                encryption_overhead: resolved.as_ref().map(ResolvedSource::encryption_overhead).unwrap_or(0),
             };
             failpoint::delay("create:before-reserve");
             if !j.reserve(&rec)? {
@@ -387,7 +494,7 @@ impl ControllerService {
             }
             tracing::info!(name = req.name, image = rec.image, size, "reserved volume name");
             failpoint::hit("create:after-reserve");
-            self.build_volume(&io, &j, &mut rec)?;
+            self.build_volume(&io, &j, &mut rec, kms.as_ref())?;
             tracing::info!(name = req.name, image = rec.image, "volume created");
             return Ok(CreateVolumeResponse {
                 volume: Some(csi_volume(&rec, &p.pool)),
