@@ -9,7 +9,10 @@
 //!   up0          uplink, 10.0.0.1/24 (peer up0p)
 //!   10.0.0.2     neighbour with a permanent MAC      -> FIB lookup SUCCESS
 //!   10.0.0.3     no neighbour entry                  -> FIB lookup NO_NEIGH
+//!   up1          a second uplink, 10.1.0.1/24 (peer up1p)
 //!   routes       10.244.2.0/24 via 10.0.0.2, 10.244.3.0/24 via 10.0.0.3,
+//!                198.51.100.0/24 via 10.0.0.2 (an outside network, up0),
+//!                198.18.0.0/24 via 10.1.0.2 (another network, up1),
 //!                blackhole 10.244.1.0/24 (this node's pod block)
 //! ```
 
@@ -39,6 +42,12 @@ pub const FREE_LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+/// An outside client routed through up0 (the reverse path of up0).
+pub const OUTSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// A host routed through up1: arriving on up0 fails a strict reverse-path check.
+pub const UP1_HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 7);
+/// No route at all.
+pub const UNROUTED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
@@ -49,6 +58,7 @@ pub struct Topology {
     pub lxc1: Link,
     pub lxc2: Link,
     pub up0: Link,
+    pub up1: Link,
 }
 
 /// A loaded data plane inside a private namespace with the topology above.
@@ -96,7 +106,12 @@ fn build_topology() -> Result<Topology> {
         let nl = Netlink::connect()?;
         let lo = nl.link_by_name("lo").await?.expect("lo");
         nl.set_up(lo.index).await?;
-        for (a, b) in [("lxc1", "lxc1p"), ("lxc2", "lxc2p"), ("up0", "up0p")] {
+        for (a, b) in [
+            ("lxc1", "lxc1p"),
+            ("lxc2", "lxc2p"),
+            ("up0", "up0p"),
+            ("up1", "up1p"),
+        ] {
             nl.create_veth(a, b, 1500).await?;
             for n in [a, b] {
                 let l = nl.link_by_name(n).await?.expect("just created");
@@ -116,12 +131,22 @@ fn build_topology() -> Result<Topology> {
         let mut r = Route4::to(Ipv4Addr::new(10, 244, 1, 0), 24);
         r.blackhole = true;
         nl.replace_route(&r).await?;
+        let mut r = Route4::to(Ipv4Addr::new(198, 51, 100, 0), 24);
+        r.gateway = Some(PEER_NODE);
+        nl.replace_route(&r).await?;
+        let up1 = nl.link_by_name("up1").await?.expect("up1");
+        nl.add_address(up1.index, Ipv4Addr::new(10, 1, 0, 1), 24)
+            .await?;
+        let mut r = Route4::to(Ipv4Addr::new(198, 18, 0, 0), 24);
+        r.gateway = Some(Ipv4Addr::new(10, 1, 0, 2));
+        nl.replace_route(&r).await?;
         netns::sysctl("net/ipv4/ip_forward", "1")?;
         netns::sysctl("net/ipv4/conf/all/forwarding", "1")?;
         Ok(Topology {
             lxc1: nl.link_by_name("lxc1").await?.expect("lxc1"),
             lxc2: nl.link_by_name("lxc2").await?.expect("lxc2"),
             up0,
+            up1,
         })
     })
 }
@@ -135,10 +160,45 @@ impl TestNet {
         Ok(())
     }
 
+    /// Sets a local pod's isolation (POD1 or POD2) as the policy compiler
+    /// would.
+    pub fn isolate(&mut self, pod: Ipv4Addr, ingress: bool, egress: bool) -> Result<()> {
+        use strake_datapath::shared::{STRAKE_EP_F_EGRESS_ISOLATED, STRAKE_EP_F_INGRESS_ISOLATED};
+        let (link, mac, id) = if pod == POD1 {
+            (self.topo.lxc1.clone(), POD1_MAC, 1)
+        } else {
+            (self.topo.lxc2.clone(), POD2_MAC, 2)
+        };
+        let mut ep = endpoint(&link, mac, id);
+        if ingress {
+            ep.flags |= STRAKE_EP_F_INGRESS_ISOLATED;
+        }
+        if egress {
+            ep.flags |= STRAKE_EP_F_EGRESS_ISOLATED;
+        }
+        self.dp.upsert_endpoint(pod, ep)
+    }
+
     /// Runs `program` once on `packet` as if it arrived on `ifindex`.
     pub fn run(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<TestRunOutput> {
         self.dp
             .test_run(program, packet, Some(&skb_ctx(ifindex)), 1)
+    }
+
+    /// Runs `program` on `packet` with a full context: the device it runs
+    /// on, the interface it came in on (0: made by this host) and its mark.
+    pub fn run_ctx(
+        &self,
+        program: &str,
+        ifindex: u32,
+        ingress_ifindex: u32,
+        mark: u32,
+        packet: &[u8],
+    ) -> Result<TestRunOutput> {
+        let mut ctx = skb_ctx(ifindex);
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        self.dp.test_run(program, packet, Some(&ctx), 1)
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -377,8 +437,9 @@ pub mod pkt {
         )
     }
 
-    /// Whether the TCP or UDP checksum of the packet at OFF_IP is right.
-    pub fn l4_checksum_ok(p: &[u8]) -> bool {
+    /// The folded ones'-complement sum of the TCP or UDP segment at OFF_IP
+    /// and its pseudo-header.
+    fn l4_sum(p: &[u8]) -> u16 {
         let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
         let proto = p[OFF_IP + 9];
         let tot = u16::from_be_bytes([p[OFF_IP + 2], p[OFF_IP + 3]]) as usize;
@@ -394,7 +455,67 @@ pub mod pkt {
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        sum == 0xffff
+        sum as u16
+    }
+
+    /// Whether the TCP or UDP checksum of the packet at OFF_IP is right.
+    pub fn l4_checksum_ok(p: &[u8]) -> bool {
+        l4_sum(p) == 0xffff
+    }
+
+    /// `inner` (an Ethernet frame) wrapped in IPIP from `src` to `dst`, the
+    /// outer IP ID carrying `id` (DSR: the backend port).
+    pub fn ipip(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+        let mut out = inner[..OFF_IP].to_vec();
+        let tot = (inner.len() - OFF_IP + 20) as u16;
+        out.extend_from_slice(&[0x45, 0]);
+        out.extend_from_slice(&tot.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&[0x40, 0, 64, 4, 0, 0]);
+        out.extend_from_slice(&src.octets());
+        out.extend_from_slice(&dst.octets());
+        out.extend_from_slice(&inner[OFF_IP..]);
+        fix_ip_checksum(&mut out);
+        out
+    }
+
+    /// A TCP segment with the given flags byte (0x02 SYN, 0x12 SYN-ACK,
+    /// 0x04 RST, 0x10 ACK).
+    pub fn tcp_flags(
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    ) -> Vec<u8> {
+        let mut p = tcp(smac, dmac, src, dst, sport, dport, 64);
+        let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
+        p[OFF_IP + ihl + 13] = flags;
+        fix_l4_checksum(&mut p);
+        p
+    }
+
+    /// Sets a new TCP or UDP checksum after a test edited the packet.
+    pub fn fix_l4_checksum(p: &mut [u8]) {
+        let ihl = (p[OFF_IP] & 0x0f) as usize * 4;
+        let csum_at = OFF_IP + ihl + if p[OFF_IP + 9] == 6 { 16 } else { 6 };
+        p[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
+        let c = !l4_sum(p);
+        p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// An ARP request from `smac`, sender address `sender`, for `target`.
+    pub fn arp(smac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+        let mut p = vec![0xff; 6];
+        p.extend_from_slice(&smac);
+        p.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        p.extend_from_slice(&smac);
+        p.extend_from_slice(&sender.octets());
+        p.extend_from_slice(&[0; 6]);
+        p.extend_from_slice(&target.octets());
+        p
     }
 
     /// Bytes that differ between two packets of equal length.

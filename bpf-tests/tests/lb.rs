@@ -356,8 +356,22 @@ fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
         );
         assert_eq!(net.counter("lb_encap"), 1);
 
-        // On the backend's node (here: the same test node, POD2 as backend).
+        // On the backend's node (here: the same test node, POD2 as backend,
+        // the wrapped packet coming from the other node): it knows the
+        // frontend and has POD2:8080 among its local backends.
+        net.dp.policy.set_cluster_nodes(&[NODE_IP, PEER_NODE])?;
+        net.dp.trust.add_dsr_target(
+            &strake_datapath::trust::DsrTarget {
+                vip: LB_IP,
+                vport: 80,
+                proto: 6,
+                backend: POD2,
+                bport: 8080,
+            },
+            1,
+        )?;
         let mut wrapped = out.data.clone();
+        wrapped[OFF_IP + 12..OFF_IP + 16].copy_from_slice(&PEER_NODE.octets());
         wrapped[OFF_IP + 16..OFF_IP + 20].copy_from_slice(&POD2.octets());
         fix_ip_checksum(&mut wrapped);
         let out = net.run("from_wire", up0.index, &wrapped)?;

@@ -8,9 +8,6 @@ use std::net::Ipv4Addr;
 use strake_bpf_tests::pkt::*;
 use strake_bpf_tests::*;
 use strake_datapath::policy::VerdictKey;
-use strake_datapath::shared::{
-    STRAKE_EP_F_ANTISPOOF, STRAKE_EP_F_EGRESS_ISOLATED, STRAKE_EP_F_INGRESS_ISOLATED,
-};
 
 const ANY_MAC: [u8; 6] = [0xee; 6];
 const INGRESS: u8 = 0;
@@ -22,20 +19,7 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 
 fn isolate(net: &mut TestNet, pod: Ipv4Addr, ingress: bool, egress: bool) {
-    let (link, mac, id) = if pod == POD1 {
-        (net.topo.lxc1.clone(), POD1_MAC, 1)
-    } else {
-        (net.topo.lxc2.clone(), POD2_MAC, 2)
-    };
-    let mut ep = endpoint(&link, mac, id);
-    ep.flags = STRAKE_EP_F_ANTISPOOF;
-    if ingress {
-        ep.flags |= STRAKE_EP_F_INGRESS_ISOLATED;
-    }
-    if egress {
-        ep.flags |= STRAKE_EP_F_EGRESS_ISOLATED;
-    }
-    net.dp.upsert_endpoint(pod, ep).unwrap();
+    net.isolate(pod, ingress, egress).unwrap();
 }
 
 fn allow(
@@ -319,15 +303,7 @@ fn ip_blocks_with_except_are_longest_prefix_classes() {
         assert_eq!(net.run("from_wire", up0, &inside)?.retval, TC_ACT_REDIRECT);
         let except = tcp(PEER_NODE_MAC, ANY_MAC, REMOTE_POD, POD2, 40000, 80, 64);
         assert_eq!(net.run("from_wire", up0, &except)?.retval, TC_ACT_SHOT);
-        let outside = tcp(
-            PEER_NODE_MAC,
-            ANY_MAC,
-            Ipv4Addr::new(192, 0, 2, 1),
-            POD2,
-            40000,
-            80,
-            64,
-        );
+        let outside = tcp(PEER_NODE_MAC, ANY_MAC, OUTSIDE_CLIENT, POD2, 40000, 80, 64);
         assert_eq!(net.run("from_wire", up0, &outside)?.retval, TC_ACT_SHOT);
         // Egress by class too: POD2 may send to the block, not outside it.
         isolate(net, POD2, true, true);
@@ -365,39 +341,6 @@ fn ip_blocks_with_except_are_longest_prefix_classes() {
             64,
         );
         assert_eq!(from_pod2(net, &far), TC_ACT_SHOT);
-        Ok(())
-    })
-    .unwrap();
-}
-
-#[test]
-fn load_balancer_health_checks_from_cluster_nodes_pass_and_nothing_else_from_them() {
-    with_testnet(|net| {
-        net.add_local_pods()?;
-        net.dp.policy.set_health_check_ports(Some((32000, 32255)))?;
-        net.dp.policy.set_cluster_nodes(&[NODE_IP, PEER_NODE])?;
-        isolate(net, POD2, true, false);
-        net.dp.policy.bump_generation()?;
-        let up0 = net.topo.up0.index;
-        let check = tcp(PEER_NODE_MAC, ANY_MAC, PEER_NODE, POD2, 32007, 80, 64);
-        assert_eq!(
-            net.run("from_wire", up0, &check)?.retval,
-            TC_ACT_REDIRECT,
-            "a health check"
-        );
-        // The same node from another port (SNATed NodePort traffic, say).
-        let snat = tcp(PEER_NODE_MAC, ANY_MAC, PEER_NODE, POD2, 20007, 80, 64);
-        assert_eq!(net.run("from_wire", up0, &snat)?.retval, TC_ACT_SHOT);
-        // UDP from the health-check ports is no health check.
-        let u = udp(PEER_NODE_MAC, ANY_MAC, PEER_NODE, POD2, 32008, 80, 64);
-        assert_eq!(net.run("from_wire", up0, &u)?.retval, TC_ACT_SHOT);
-        // A pod using those ports is no node.
-        let pod = tcp(PEER_NODE_MAC, ANY_MAC, REMOTE_POD, POD2, 32009, 80, 64);
-        assert_eq!(net.run("from_wire", up0, &pod)?.retval, TC_ACT_SHOT);
-        // With the ports unset, nothing passes this way.
-        net.dp.policy.set_health_check_ports(None)?;
-        let again = tcp(PEER_NODE_MAC, ANY_MAC, PEER_NODE, POD2, 32010, 80, 64);
-        assert_eq!(net.run("from_wire", up0, &again)?.retval, TC_ACT_SHOT);
         Ok(())
     })
     .unwrap();

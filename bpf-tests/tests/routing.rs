@@ -142,17 +142,11 @@ fn spoofed_sources_are_dropped() {
 }
 
 #[test]
-fn non_ipv4_frames_pass_untouched() {
+fn a_pods_own_arp_passes_untouched() {
     with_testnet(|net| {
         net.add_local_pods()?;
         // ARP request for the gateway.
-        let mut arp = vec![0xff; 6];
-        arp.extend_from_slice(&POD1_MAC);
-        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-        arp.extend_from_slice(&POD1_MAC);
-        arp.extend_from_slice(&POD1.octets());
-        arp.extend_from_slice(&[0; 6]);
-        arp.extend_from_slice(&[169, 254, 1, 1]);
+        let arp = arp(POD1_MAC, POD1, std::net::Ipv4Addr::new(169, 254, 1, 1));
         let out = net.run("from_pod", net.topo.lxc1.index, &arp)?;
         assert_eq!(out.retval, TC_ACT_OK);
         assert_eq!(out.data, arp);

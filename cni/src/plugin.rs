@@ -231,6 +231,10 @@ fn plumb(
                 .link_by_name(&host)
                 .await?
                 .context("the new host veth vanished")?;
+            // No IPv6 on the node's side of a pod until strake routes it:
+            // a pod's router advertisement configures nothing here
+            // (docs/threat-model.md, "Pods").
+            netns::disable_ipv6(&host)?;
             nl.set_up(h.index).await?;
             nl.replace_route(&Route4::to_pod(ip, h.index)).await?;
             anyhow::Ok(h)

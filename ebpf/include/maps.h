@@ -190,4 +190,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_be_stats SEC(".maps");
 
+/* ---- Trust (docs/threat-model.md) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trust_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_trust SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAKE_MAX_BACKENDS);
+	__type(key, struct dsr_target_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_dsr_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_MAX_HC_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_hc_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAKE_MAX_HC_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_hc_probes SEC(".maps");
+
 #endif

@@ -8,9 +8,11 @@
  *   1. an ICMP error about a flow the endpoint has (RELATED) passes;
  *   2. a reply of a flow the endpoint allowed the other way passes;
  *   3. a packet of a flow already allowed this way passes;
- *   4. anything else is new: allowed if the endpoint is not isolated for
- *      this direction, or if st_policy allows (endpoint, class of the real
- *      remote address, direction, protocol, real port); remembered if so.
+ *   4. anything else is new: allowed if an exemption covers it (trust.h:
+ *      decided by who handed the packet over, never by its addresses or
+ *      ports alone), if the endpoint is not isolated for this direction, or
+ *      if st_policy allows (endpoint, class of the real remote address,
+ *      direction, protocol, real port); remembered if so.
  * Remembered flows carry the policy generation that judged them; after any
  * policy change (the agent bumps the generation) a flow is judged again at
  * its next packet and, if no longer allowed, kept as revoked: dropped both
@@ -32,6 +34,7 @@
 #include "maps.h"
 #include "node.h"
 #include "parse.h"
+#include "trust.h"
 
 /* linux/icmp.h pulls in libc headers that do not build for BPF. */
 #define ICMP_ECHOREPLY 0
@@ -155,32 +158,6 @@ static __always_inline __u32 policy_generation(void)
 	return c ? c->generation : 0;
 }
 
-/*
- * A backend health check of the load balancer: TCP from a cluster node's
- * address and from the agents' reserved source ports. Every node checks
- * every backend, so a policy isolating a backend would otherwise make it
- * unhealthy on every other node and break its Services for the very clients
- * the policy allows. Nothing else from other nodes is let in this way
- * (SNATed NodePort traffic uses other ports), so policies still apply to
- * everything a remote node forwards.
- */
-static __always_inline int policy_health_check(const struct pol_judge *j)
-{
-	__u32 zero = 0;
-	struct pol_config *c;
-	__u16 sport;
-
-	if (j->proto != IPPROTO_TCP)
-		return 0;
-	c = bpf_map_lookup_elem(&st_pol_config, &zero);
-	if (!c || !c->health_sport_min)
-		return 0;
-	sport = bpf_ntohs(j->remote_port);
-	if (sport < c->health_sport_min || sport > c->health_sport_max)
-		return 0;
-	return bpf_map_lookup_elem(&st_cluster_nodes, &j->remote) != 0;
-}
-
 /* Whether the rules let `ep` (address `self`) have a new flow judged `j`. */
 static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __u8 dir, __be32 self,
 					      const struct pol_judge *j, __u32 *rule_id)
@@ -199,11 +176,6 @@ static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __
 
 	*rule_id = 0;
 	if (!(ep->flags & isolated))
-		return 1;
-	/* A pod reaching itself (directly or through a Service: hairpin), and
-	 * the node reaching its pods (kubelet's probes), are never blocked. */
-	if (j->remote == self || j->remote == bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST) ||
-	    (dir == STRAKE_DIR_INGRESS && (is_node_addr(j->remote) || policy_health_check(j))))
 		return 1;
 	k.data.class_id = ipcache_class(j->remote);
 	v = bpf_map_lookup_elem(&st_policy, &k);
@@ -239,7 +211,8 @@ static __always_inline int policy_revalidate(const struct endpoint_info *ep, str
 	__u32 rule;
 	int ok;
 
-	if (e->generation == gen)
+	/* Exempt flows owe nothing to the rules [Exemptions]. */
+	if (e->exempt || e->generation == gen)
 		return !e->revoked;
 	ok = policy_rules_allow(ep, k->direction, self, &j, &rule);
 	if (!ok && !e->revoked)
@@ -263,15 +236,17 @@ static __always_inline void flow_reverse(const struct flow_key *f, struct flow_k
 /*
  * Judges a packet for endpoint `ep` (address `self`) in direction `dir`.
  * `t` is the flow as the endpoint sees it; `j` what a new flow is judged on
- * (the same, unless a service translated the destination).
+ * (the same, unless a service translated the destination); `origin` who
+ * handed it over (enum strake_origin), which alone decides exemptions.
  */
 static __always_inline int policy_check(const struct pol_tuple *t, const struct pol_judge *j,
-					const struct endpoint_info *ep, __u8 dir, __be32 self, __u32 bytes)
+					const struct endpoint_info *ep, __u8 dir, __be32 self, __u32 bytes,
+					int origin)
 {
 	struct pol_ct_key k = { .endpoint_id = ep->endpoint_id };
 	struct pol_ct_entry *e, ne = {};
 	__u32 gen = policy_generation();
-	__u32 rule;
+	__u32 rule = 0;
 	int ok;
 
 	/* 1. An ICMP error about a flow this endpoint has. */
@@ -295,11 +270,13 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 	if (e) {
 		ok = policy_revalidate(ep, &k, e, self, gen);
 	} else {
-		/* 4. New. */
-		ok = policy_rules_allow(ep, dir, self, j, &rule);
+		/* 4. New. Exempt flows are remembered as such even where nothing
+		 * isolates the endpoint yet, so a later policy does not cut them. */
+		ne.exempt = policy_exempt(dir, self, j->remote, origin);
+		ok = ne.exempt || policy_rules_allow(ep, dir, self, j, &rule);
 		if (ok) {
 			ne.generation = gen;
-			ne.rule_id = rule;
+			ne.rule_id = ne.exempt ? 0 : rule;
 			ne.judged_remote = j->remote;
 			ne.judged_port = j->port;
 			bpf_map_update_elem(&st_pol_ct, &k, &ne, BPF_ANY);
@@ -315,7 +292,7 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 /* The ingress check for a packet about to enter a local pod, on the packet
  * as the pod will see it. */
 static __always_inline int policy_ingress(struct packet *p, void *data_end, const struct endpoint_info *ep,
-					  __u32 bytes)
+					  __u32 bytes, int origin)
 {
 	struct pol_tuple t;
 	struct pol_judge j;
@@ -328,7 +305,7 @@ static __always_inline int policy_ingress(struct packet *p, void *data_end, cons
 		return POLICY_DROP;
 	}
 	judge_of(&t.flow, STRAKE_DIR_INGRESS, &j);
-	return policy_check(&t, &j, ep, STRAKE_DIR_INGRESS, p->ip->daddr, bytes);
+	return policy_check(&t, &j, ep, STRAKE_DIR_INGRESS, p->ip->daddr, bytes, origin);
 }
 
 #endif

@@ -27,6 +27,7 @@
 #define STRAKE_MAX_IPCACHE 131072
 #define STRAKE_MAX_POLICY 1048576
 #define STRAKE_MAX_ENDPOINT_IDS 16384
+#define STRAKE_MAX_HC_FLOWS 65536      /* health checks in flight, to or from this node */
 
 /* Value of st_endpoints, keyed by the pod's IPv4 address (network order). */
 struct endpoint_info {
@@ -215,15 +216,54 @@ struct pol_ct_entry {
 	__be32 judged_remote;
 	__be16 judged_port;
 	__u8 revoked;
-	__u8 pad;
+	/* Admitted by an exemption (docs/threat-model.md, "Exemptions"), not by
+	 * a rule: judging it again needs no rule. Was padding: old entries read
+	 * 0, no layout change. */
+	__u8 exempt;
 };
 
 struct pol_config {
 	__u32 generation;
-	/* Source ports (host order) the agents' health checks use; 0: none. */
+	/* Source ports (host order) the agents' health checks use; 0: none.
+	 * They identify nothing (a port is anyone's to bind): the probing node's
+	 * XDP only uses them to tell probe replies from NodePort traffic
+	 * before it looks for the probe in st_hc_probes. */
 	__u16 health_sport_min;
 	__u16 health_sport_max;
 };
+
+/* ---- Trust (docs/threat-model.md) -------------------------------------- */
+
+/* st_trust[0]: what the programs need to tell where a packet comes from. */
+struct trust_config {
+	__u32 hc_mark; /* SO_MARK of the agent's health-check sockets; 0: no health-check encapsulation */
+	__u32 rpf;     /* STRAKE_RPF_*: reverse-path check of sources arriving on the uplink */
+};
+
+/* 0 is the default of an unwritten config: strict. */
+#define STRAKE_RPF_STRICT 0 /* the route back to the source leaves by the interface it came in on */
+#define STRAKE_RPF_LOOSE 1  /* there is a route back to the source (not blackhole/unreachable) */
+#define STRAKE_RPF_OFF 2
+
+/* st_dsr_targets: (frontend, local backend) pairs that direct-return IPIP
+ * may ask this node to deliver. Written by the agent from its load-balancer
+ * plan; every backend of a DSR frontend that runs here, ready or not (a
+ * terminating backend keeps its flows). Value: the frontend id. */
+struct dsr_target_key {
+	__be32 vip;     /* frontend address; 0: NodePort on any cluster node's address */
+	__be32 backend; /* the backend pod's address: the outer destination */
+	__be16 vport;
+	__be16 bport;   /* carried in the outer IP ID */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* st_hc_flows (the backend's node): health checks unwrapped for a local pod,
+ * keyed by the probe as the pod sees it (prober's node -> pod).
+ * st_hc_probes (the probing node): probes sent, keyed by the reply they
+ * expect (backend -> this node). Value: time of the last packet
+ * (bpf_ktime_get_ns). Entries older than this are not trusted. */
+#define STRAKE_HC_FLOW_LIFETIME_NS (30ULL * 1000000000ULL)
 
 /* Per-CPU packet counters, index into st_counters. Userspace sums CPUs. */
 enum strake_counter {
@@ -231,7 +271,7 @@ enum strake_counter {
 	STRAKE_CNT_FWD_FIB,         /* routed by bpf_fib_lookup + bpf_redirect */
 	STRAKE_CNT_FWD_NEIGH,       /* routed, neighbour resolved by bpf_redirect_neigh */
 	STRAKE_CNT_PASS_STACK,      /* handed to the kernel stack (no fast path) */
-	STRAKE_CNT_PASS_NON_IPV4,   /* ARP, IPv6, ...: not ours to judge */
+	STRAKE_CNT_PASS_NON_IPV4,   /* a pod's own ARP (all else not IPv4 is dropped) */
 	STRAKE_CNT_DROP_MALFORMED,  /* truncated or invalid IPv4 header */
 	STRAKE_CNT_DROP_SPOOFED,    /* pod sent with a source address not its own */
 	STRAKE_CNT_TO_POD,          /* entered a pod through the host stack */
@@ -245,6 +285,11 @@ enum strake_counter {
 	STRAKE_CNT_POLICY_DROP_INGRESS, /* no NetworkPolicy rule allows it into the pod */
 	STRAKE_CNT_POLICY_DROP_EGRESS,  /* no NetworkPolicy rule allows it out of the pod */
 	STRAKE_CNT_POLICY_REVOKED,      /* an established flow no longer allowed after a policy change */
+	STRAKE_CNT_DROP_SPOOFED_WIRE,   /* from the uplink with a source that cannot come from there */
+	STRAKE_CNT_DROP_NOT_IPV4,       /* from a pod, neither IPv4 nor its own ARP (IPv6 included) */
+	STRAKE_CNT_DROP_UNTRUSTED_ENCAP,/* IPIP not from a cluster node, or for no DSR target or health check here */
+	STRAKE_CNT_HC_ENCAP,            /* the agent's health-check probe wrapped toward the backend's node */
+	STRAKE_CNT_HC_DECAP,            /* a health-check probe unwrapped for a local backend */
 	STRAKE_CNT_MAX,
 };
 

@@ -5,6 +5,8 @@
  *   from_pod  TCX ingress: every packet the pod sends.
  *   to_pod    TCX egress:  packets the host stack delivers into the pod.
  *
+ * A pod speaks IPv4 and ARP in its own name, nothing else (strake has no
+ * IPv6 yet: router advertisements and the like never reach the node).
  * A packet from a pod is checked for spoofing; a reply of a load-balanced
  * flow gets its service address back, a packet to a service goes to its
  * backend; then it is redirected straight into a local pod or routed toward
@@ -18,15 +20,17 @@
 #include "ctx_skb.h"
 #include "counters.h"
 #include "forward.h"
+#include "healthcheck.h"
 #include "lb.h"
 #include "policy.h"
 #include "skb.h"
+#include "trust.h"
 
 /* A local pod's packet on its way into a local pod: ingress policy, then
  * straight into its namespace. */
 static __always_inline int deliver(struct __sk_buff *skb, struct packet *p, const struct endpoint_info *ep)
 {
-	if (policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
+	if (policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len, ORIGIN_POD) == POLICY_DROP)
 		return TC_ACT_SHOT;
 	return deliver_local(skb, p, ep);
 }
@@ -44,8 +48,14 @@ int from_pod(struct __sk_buff *skb)
 
 	switch (skb_parse_ipv4(skb, &p)) {
 	case PARSE_NOT_IPV4:
-		count(STRAKE_CNT_PASS_NON_IPV4, skb->len);
-		return TC_ACT_OK;
+		if (pod_arp_ok(skb)) {
+			count(STRAKE_CNT_PASS_NON_IPV4, skb->len);
+			return TC_ACT_OK;
+		}
+		/* IPv6 (router advertisements: CVE-2020-10749), VLAN tags, ...
+		 * [Pods] */
+		count(STRAKE_CNT_DROP_NOT_IPV4, skb->len);
+		return TC_ACT_SHOT;
 	case PARSE_MALFORMED:
 		count(STRAKE_CNT_DROP_MALFORMED, skb->len);
 		return TC_ACT_SHOT;
@@ -86,7 +96,10 @@ int from_pod(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 	}
 
-	if (policy_check(&seen, &j, src, STRAKE_DIR_EGRESS, seen.flow.saddr, skb->len) == POLICY_DROP)
+	/* The answer to a health check another node's agent sent this pod
+	 * through health-check IPIP [Health checks]. */
+	if (!hc_answer(&seen.flow) &&
+	    policy_check(&seen, &j, src, STRAKE_DIR_EGRESS, seen.flow.saddr, skb->len, ORIGIN_POD) == POLICY_DROP)
 		return TC_ACT_SHOT;
 
 	dst = lookup_endpoint(p.ip->daddr);
@@ -113,7 +126,11 @@ int to_pod(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 	}
 	ep = lookup_endpoint(p.ip->daddr);
-	if (ep && policy_ingress(&p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
+	/* Only what this node's stack made itself has no ingress interface;
+	 * what it forwards (from the wire, from other pods) is judged as is
+	 * [Exemptions: node]. */
+	if (ep && policy_ingress(&p, (void *)(long)skb->data_end, ep, skb->len,
+				 skb->ingress_ifindex ? ORIGIN_WIRE : ORIGIN_HOST) == POLICY_DROP)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

@@ -1,12 +1,20 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * tc on the node's uplink (after xdp.c has seen the frame).
+ * tc on the node's uplink.
  *
- *   from_wire  TCX ingress: packets arriving from the fabric. Direct-return
- *              IPIP for a local backend is unwrapped and DNATed; replies of
- *              load-balanced flows to local clients get their service address
- *              back; everything for a local pod goes straight into it. The
- *              rest is the node's own traffic and goes to the stack untouched.
+ *   from_wire  TCX ingress (after xdp.c has seen the frame): packets from
+ *              the fabric. Whatever is for a local pod is checked against
+ *              where it came from first (the stack's rp_filter never sees
+ *              it: it goes straight into the pod). IPIP for a local pod is
+ *              a health check from a cluster node's agent or direct return
+ *              from a balancing node, and nothing else; replies of
+ *              load-balanced flows to local clients get their service
+ *              address back; then ingress policy and into the pod. The rest
+ *              is the node's own traffic and goes to the stack untouched.
+ *   to_wire    TCX egress: wraps the agent's health checks of pods on other
+ *              nodes (healthcheck.h); everything else leaves untouched.
+ *
+ * docs/threat-model.md says what each check stands against.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -17,40 +25,78 @@
 #include "counters.h"
 #include "encap.h"
 #include "forward.h"
+#include "healthcheck.h"
 #include "lb.h"
 #include "policy.h"
 #include "skb.h"
+#include "trust.h"
 
-/* IPIP from a load-balancing node for a local backend (direct return). */
-static __always_inline int dsr_deliver(struct __sk_buff *skb, struct packet *p)
+static __always_inline int untrusted_encap(struct __sk_buff *skb)
+{
+	count(STRAKE_CNT_DROP_UNTRUSTED_ENCAP, skb->len);
+	return TC_ACT_SHOT;
+}
+
+/* Direct return [DSR]: the client's packet, unwrapped, for `backend` (the
+ * outer destination) on `bport` (the outer IP ID). It may only name a
+ * frontend this node knows with that backend among its local ones, so the
+ * reverse-NAT entry it leaves holds nothing the sender chose but the
+ * client's own address and port. */
+static __always_inline int dsr_deliver(struct __sk_buff *skb, struct packet *p, const struct l4 *l4,
+				       __be32 backend, __be16 bport)
 {
 	const struct endpoint_info *ep;
 	struct flow_key fk;
 	struct ct_entry ct = { .flags = STRAKE_CT_F_DSR };
-	struct backend_info be;
-	struct l4 l4;
-	int port;
+	struct backend_info be = { .addr = backend, .port = bport };
 
-	be.addr = p->ip->daddr;
-	port = skb_decap_ipip(skb, p->ip);
-	if (port < 0 || skb_parse_ipv4(skb, p) != PARSE_OK ||
-	    parse_l4(p, (void *)(long)skb->data_end, &l4) != L4_OK)
-		return TC_ACT_SHOT;
-	be.port = port;
+	if (wire_source_impossible(p->ip->saddr) ||
+	    !dsr_target_known(p->ip->daddr, l4->dport, l4->proto, backend, bport))
+		return untrusted_encap(skb);
 	count(STRAKE_CNT_LB_DECAP, skb->len);
 	fk.saddr = p->ip->saddr;
 	fk.daddr = p->ip->daddr;
-	fk.sport = l4.sport;
-	fk.dport = l4.dport;
-	fk.proto = l4.proto;
+	fk.sport = l4->sport;
+	fk.dport = l4->dport;
+	fk.proto = l4->proto;
 	__builtin_memset(fk.pad, 0, sizeof(fk.pad));
 	/* The reply leaves from here straight to the client, as the service. */
 	lb_remember_reply(&fk, &be, &ct, fk.saddr, fk.sport);
-	if (lb_rewrite(skb, &l4, 1, fk.daddr, be.addr, fk.dport, be.port) || skb_parse_ipv4(skb, p) != PARSE_OK)
+	if (lb_rewrite(skb, l4, 1, fk.daddr, be.addr, fk.dport, be.port) || skb_parse_ipv4(skb, p) != PARSE_OK)
 		return TC_ACT_SHOT;
 	ep = lookup_endpoint(p->ip->daddr);
-	if (!ep || policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len) == POLICY_DROP)
+	if (!ep || policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len, ORIGIN_WIRE) == POLICY_DROP)
 		return TC_ACT_SHOT;
+	return deliver_local(skb, p, ep);
+}
+
+/* IPIP for a local pod: only from a cluster node's address (anti-spoofed
+ * like any source by then). */
+static __always_inline int encap_deliver(struct __sk_buff *skb, struct packet *p)
+{
+	const struct endpoint_info *ep;
+	__be32 outer_src = p->ip->saddr, outer_dst = p->ip->daddr;
+	struct l4 l4;
+	int port;
+
+	if (!bpf_map_lookup_elem(&st_cluster_nodes, &outer_src))
+		return untrusted_encap(skb);
+	port = skb_decap_ipip(skb, p->ip);
+	if (port < 0 || skb_parse_ipv4(skb, p) != PARSE_OK ||
+	    parse_l4(p, (void *)(long)skb->data_end, &l4) != L4_OK) {
+		count(STRAKE_CNT_DROP_MALFORMED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	if (p->ip->daddr != outer_dst)
+		return dsr_deliver(skb, p, &l4, outer_dst, port);
+	/* Addressed to the pod itself inside and out: a health check, or
+	 * nothing [Health checks]. */
+	if (!hc_admit(p, (void *)(long)skb->data_end, &l4, outer_src))
+		return untrusted_encap(skb);
+	ep = lookup_endpoint(outer_dst);
+	if (!ep)
+		return TC_ACT_SHOT;
+	count(STRAKE_CNT_HC_DECAP, skb->len);
 	return deliver_local(skb, p, ep);
 }
 
@@ -69,8 +115,13 @@ int from_wire(struct __sk_buff *skb)
 	dst = lookup_endpoint(p.ip->daddr);
 	if (!dst)
 		return TC_ACT_OK;
+	/* [Uplink anti-spoof] */
+	if (!wire_source_ok(skb, p.ip->saddr, p.ip->daddr)) {
+		count(STRAKE_CNT_DROP_SPOOFED_WIRE, skb->len);
+		return TC_ACT_SHOT;
+	}
 	if (p.ip->protocol == IPPROTO_IPIP && !p.fragment)
-		return dsr_deliver(skb, &p);
+		return encap_deliver(skb, &p);
 	if (parse_l4(&p, (void *)(long)skb->data_end, &l4) == L4_OK) {
 		int v = lb_reverse(skb, &p, &l4);
 
@@ -84,9 +135,15 @@ int from_wire(struct __sk_buff *skb)
 				return TC_ACT_OK;
 		}
 	}
-	if (policy_ingress(&p, (void *)(long)skb->data_end, dst, skb->len) == POLICY_DROP)
+	if (policy_ingress(&p, (void *)(long)skb->data_end, dst, skb->len, ORIGIN_WIRE) == POLICY_DROP)
 		return TC_ACT_SHOT;
 	return deliver_local(skb, &p, dst);
+}
+
+SEC("classifier")
+int to_wire(struct __sk_buff *skb)
+{
+	return hc_wrap(skb) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

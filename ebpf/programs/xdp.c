@@ -9,7 +9,9 @@
  *             remote, DSR     IPIP to the backend, out the same port
  *             remote, SNAT    DNAT + SNAT to this node, out the same port;
  *                             the reply comes back here and is turned back
- *           anything else passes, untouched.
+ *           anything else passes, untouched; so do replies to this
+ *           node's health checks (healthcheck.h), whatever NodePort
+ *           their port may also be.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -19,6 +21,7 @@
 #include "ctx_xdp.h"
 #include "counters.h"
 #include "encap.h"
+#include "healthcheck.h"
 #include "lb.h"
 #include "parse.h"
 
@@ -181,13 +184,16 @@ int xdp_lb(struct xdp_md *ctx)
 	if (parse_ipv4(data, end, &p) != PARSE_OK || parse_l4(&p, end, &l4) != L4_OK)
 		return XDP_PASS;
 
-	/* A reply of an SNATed flow, back at this node's address. */
+	/* A reply of an SNATed flow, back at this node's address; or the
+	 * answer to one of this node's probes, for the agent. */
 	if (is_node_addr(p.ip->daddr)) {
 		v = lb_reverse(ctx, &p, &l4);
 		if (v == LB_DROP)
 			return XDP_DROP;
 		if (v == LB_DONE)
 			return xdp_route(ctx);
+		if (hc_probe_reply(&p, &l4))
+			return XDP_PASS;
 	}
 	return lb_from_outside(ctx, &p, &l4);
 }

@@ -31,13 +31,15 @@ pub mod shared {
     unsafe impl aya::Pod for pol_ct_key {}
     unsafe impl aya::Pod for pol_ct_entry {}
     unsafe impl aya::Pod for pol_config {}
+    unsafe impl aya::Pod for trust_config {}
+    unsafe impl aya::Pod for dsr_target_key {}
 }
 
 /// Programs on the host side of each pod's veth: `from_pod` (ingress) and
 /// `to_pod` (egress).
 pub static POD_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod.o"));
 
-/// tc program on the node's uplink: `from_wire` (ingress).
+/// tc programs on the node's uplink: `from_wire` (ingress), `to_wire` (egress).
 pub static UPLINK_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.o"));
 
 /// XDP program on the node's uplink: `xdp_lb` (north-south load balancing).
@@ -69,4 +71,12 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ),
     ("policy_drop_egress", shared::STRAKE_CNT_POLICY_DROP_EGRESS),
     ("policy_revoked", shared::STRAKE_CNT_POLICY_REVOKED),
+    ("drop_spoofed_wire", shared::STRAKE_CNT_DROP_SPOOFED_WIRE),
+    ("drop_not_ipv4", shared::STRAKE_CNT_DROP_NOT_IPV4),
+    (
+        "drop_untrusted_encap",
+        shared::STRAKE_CNT_DROP_UNTRUSTED_ENCAP,
+    ),
+    ("hc_encap", shared::STRAKE_CNT_HC_ENCAP),
+    ("hc_decap", shared::STRAKE_CNT_HC_DECAP),
 ];

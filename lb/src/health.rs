@@ -4,10 +4,17 @@
 //! Maglev tables) until it passes `healthy_threshold` in a row; flows it
 //! already has are left alone. Backends start healthy: readiness already
 //! vouched for them.
+//!
+//! Probes bind the node's address and a port from the health-check range,
+//! and carry the health-check socket mark; the uplink turns a marked probe
+//! of a pod on another node into health-check encapsulation, which that
+//! node lets past a NetworkPolicy isolating the backend: the mark, not the
+//! address or the port, is what identifies a check (ebpf/include/healthcheck.h,
+//! docs/threat-model.md).
 
 use crate::model::{BackendAddr, HealthCheck, HealthProbe};
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,31 +39,39 @@ pub struct HealthChecker {
     changed: Arc<Notify>,
     /// Backends whose health flipped since the last `take_flips`.
     flipped: Arc<Mutex<BTreeSet<BackendAddr>>>,
-    ports: Option<Arc<SourcePorts>>,
+    source: Arc<ProbeSource>,
 }
 
-/// The source ports checks connect from, taken in turn. NetworkPolicy
-/// recognises health checks by them (see ebpf/include/policy.h).
-struct SourcePorts {
-    first: u16,
-    count: u32,
-    next: AtomicU32,
+/// Where probes come from.
+#[derive(Default)]
+struct ProbeSource {
+    /// The source ports (first, count, next), taken in turn: the probing
+    /// node's XDP tells probe replies from NodePort traffic by them.
+    ports: Option<(u16, u32, AtomicU32)>,
+    /// SO_MARK of every probe; 0: none.
+    mark: u32,
+    /// The address probes bind: the node's InternalIP, which the backend's
+    /// node checks the health-check encapsulation against.
+    addr: Mutex<Option<Ipv4Addr>>,
 }
 
 impl HealthChecker {
     /// `source_ports`: connect from these ports (inclusive range) rather
-    /// than ephemeral ones.
-    pub fn new(source_ports: Option<(u16, u16)>) -> Self {
+    /// than ephemeral ones; `mark`: the health-check socket mark (0: none).
+    pub fn new(source_ports: Option<(u16, u16)>, mark: u32) -> Self {
         HealthChecker {
-            ports: source_ports.map(|(a, b)| {
-                Arc::new(SourcePorts {
-                    first: a,
-                    count: u32::from(b - a) + 1,
-                    next: AtomicU32::new(0),
-                })
+            source: Arc::new(ProbeSource {
+                ports: source_ports.map(|(a, b)| (a, u32::from(b - a) + 1, AtomicU32::new(0))),
+                mark,
+                addr: Mutex::new(None),
             }),
             ..Default::default()
         }
+    }
+
+    /// The address probes bind from now on (`None`: whatever routing picks).
+    pub fn set_source_addr(&self, addr: Option<Ipv4Addr>) {
+        *self.source.addr.lock().unwrap() = addr;
     }
 
     /// Notified whenever a backend's health flips.
@@ -106,8 +121,8 @@ impl HealthChecker {
             self.changed.clone(),
             self.flipped.clone(),
         );
-        let ports = self.ports.clone();
-        tokio::spawn(async move { check_loop(b, cfg, ports, st, changed, flipped).await })
+        let source = self.source.clone();
+        tokio::spawn(async move { check_loop(b, cfg, source, st, changed, flipped).await })
     }
 
     pub fn snapshot(&self) -> HashMap<BackendAddr, Status> {
@@ -148,7 +163,7 @@ impl HealthChecker {
 async fn check_loop(
     b: BackendAddr,
     cfg: HealthCheck,
-    ports: Option<Arc<SourcePorts>>,
+    source: Arc<ProbeSource>,
     state: Arc<Mutex<HashMap<BackendAddr, Status>>>,
     changed: Arc<Notify>,
     flips: Arc<Mutex<BTreeSet<BackendAddr>>>,
@@ -158,7 +173,7 @@ async fn check_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe(target, &cfg, ports.as_deref()).await;
+        let result = probe(target, &cfg, &source).await;
         let mut flipped = None;
         {
             let mut st = state.lock().unwrap();
@@ -197,20 +212,36 @@ async fn check_loop(
     }
 }
 
-/// Connects to `target`, from one of `ports` if given. The socket closes
-/// with a reset (linger 0), as load balancers' checks do, so checks leave no
-/// TIME_WAIT behind to block their port for the next one.
-async fn connect(target: SocketAddr, ports: Option<&SourcePorts>) -> std::io::Result<TcpStream> {
-    let Some(p) = ports else {
-        return TcpStream::connect(target).await;
+/// Connects to `target` from the probe source: its address, one of its
+/// ports, its mark. The socket closes with a reset (linger 0), as load
+/// balancers' checks do, so checks leave no TIME_WAIT behind to block their
+/// port for the next one (and the backend's node forgets the check).
+async fn connect(target: SocketAddr, source: &ProbeSource) -> std::io::Result<TcpStream> {
+    let addr = source.addr.lock().unwrap().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let new_socket = || -> std::io::Result<TcpSocket> {
+        let sock = TcpSocket::new_v4()?;
+        sock.set_zero_linger()?;
+        if source.mark != 0 {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &source.mark)
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "setting the health-check mark (needs CAP_NET_ADMIN): {e}"
+                    ))
+                })?;
+        }
+        Ok(sock)
+    };
+    let Some((first, count, next)) = &source.ports else {
+        let sock = new_socket()?;
+        sock.bind(SocketAddr::from((addr, 0)))?;
+        return sock.connect(target).await;
     };
     let mut last = None;
-    for _ in 0..p.count.min(8) {
-        let port = p.first + (p.next.fetch_add(1, Ordering::Relaxed) % p.count) as u16;
-        let sock = TcpSocket::new_v4()?;
+    for _ in 0..(*count).min(8) {
+        let port = first + (next.fetch_add(1, Ordering::Relaxed) % count) as u16;
+        let sock = new_socket()?;
         sock.set_reuseaddr(true)?;
-        sock.set_zero_linger()?;
-        if let Err(e) = sock.bind(SocketAddr::from(([0, 0, 0, 0], port))) {
+        if let Err(e) = sock.bind(SocketAddr::from((addr, port))) {
             last = Some(e);
             continue;
         }
@@ -223,13 +254,9 @@ async fn connect(target: SocketAddr, ports: Option<&SourcePorts>) -> std::io::Re
     Err(last.unwrap_or_else(|| std::io::Error::other("no health-check source port free")))
 }
 
-async fn probe(
-    target: SocketAddr,
-    cfg: &HealthCheck,
-    ports: Option<&SourcePorts>,
-) -> Result<(), String> {
+async fn probe(target: SocketAddr, cfg: &HealthCheck, source: &ProbeSource) -> Result<(), String> {
     let attempt = async {
-        let mut s = connect(target, ports)
+        let mut s = connect(target, source)
             .await
             .map_err(|e| format!("connect {target}: {e}"))?;
         if let HealthProbe::Http { path } = &cfg.probe {

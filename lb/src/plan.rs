@@ -49,6 +49,8 @@ pub struct Plan {
     pub frontends: BTreeMap<FrontendKey, FrontendPlan>,
     pub sets: BTreeMap<String, SetPlan>,
     pub backends: BTreeMap<BackendAddr, BackendPlan>,
+    /// What direct-return IPIP may ask this node to deliver.
+    pub dsr_targets: BTreeSet<DsrTarget>,
     /// Frontends claimed by two services (the first, by name, wins).
     pub conflicts: Vec<String>,
 }
@@ -69,6 +71,11 @@ pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr)
     p.plan()
 }
 
+/// A DSR frontend and one of its backends on this node: every local
+/// backend, ready or not (a terminating one still serves the flows other
+/// nodes pinned to it).
+pub type DsrTarget = (FrontendKey, BackendAddr);
+
 /// Who claims a key, in claim order: the first claim is the one in force.
 type Claims<T> = BTreeMap<(ObjectKey, usize), T>;
 
@@ -81,6 +88,7 @@ pub struct ServicePlan {
     /// (backend, local, active).
     backends: Vec<(BackendAddr, bool, bool)>,
     targets: Vec<(BackendAddr, usize, HealthCheck)>,
+    dsr_targets: Vec<(DsrTarget, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,6 +106,7 @@ pub struct Dirty {
     pub backends: BTreeSet<BackendAddr>,
     /// Backends whose health check (or lack of one) changed.
     pub targets: BTreeSet<BackendAddr>,
+    pub dsr_targets: BTreeSet<DsrTarget>,
 }
 
 impl Dirty {
@@ -106,6 +115,7 @@ impl Dirty {
             && self.sets.is_empty()
             && self.backends.is_empty()
             && self.targets.is_empty()
+            && self.dsr_targets.is_empty()
     }
 }
 
@@ -123,6 +133,7 @@ pub struct Planner {
     /// Services by the backends they use (health flips re-plan them).
     backend_services: BTreeMap<BackendAddr, BTreeSet<ObjectKey>>,
     targets: BTreeMap<BackendAddr, Claims<HealthCheck>>,
+    dsr_targets: BTreeMap<DsrTarget, Claims<()>>,
     /// Frontends by the set they point at.
     set_frontends: BTreeMap<String, BTreeSet<FrontendKey>>,
     dirty: Dirty,
@@ -189,6 +200,16 @@ fn service_plan(
                 port: f.port,
                 proto: f.proto,
             };
+            let dsr = external && !use_local && sp.external_mode == ExternalMode::Dsr;
+            if dsr {
+                for b in sp
+                    .backends
+                    .iter()
+                    .filter(|b| b.node.as_deref() == Some(node))
+                {
+                    sp_out.dsr_targets.push(((key, b.addr), pi));
+                }
+            }
             sp_out.frontends.push((
                 key,
                 pi,
@@ -198,7 +219,7 @@ fn service_plan(
                     set,
                     affinity_timeout: sp.affinity_timeout.unwrap_or(0),
                     external,
-                    dsr: external && !use_local && sp.external_mode == ExternalMode::Dsr,
+                    dsr,
                     local: use_local,
                 },
             ));
@@ -291,6 +312,11 @@ impl Planner {
                 self.dirty.targets.insert(*b);
             }
         }
+        for (t, pi) in &sp.dsr_targets {
+            if claim(&mut self.dsr_targets, t, (key.clone(), *pi), Some(())) {
+                self.dirty.dsr_targets.insert(*t);
+            }
+        }
         self.services.insert(key, sp);
     }
 
@@ -339,6 +365,11 @@ impl Planner {
                 self.dirty.targets.insert(*b);
             }
         }
+        for (t, pi) in &sp.dsr_targets {
+            if claim::<_, ()>(&mut self.dsr_targets, t, (key.clone(), *pi), None) {
+                self.dirty.dsr_targets.insert(*t);
+            }
+        }
     }
 
     /// The frontend in force at `k`.
@@ -360,6 +391,15 @@ impl Planner {
     /// The health check a backend should get (the first claimer's).
     pub fn target(&self, b: &BackendAddr) -> Option<&HealthCheck> {
         self.targets.get(b)?.values().next()
+    }
+
+    /// Whether direct return may deliver to this (frontend, backend).
+    pub fn dsr_target(&self, t: &DsrTarget) -> bool {
+        self.dsr_targets.contains_key(t)
+    }
+
+    pub fn dsr_target_keys(&self) -> impl Iterator<Item = &DsrTarget> {
+        self.dsr_targets.keys()
     }
 
     /// Frontends pointing at a set.
@@ -441,6 +481,7 @@ impl Planner {
                 .keys()
                 .filter_map(|k| Some((*k, self.backend(k)?)))
                 .collect(),
+            dsr_targets: self.dsr_targets.keys().copied().collect(),
             conflicts: self.conflicts(),
         }
     }
@@ -575,6 +616,43 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         }];
         assert!(!cip.external && !cip.local);
         assert_eq!(p.sets[&cip.set].members.len(), 2);
+    }
+
+    #[test]
+    fn dsr_targets_are_the_external_frontends_with_each_local_backend() {
+        let st = state(&format!(
+            "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web, annotations: {{lb.strake.dev/external-mode: dsr}}}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: 203.0.113.10}}]}}}}\n"
+        ));
+        let (sps, _) = services(&st, &ModelOptions::default());
+        // Backends that fail their checks, or are not ready, still serve the
+        // flows other nodes pinned to them.
+        let p = plan(&sps, "n1", |_| false);
+        let got: Vec<(String, String)> = p
+            .dsr_targets
+            .iter()
+            .map(|(f, b)| (format!("{}:{}", f.addr, f.port), b.to_string()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("0.0.0.0:30080", "10.244.1.5"),
+            ("0.0.0.0:30080", "10.244.1.6"),
+            ("203.0.113.10:80", "10.244.1.5"),
+            ("203.0.113.10:80", "10.244.1.6"),
+        ]
+        .map(|(f, b)| (f.to_string(), format!("{b}:8080/TCP")))
+        .to_vec();
+        assert_eq!(
+            got, want,
+            "NodePort and LoadBalancer, not the ClusterIP; n1's backends (the not-ready one too), not n2's"
+        );
+        assert!(plan(&sps, "n3", |_| true).dsr_targets.is_empty());
+        // Kept Service by Service: the Service leaving takes them along.
+        let mut planner = Planner::new("n1");
+        planner.set_service(sps[0].service.clone(), sps.clone(), &|_| true);
+        assert_eq!(planner.take_dirty().dsr_targets.len(), 4);
+        planner.remove_service(&sps[0].service);
+        let dirty = planner.take_dirty();
+        assert_eq!(dirty.dsr_targets.len(), 4);
+        assert!(dirty.dsr_targets.iter().all(|t| !planner.dsr_target(t)));
     }
 
     #[test]

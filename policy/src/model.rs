@@ -189,6 +189,15 @@ impl Model {
             if spec.and_then(|s| s.host_network) == Some(true) {
                 continue;
             }
+            // A pod that has run to completion holds no address: a new pod
+            // may already have its IP, and must not be judged by the dead
+            // one's labels (the load balancer skips these too).
+            if matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            ) {
+                continue;
+            }
             let ip = pod
                 .status
                 .as_ref()

@@ -72,7 +72,10 @@ impl Agent {
         metrics: Metrics,
         local_events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
     ) -> Arc<Self> {
-        let health = strake_lb::health::HealthChecker::new(Some(cfg.health_check_ports));
+        let health = strake_lb::health::HealthChecker::new(
+            Some(cfg.health_check_ports),
+            cfg.health_check_mark,
+        );
         Arc::new(Agent {
             cfg,
             started: Instant::now(),

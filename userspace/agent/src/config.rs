@@ -12,6 +12,23 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Rpf {
+    Strict,
+    Loose,
+    Off,
+}
+
+impl Rpf {
+    pub fn datapath(self) -> strake_datapath::trust::Rpf {
+        match self {
+            Rpf::Strict => strake_datapath::trust::Rpf::Strict,
+            Rpf::Loose => strake_datapath::trust::Rpf::Loose,
+            Rpf::Off => strake_datapath::trust::Rpf::Off,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {
     /// Directories of Kubernetes YAML (standalone mode).
     Dir,
@@ -100,13 +117,37 @@ pub struct Config {
     #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, env = "STRAKE_SNAT_PORTS")]
     pub snat_ports: (u16, u16),
 
-    /// Source ports of the backend health checks. NetworkPolicy lets TCP
-    /// from cluster nodes' addresses and these ports into pods, so that a
-    /// policy isolating a backend does not make it unhealthy on every other
-    /// node. Keep it clear of --snat-ports and of the kernel's ephemeral
-    /// range (net.ipv4.ip_local_port_range, 32768-60999 by default).
-    #[arg(long, default_value = "32000-32255", value_parser = parse_port_range, env = "STRAKE_HEALTH_CHECK_PORTS")]
+    /// Source ports of the backend health checks (from the node's
+    /// InternalIP). They identify nothing: a probe passes a NetworkPolicy
+    /// only by the health-check mark below. They let this node's XDP tell
+    /// the replies from NodePort traffic, so they must lie outside
+    /// --node-port-range and --snat-ports; keep them out of the kernel's
+    /// ephemeral range too (net.ipv4.ip_local_port_range, 32768-60999 by
+    /// default).
+    #[arg(long, default_value = "61000-61255", value_parser = parse_port_range, env = "STRAKE_HEALTH_CHECK_PORTS")]
     pub health_check_ports: (u16, u16),
+
+    /// The cluster's NodePort range (kube-apiserver's
+    /// --service-node-port-range), which --health-check-ports and
+    /// --snat-ports must stay clear of.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range, env = "STRAKE_NODE_PORT_RANGE")]
+    pub node_port_range: (u16, u16),
+
+    /// SO_MARK the agent sets on health checks of pods on other nodes; the
+    /// uplink's egress program wraps marked probes in health-check IPIP,
+    /// the one thing the backend's node lets past its policies as a check
+    /// (docs/threat-model.md). Setting a mark needs CAP_NET_ADMIN. Must not
+    /// collide with marks other software on the node sets; 0 turns the
+    /// encapsulation off (remote checks of policy-isolated pods then fail).
+    #[arg(long, default_value = "0x53540000", value_parser = parse_u32, env = "STRAKE_HEALTH_CHECK_MARK")]
+    pub health_check_mark: u32,
+
+    /// Reverse-path check of sources arriving on the uplink for local pods
+    /// (they bypass the kernel's rp_filter): `strict` (the route back leaves
+    /// by the uplink), `loose` (some route back exists: asymmetric routing
+    /// over several interfaces), `off`.
+    #[arg(long, value_enum, default_value = "strict", env = "STRAKE_UPLINK_RPF")]
+    pub uplink_rpf: Rpf,
 
     /// Attach the XDP load balancer to the uplink (north-south Services).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_LB_XDP")]
@@ -134,13 +175,42 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
-        let ((a, b), (c, d)) = (self.snat_ports, self.health_check_ports);
-        if a <= d && c <= b {
+        let overlap = |(a, b): (u16, u16), (c, d): (u16, u16)| a <= d && c <= b;
+        let ((a, b), (c, d), (e, f)) = (
+            self.snat_ports,
+            self.health_check_ports,
+            self.node_port_range,
+        );
+        if overlap(self.snat_ports, self.health_check_ports) {
             return Err(format!(
-                "--snat-ports {a}-{b} and --health-check-ports {c}-{d} overlap: policy would let SNATed traffic from other nodes pass as health checks; pick disjoint ranges"
+                "--snat-ports {a}-{b} and --health-check-ports {c}-{d} overlap: replies to health checks would be taken for SNATed traffic; pick disjoint ranges"
+            ));
+        }
+        if overlap(self.health_check_ports, self.node_port_range) {
+            return Err(format!(
+                "--health-check-ports {c}-{d} overlaps the NodePort range {e}-{f} (--node-port-range): a Service on one of those NodePorts would take health-check replies; pick ports outside it (e.g. the default 61000-61255)"
+            ));
+        }
+        if overlap(self.snat_ports, self.node_port_range) {
+            return Err(format!(
+                "--snat-ports {a}-{b} overlaps the NodePort range {e}-{f} (--node-port-range): replies to SNATed flows and NodePort traffic would be confused; pick ports outside it"
             ));
         }
         Ok(())
+    }
+
+    /// Port ranges of ours the kernel may also hand out as ephemeral ports
+    /// (a local connection from one of them would be taken for ours).
+    pub fn ephemeral_overlaps(&self, ephemeral: (u16, u16)) -> Vec<String> {
+        let overlap = |(a, b): (u16, u16)| a <= ephemeral.1 && ephemeral.0 <= b;
+        [
+            ("--health-check-ports", self.health_check_ports),
+            ("--snat-ports", self.snat_ports),
+        ]
+        .into_iter()
+        .filter(|(_, r)| overlap(*r))
+        .map(|(n, (a, b))| format!("{n} {a}-{b}"))
+        .collect()
     }
 }
 
@@ -159,6 +229,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
     }
+}
+
+/// Decimal or 0x-prefixed hexadecimal.
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x...)"))
 }
 
 fn parse_prime(s: &str) -> Result<u32, String> {
@@ -236,8 +315,65 @@ mod tests {
     fn overlapping_snat_and_health_check_ports_are_refused() {
         let mut c = Config::parse_from(["strake-agent", "--node-name", "n"]);
         assert!(c.validate().is_ok(), "the defaults are disjoint");
-        c.health_check_ports = (29000, 30100);
+        c.health_check_ports = (29000, 29100);
         let e = c.validate().unwrap_err();
         assert!(e.contains("overlap"), "{e}");
+    }
+
+    /// The old default, 32000-32255, lay inside Kubernetes' NodePort range:
+    /// a Service on NodePort 32000 would have swallowed health-check replies.
+    #[test]
+    fn health_check_ports_inside_the_nodeport_range_are_refused() {
+        let c = Config::parse_from(["strake-agent", "--node-name", "n"]);
+        let (lo, hi) = c.node_port_range;
+        let (a, b) = c.health_check_ports;
+        assert!(b < lo || a > hi, "the default is outside {lo}-{hi}");
+        assert!(
+            c.ephemeral_overlaps((32768, 60999)).is_empty(),
+            "and outside Linux's default ephemeral range"
+        );
+        for args in [
+            vec!["--health-check-ports", "32000-32255"],
+            vec!["--node-port-range", "30000-61100"],
+        ] {
+            let mut argv = vec!["strake-agent", "--node-name", "n"];
+            argv.extend(args.iter());
+            let e = Config::parse_from(&argv).validate().unwrap_err();
+            assert!(e.contains("NodePort range"), "{args:?}: {e}");
+        }
+        let e = Config::parse_from([
+            "strake-agent",
+            "--node-name",
+            "n",
+            "--snat-ports",
+            "30000-30100",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("NodePort range"), "{e}");
+    }
+
+    #[test]
+    fn the_health_check_mark_parses_in_hex_or_decimal() {
+        let c = Config::parse_from(["strake-agent", "--node-name", "n"]);
+        assert_eq!(c.health_check_mark, 0x5354_0000);
+        for (arg, want) in [("0x10", 16), ("16", 16), ("0", 0)] {
+            let c = Config::parse_from([
+                "strake-agent",
+                "--node-name",
+                "n",
+                "--health-check-mark",
+                arg,
+            ]);
+            assert_eq!(c.health_check_mark, want);
+        }
+        assert!(Config::try_parse_from([
+            "strake-agent",
+            "--node-name",
+            "n",
+            "--health-check-mark",
+            "0xfffffffff"
+        ])
+        .is_err());
     }
 }

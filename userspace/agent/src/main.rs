@@ -87,6 +87,13 @@ async fn run(cfg: Config) -> Result<()> {
     })?;
     dp.policy
         .set_health_check_ports(Some(cfg.health_check_ports))?;
+    dp.trust
+        .set_config(cfg.health_check_mark, cfg.uplink_rpf.datapath())?;
+    if let Some(eph) = ephemeral_ports() {
+        for r in cfg.ephemeral_overlaps(eph) {
+            tracing::warn!(range = %r, ephemeral = ?eph, "a port range of the agent overlaps the kernel's ephemeral ports (net.ipv4.ip_local_port_range): local connections may be handed one of its ports; move it, or reserve it in net.ipv4.ip_local_reserved_ports");
+        }
+    }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let ipam = Ipam::open(cfg.state_dir.join("endpoints.json"))?;
@@ -153,4 +160,10 @@ async fn run(cfg: Config) -> Result<()> {
     }
     tracing::info!("exiting; the data plane keeps forwarding with its last state");
     Ok(())
+}
+
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|p| p.parse().ok());
+    Some((it.next()??, it.next()??))
 }

@@ -88,7 +88,8 @@ impl Agent {
             .into_iter()
             .map(|p| ProgramView {
                 attachments: match p.name.as_str() {
-                    "from_wire" => usize::from(self.uplink().is_some()),
+                    "from_wire" | "to_wire" => usize::from(self.uplink().is_some()),
+                    "xdp_lb" => usize::from(self.uplink().is_some() && self.cfg.lb_xdp),
                     _ => links,
                 },
                 name: p.name,

@@ -11,6 +11,7 @@
 mod bpffs;
 pub mod lb;
 pub mod policy;
+pub mod trust;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
@@ -120,7 +121,13 @@ const FROM_WIRE: ProgramSpec = ProgramSpec {
     attach: TcAttachType::Ingress,
     what: "uplink ingress",
 };
-const ALL_PROGRAMS: [&ProgramSpec; 3] = [&FROM_POD, &TO_POD, &FROM_WIRE];
+const TO_WIRE: ProgramSpec = ProgramSpec {
+    name: "to_wire",
+    object: ObjectKind::Uplink,
+    attach: TcAttachType::Egress,
+    what: "uplink egress",
+};
+const ALL_PROGRAMS: [&ProgramSpec; 4] = [&FROM_POD, &TO_POD, &FROM_WIRE, &TO_WIRE];
 
 pub struct Datapath {
     root: PathBuf,
@@ -129,6 +136,7 @@ pub struct Datapath {
     xdp: Ebpf,
     pub lb: lb::LbMaps,
     pub policy: policy::PolicyMaps,
+    pub trust: trust::TrustMaps,
     endpoints: BpfHashMap<MapData, u32, endpoint_info>,
     counters: PerCpuArray<MapData, counter_value>,
     max_endpoints: u32,
@@ -144,6 +152,7 @@ impl Datapath {
             .with_context(|| format!("creating {}", maps_dir.display()))?;
         std::fs::create_dir_all(links_dir(&cfg.bpffs_root))
             .with_context(|| format!("creating {}", links_dir(&cfg.bpffs_root).display()))?;
+        replace_outgrown_counters(&maps_dir)?;
 
         let load = |bytes: &[u8], what: &str| -> Result<Ebpf> {
             EbpfLoader::new()
@@ -195,6 +204,7 @@ impl Datapath {
         )?;
         let lb = lb::LbMaps::take(&mut pod, cfg.ct_size)?;
         let policy = policy::PolicyMaps::take(&mut pod)?;
+        let trust = trust::TrustMaps::take(&mut pod)?;
         Ok(Datapath {
             root: cfg.bpffs_root.clone(),
             pod,
@@ -202,6 +212,7 @@ impl Datapath {
             xdp,
             lb,
             policy,
+            trust,
             endpoints,
             counters,
             max_endpoints: cfg.max_endpoints,
@@ -325,10 +336,14 @@ impl Datapath {
         Ok(true)
     }
 
-    /// Attaches the uplink program to the node's interface toward the fabric.
+    /// Attaches the uplink programs to the node's interface toward the
+    /// fabric: `from_wire` (ingress) and `to_wire` (egress).
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
-        let pin = links_dir(&self.root).join(format!("uplink_{}_in", pin_safe(ifname)));
-        self.attach(&FROM_WIRE, ifname, &pin)
+        let pin =
+            |dir: &str| links_dir(&self.root).join(format!("uplink_{}_{dir}", pin_safe(ifname)));
+        let (ing, eg) = (pin("in"), pin("eg"));
+        self.attach(&FROM_WIRE, ifname, &ing)?;
+        self.attach(&TO_WIRE, ifname, &eg)
     }
 
     /// Attaches the XDP load balancer to the node's uplink (native mode), or
@@ -551,6 +566,24 @@ pub fn attach_xdp_pass(ifname: &str, pin: &Path) -> Result<()> {
     }
     link.pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
+}
+
+/// The counter array grows when programs learn new counters; a pinned one
+/// from an older agent is too small for them. Counters are statistics (rates
+/// survive a reset), unlike flow state, so an outgrown one is replaced rather
+/// than bumping the whole map layout: the programs still attached keep the
+/// old array until their links are swapped a moment later.
+fn replace_outgrown_counters(maps_dir: &Path) -> Result<()> {
+    let pin = maps_dir.join("st_counters");
+    let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+        return Ok(());
+    };
+    if info.max_entries() < shared::STRAKE_CNT_MAX {
+        tracing::info!(pin = %pin.display(), had = info.max_entries(), want = shared::STRAKE_CNT_MAX,
+            "replacing the pinned counter array: this agent counts more; counters restart from 0");
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+    }
     Ok(())
 }
 

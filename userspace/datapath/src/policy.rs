@@ -20,7 +20,10 @@ pub struct PolicyMaps {
     cluster_nodes: BpfHashMap<MapData, u32, u32>,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
     let m = ebpf
         .take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))?;

@@ -203,7 +203,10 @@ impl LabSpec {
                 .spec
                 .as_ref()
                 .with_context(|| format!("Pod {key} has no spec"))?;
-            if spec.host_network == Some(true) {
+            // Completed pods run nothing (kubelet has torn their sandbox
+            // down); their objects stay, as in a real cluster.
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if spec.host_network == Some(true) || matches!(phase, Some("Succeeded" | "Failed")) {
                 continue;
             }
             let node = spec.node_name.clone().with_context(|| {

@@ -408,7 +408,7 @@ fn assert_node_empty(lab: &strake_lab::Lab, node: &str) {
     assert!(
         st.programs
             .iter()
-            .filter(|p| p.name != "from_wire")
+            .filter(|p| p.attach_point.starts_with("pod"))
             .all(|p| p.attachments == 0),
         "pinned links left"
     );

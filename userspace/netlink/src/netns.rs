@@ -167,3 +167,16 @@ pub fn sysctl(key: &str, value: &str) -> Result<()> {
     let p = Path::new("/proc/sys").join(key);
     fs::write(&p, value).with_context(|| format!("setting sysctl {key}={value}"))
 }
+
+/// Turns IPv6 off on an interface of the calling thread's namespace: no
+/// router advertisements taken, no autoconfigured address, nothing IPv6
+/// received. A no-op on kernels without IPv6.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    if !Path::new("/proc/sys/net/ipv6/conf").join(ifname).exists() {
+        return Ok(());
+    }
+    for (k, v) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "1")] {
+        sysctl(&format!("net/ipv6/conf/{ifname}/{k}"), v)?;
+    }
+    Ok(())
+}

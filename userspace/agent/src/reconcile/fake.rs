@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use strake_datapath::policy::VerdictKey;
 use strake_datapath::shared::{backend_info, endpoint_info, svc_info, svc_key};
+use strake_lb::plan::DsrTarget;
 use strake_policy::compile::LocalEndpoint;
 use strake_policy::model::Prefix;
 
@@ -46,6 +47,7 @@ pub struct LbMaps {
     staged: BTreeMap<u32, Vec<u32>>,
     unstage: Vec<u32>,
     pub forgotten_affinity: Vec<(u32, u32)>,
+    pub dsr_targets: BTreeMap<DsrTarget, u32>,
 }
 
 #[derive(Clone, Default)]
@@ -152,6 +154,30 @@ impl LbKernel for FakeLb {
             .backends
             .iter()
             .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+    fn set_dsr_target(&mut self, t: &DsrTarget, frontend_id: u32) -> Result<()> {
+        self.fault.write("st_dsr_targets")?;
+        self.maps
+            .lock()
+            .unwrap()
+            .dsr_targets
+            .insert(*t, frontend_id);
+        Ok(())
+    }
+    fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()> {
+        self.fault.write("st_dsr_targets")?;
+        self.maps.lock().unwrap().dsr_targets.remove(t);
+        Ok(())
+    }
+    fn dsr_targets(&self) -> Result<Vec<DsrTarget>> {
+        Ok(self
+            .maps
+            .lock()
+            .unwrap()
+            .dsr_targets
+            .keys()
+            .copied()
             .collect())
     }
 }

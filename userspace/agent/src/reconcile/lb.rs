@@ -23,7 +23,9 @@ use strake_datapath::shared::{
 use strake_datapath::Datapath;
 use strake_lb::health::HealthChecker;
 use strake_lb::model::{BackendAddr, ModelOptions};
-use strake_lb::plan::{BackendPlan, Dirty, FrontendKey, FrontendPlan, Plan, Planner, SetPlan};
+use strake_lb::plan::{
+    BackendPlan, Dirty, DsrTarget, FrontendKey, FrontendPlan, Plan, Planner, SetPlan,
+};
 use strake_lb::touch::ServiceDeps;
 use strake_source::{Change, ClusterState, Kind, KindSet, ObjectKey};
 
@@ -44,6 +46,10 @@ pub trait LbKernel: Send {
     fn forget_affinity(&mut self, frontend: u32, backend: u32) -> Result<()>;
     fn services(&self) -> Result<Vec<(svc_key, svc_info)>>;
     fn backends(&self) -> Result<Vec<(u32, backend_info)>>;
+    /// What direct-return IPIP may deliver here (docs/threat-model.md, DSR).
+    fn set_dsr_target(&mut self, t: &DsrTarget, frontend_id: u32) -> Result<()>;
+    fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()>;
+    fn dsr_targets(&self) -> Result<Vec<DsrTarget>>;
 }
 
 /// The maps of the node's data plane. Each call takes the data-plane lock
@@ -92,6 +98,44 @@ impl LbKernel for DatapathLb {
     }
     fn backends(&self) -> Result<Vec<(u32, backend_info)>> {
         self.dp().lb.backends()
+    }
+    fn set_dsr_target(&mut self, t: &DsrTarget, frontend_id: u32) -> Result<()> {
+        self.dp().trust.add_dsr_target(&dsr_key(t), frontend_id)
+    }
+    fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()> {
+        self.dp().trust.remove_dsr_target(&dsr_key(t))
+    }
+    fn dsr_targets(&self) -> Result<Vec<DsrTarget>> {
+        Ok(self
+            .dp()
+            .trust
+            .dsr_targets()?
+            .into_iter()
+            .map(|t| {
+                (
+                    FrontendKey {
+                        addr: t.vip,
+                        port: t.vport,
+                        proto: t.proto,
+                    },
+                    BackendAddr {
+                        ip: t.backend,
+                        port: t.bport,
+                        proto: t.proto,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+fn dsr_key(t: &DsrTarget) -> strake_datapath::trust::DsrTarget {
+    strake_datapath::trust::DsrTarget {
+        vip: t.0.addr,
+        vport: t.0.port,
+        proto: t.0.proto,
+        backend: t.1.ip,
+        bport: t.1.port,
     }
 }
 
@@ -321,6 +365,10 @@ impl<K: LbKernel> Phase for LbPhase<K> {
         } else {
             std::mem::take(&mut self.touched)
         };
+        // Probes bind the node's address: the backend's node checks the
+        // health-check encapsulation against it.
+        self.health
+            .set_source_addr(pass.state.node_internal_ip(&self.node));
         let health = self.health.clone();
         let healthy = move |b: &BackendAddr| health.healthy(b);
         for key in &services {
@@ -370,6 +418,12 @@ impl<K: LbKernel> Phase for LbPhase<K> {
             dirty.sets.extend(lb.ids.sets.keys().cloned());
             dirty.backends.extend(lb.planner.backend_addrs().copied());
             dirty.backends.extend(lb.applied.backends.keys().copied());
+            dirty
+                .dsr_targets
+                .extend(lb.planner.dsr_target_keys().copied());
+            dirty
+                .dsr_targets
+                .extend(lb.applied.dsr_targets.iter().copied());
         }
         for c in lb.planner.conflicts() {
             tracing::debug!(conflict = %c, "frontend claimed twice");
@@ -574,6 +628,26 @@ fn apply<K: LbKernel>(k: &mut K, lb: &mut LbState, dirty: &Dirty) -> Result<usiz
                 }
             }
         }
+        // Where direct return may deliver: once the frontends have ids.
+        for t in &dirty.dsr_targets {
+            let fid = ids.frontends.get(&fkey(&t.0)).copied();
+            match (planner.dsr_target(t), fid) {
+                (true, Some(fid)) => {
+                    if !applied.dsr_targets.contains(t) {
+                        k.set_dsr_target(t, fid)?;
+                        applied.dsr_targets.insert(*t);
+                        changes += 1;
+                    }
+                }
+                _ => {
+                    if applied.dsr_targets.contains(t) {
+                        k.remove_dsr_target(t)?;
+                        applied.dsr_targets.remove(t);
+                        changes += 1;
+                    }
+                }
+            }
+        }
         // 4. Sets nobody wants.
         for name in &dirty.sets {
             if planner.set(name).is_some() {
@@ -638,6 +712,12 @@ fn observe<K: LbKernel>(k: &mut K, lb: &mut LbState) -> Result<usize> {
         .iter()
         .filter_map(|(a, bp)| Some((*lb.ids.backends.get(&bkey(a))?, backend_value(a, bp))))
         .collect();
+    for t in k.dsr_targets()? {
+        if !lb.applied.dsr_targets.contains(&t) {
+            k.remove_dsr_target(&t)?;
+            changes += 1;
+        }
+    }
     for (id, info) in k.backends()? {
         let want = by_id.get(&id).copied();
         match want {

@@ -256,7 +256,7 @@ fn an_injected_kernel_failure_holds_wait_back_names_the_phase_and_heals_by_retry
             Box::new(LbPhase::new(
                 lb_kernel.clone(),
                 Default::default(),
-                Arc::new(strake_lb::health::HealthChecker::new(None)),
+                Arc::new(strake_lb::health::HealthChecker::new(None, 0)),
                 "n1",
                 Default::default(),
                 dir.path().join("lb-ids.json"),

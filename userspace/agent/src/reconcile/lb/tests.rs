@@ -24,7 +24,7 @@ fn harness_in(node: &str, dir: tempfile::TempDir, kernel: FakeLb) -> Harness {
     let phase = LbPhase::new(
         kernel.clone(),
         Default::default(),
-        Arc::new(HealthChecker::new(None)),
+        Arc::new(HealthChecker::new(None, 0)),
         node,
         ModelOptions::default(),
         dir.path().join("lb-ids.json"),

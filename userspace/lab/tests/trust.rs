@@ -1,0 +1,268 @@
+//! The attacks of docs/threat-model.md against a real lab: real nodes,
+//! agents, programs and sockets.
+
+mod common;
+
+use common::*;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use strake_api::{AgentStatus, LbStatus, Request};
+use strake_lab::{probe, procs};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+fn counter(lab: &strake_lab::Lab, node: &str, name: &str) -> u64 {
+    let st: AgentStatus = lab.agent(node, Request::Status).unwrap();
+    st.counters
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.packets)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// `nc -z -p <sport> <to> 80` from a node's namespace: whether it connected.
+fn nc_from_port(lab: &strake_lab::Lab, node: &str, sport: u16, to: Ipv4Addr) -> bool {
+    let out = procs::run_in_netns(
+        &lab.node_netns(node),
+        "nc",
+        &[
+            "-z",
+            "-w",
+            "2",
+            "-p",
+            &sport.to_string(),
+            &to.to_string(),
+            "80",
+        ],
+    )
+    .unwrap();
+    out.status.success()
+}
+
+fn pod(ns: &str, name: &str, node: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}, labels: {{{labels}}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    ports: [{{name: http, containerPort: 80, protocol: TCP}}]\n"
+    )
+}
+
+/// The attack that opened issue 9: from another node, a connection to a
+/// policy-isolated pod from a health-check source port. And the agents' own
+/// checks of that pod, which must keep working through the same policy.
+#[test]
+fn health_check_ports_let_nothing_past_a_policy_and_the_real_checks_still_fail_over() {
+    let (a, b) = ("hpa", "hpb");
+    let files = vec![
+        (
+            "nodes.yaml",
+            node_yaml(a, "10.244.1.0/24", "10.0.0.1") + "---\n" + &node_yaml(b, "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("w1.yaml", pod("hp", "w1", a, "app: web")),
+        ("w3.yaml", pod("hp", "w3", b, "app: web")),
+        ("client.yaml", pod("hp", "client", b, "app: client")),
+        (
+            "svc.yaml",
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: hp\n  name: web\n  annotations: {{lb.strake.dev/health-check-interval: 300ms, lb.strake.dev/health-check-timeout: 200ms}}\nspec:\n  clusterIP: {VIP}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n"
+            ),
+        ),
+        (
+            "policy.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: hp, name: web-from-client}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]\n"
+                .to_string(),
+        ),
+    ];
+    let lab = yaml_lab("hp", &files);
+    let w1 = lab.pod_ip("hp", "w1").unwrap();
+    let client = lab.pod_netns("hp", "client");
+    assert!(
+        probe::tcp(&client, addr(w1, 80), T).is_ok(),
+        "the allowed client reaches w1"
+    );
+
+    // Node b's processes, whatever port they bind: the old range (inside
+    // the NodePort range), the new one, and an ordinary port.
+    for sport in [32100, 61001, 61254, 45000] {
+        assert!(
+            !nc_from_port(&lab, b, sport, w1),
+            "nc -p {sport} from node {b} must not reach the isolated w1"
+        );
+    }
+    // The same nc on w1's own node is the node reaching its pod (kubelet).
+    assert!(
+        nc_from_port(&lab, a, 61002, w1),
+        "nc works; the node itself is let in"
+    );
+
+    // Every agent's checks pass through the policy: node b probes w1 by
+    // health-check encapsulation, which node a unwraps.
+    std::thread::sleep(Duration::from_millis(1500));
+    let all_healthy = |s: &LbStatus| {
+        s.services
+            .iter()
+            .filter(|x| x.service == "hp/web:http")
+            .flat_map(|x| &x.backends)
+            .all(|b| b.healthy && b.health_error.is_none())
+    };
+    for n in [a, b] {
+        let st: LbStatus = lab.agent(n, Request::LbList).unwrap();
+        assert!(all_healthy(&st), "node {n}: {:?}", st.services);
+    }
+    assert!(
+        counter(&lab, b, "hc_encap") > 0,
+        "node {b} wrapped its probes"
+    );
+    assert!(counter(&lab, a, "hc_decap") > 0, "node {a} unwrapped them");
+    assert!(
+        counter(&lab, a, "hc_encap") > 0 && counter(&lab, b, "hc_decap") > 0,
+        "and the other way"
+    );
+
+    // Failover and recovery, seen by both nodes.
+    let w1_active = |want: bool| {
+        move |s: &LbStatus| {
+            s.services
+                .iter()
+                .filter(|x| x.service == "hp/web:http")
+                .flat_map(|x| &x.backends)
+                .any(|b| b.pod.as_deref() == Some("hp/w1") && b.active == want)
+        }
+    };
+    lab.stop_pod_server("hp", "w1");
+    lab.wait_lb(
+        "w1 out on every node",
+        Duration::from_secs(3),
+        w1_active(false),
+    )
+    .unwrap();
+    let counts = tcp_spread(&client, addr(VIP, 80), 50);
+    assert_eq!(
+        counts.get("hp/w3"),
+        Some(&50),
+        "only w3 while w1 is down: {counts:?}"
+    );
+    lab.start_pod_server(&strake_lab::PodSpec {
+        namespace: "hp".into(),
+        name: "w1".into(),
+        node: a.into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        tcp_ports: vec![80],
+        udp_ports: vec![],
+    })
+    .unwrap();
+    lab.wait_lb(
+        "w1 back on every node",
+        Duration::from_secs(3),
+        w1_active(true),
+    )
+    .unwrap();
+    let counts = tcp_spread(&client, addr(VIP, 80), 100);
+    assert!(
+        counts.get("hp/w1").copied().unwrap_or(0) > 10,
+        "w1 takes traffic again: {counts:?}"
+    );
+    assert!(!counts.contains_key("!error"), "{counts:?}");
+}
+
+/// A pod that ran to completion keeps its object (and its old IP in status)
+/// until it is deleted; its IP is free, and a new pod in another namespace
+/// may get it. Policy must judge the new pod by its own labels.
+#[test]
+fn a_dead_pods_ip_reused_by_a_new_pod_is_judged_by_the_new_pods_labels() {
+    let (a, b) = ("dpa", "dpb");
+    let files = vec![
+        (
+            "nodes.yaml",
+            node_yaml(a, "10.244.1.0/24", "10.0.0.1") + "---\n" + &node_yaml(b, "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("db.yaml", pod("dpdb", "db", b, "app: db")),
+        ("trusted.yaml", pod("dpapps", "trusted", a, "role: trusted")),
+        ("newpod.yaml", pod("dpapps", "newpod", a, "role: untrusted")),
+        (
+            "policy.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: dpdb, name: db-from-trusted}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: trusted}}}]}]\n"
+                .to_string(),
+        ),
+    ];
+    let lab = yaml_lab("dp", &files);
+    let db = lab.pod_ip("dpdb", "db").unwrap();
+    let reused = lab.pod_ip("dpapps", "newpod").unwrap();
+    let (trusted, newpod) = (
+        lab.pod_netns("dpapps", "trusted"),
+        lab.pod_netns("dpapps", "newpod"),
+    );
+    assert!(
+        probe::tcp(&trusted, addr(db, 80), T).is_ok(),
+        "trusted reaches db"
+    );
+    assert!(
+        probe::tcp(&newpod, addr(db, 80), T).is_err(),
+        "untrusted does not"
+    );
+
+    // A completed Job's pod, trusted, whose IP the new pod got (its
+    // namespace sorts after the new pod's, so a last-wins table picks it).
+    std::fs::write(
+        lab.dir.join("old.yaml"),
+        pod("dpzbatch", "old", a, "role: trusted")
+            + &format!(
+                "status: {{phase: Succeeded, podIP: {reused}, podIPs: [{{ip: {reused}}}]}}\n"
+            ),
+    )
+    .unwrap();
+    lab.wait_synced(Duration::from_secs(10)).unwrap();
+    for _ in 0..3 {
+        assert!(
+            probe::tcp(&newpod, addr(db, 80), T).is_err(),
+            "the new pod holds no identity of the dead one"
+        );
+    }
+    assert!(probe::tcp(&trusted, addr(db, 80), T).is_ok());
+}
+
+/// strake routes no IPv6: the node's side of a pod's veth takes no router
+/// advertisement, no address, and no IPv6 at all.
+#[test]
+fn the_nodes_side_of_a_pods_veth_has_no_ipv6() {
+    let lab = lab(
+        "v6",
+        &[N {
+            name: "v6a",
+            cidr: "10.244.1.0/24",
+            ip: "10.0.0.1",
+        }],
+        &[P {
+            ns: "v6",
+            name: "p",
+            node: "v6a",
+        }],
+    );
+    let eps: Vec<strake_api::EndpointView> = lab.agent("v6a", Request::Endpoints).unwrap();
+    let host = eps[0].host_ifname.clone();
+    let read = |k: &str| {
+        let out = procs::run_in_netns(
+            &lab.node_netns("v6a"),
+            "cat",
+            &[&format!("/proc/sys/net/ipv6/conf/{host}/{k}")],
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(read("disable_ipv6"), "1");
+    assert_eq!(read("accept_ra"), "0");
+    assert_eq!(read("autoconf"), "0");
+    let out = procs::run_in_netns(
+        &lab.node_netns("v6a"),
+        "ip",
+        &["-6", "addr", "show", "dev", &host],
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "no IPv6 address on {host}"
+    );
+}
