@@ -99,7 +99,7 @@ fn api_err(e: ApiError) -> CniError {
         ErrorKind::TryAgainLater | ErrorKind::Exhausted => code::TRY_AGAIN_LATER,
         ErrorKind::NotFound => code::UNKNOWN_CONTAINER,
         ErrorKind::InvalidRequest => code::INVALID_CONFIG,
-        ErrorKind::Internal => code::AGENT_FAILURE,
+        ErrorKind::Forbidden | ErrorKind::Internal => code::AGENT_FAILURE,
     };
     CniError::new(c, e.message)
 }

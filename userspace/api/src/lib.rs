@@ -421,6 +421,8 @@ pub enum ErrorKind {
     Exhausted,
     NotFound,
     InvalidRequest,
+    /// The caller may not use the API (root only, or `--api-allow-uid`).
+    Forbidden,
     Internal,
 }
 
@@ -499,18 +501,30 @@ impl Client {
         s.set_read_timeout(Some(self.timeout)).ok();
         s.set_write_timeout(Some(self.timeout)).ok();
         let body = serde_json::to_vec(req).expect("requests serialize");
-        s.write_all(&body).map_err(unreachable)?;
-        s.shutdown(std::net::Shutdown::Write).map_err(unreachable)?;
+        // The agent may answer (refuse) before reading everything: a failed
+        // write still leaves its answer to read.
+        let sent = s
+            .write_all(&body)
+            .and_then(|()| s.shutdown(std::net::Shutdown::Write));
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|e| {
-            ApiError::new(
-                ErrorKind::TryAgainLater,
-                format!(
-                    "no answer from strake-agent at {} within {:?}: {e}",
-                    self.addr, self.timeout
-                ),
-            )
-        })?;
+        // After a refusal the agent closes with our request unread, which
+        // resets the connection: what arrived before that is the answer.
+        let read = s.read_to_end(&mut buf);
+        if buf.is_empty() {
+            match (sent, read) {
+                (Err(e), _) => return Err(unreachable(e)),
+                (Ok(()), Err(e)) => {
+                    return Err(ApiError::new(
+                        ErrorKind::TryAgainLater,
+                        format!(
+                            "no answer from strake-agent at {} within {:?}: {e}",
+                            self.addr, self.timeout
+                        ),
+                    ))
+                }
+                (Ok(()), Ok(_)) => {}
+            }
+        }
         match serde_json::from_slice::<Reply>(&buf) {
             Ok(Reply::Ok(v)) => serde_json::from_value(v).map_err(|e| {
                 ApiError::new(

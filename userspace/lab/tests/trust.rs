@@ -266,3 +266,159 @@ fn the_nodes_side_of_a_pods_veth_has_no_ipv6() {
         "no IPv6 address on {host}"
     );
 }
+
+/// Runs `f` with this thread's effective uid set to `uid`: the raw syscall
+/// changes only the calling thread (libc's setresuid would change them all),
+/// and the saved uid (root) lets it change back. A unix socket records the
+/// effective uid at connect(2): what the agent sees as the caller.
+fn as_uid<R>(uid: u32, f: impl FnOnce() -> R) -> R {
+    let keep = libc::uid_t::MAX;
+    // SAFETY: setresuid has no memory effects.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_setresuid, keep, uid, keep) },
+        0
+    );
+    let r = f();
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_setresuid, keep, 0, keep) },
+        0
+    );
+    r
+}
+
+fn raise_fd_limit(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: a plain struct passed by pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+fn agent_alive(lab: &strake_lab::Lab, node: &str) -> bool {
+    let pid = lab.agent_pid(node).expect("agent pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// What an unprivileged user on the node, a huge request and a request that
+/// never ends do to the agent: nothing that stops it or keeps it from
+/// serving the CNI plugin.
+#[test]
+fn the_agent_api_refuses_strangers_unread_bounds_requests_and_keeps_serving_cni() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let node = "apia";
+    let lab = lab(
+        "api",
+        &[N {
+            name: node,
+            cidr: "10.244.1.0/24",
+            ip: "10.0.0.1",
+        }],
+        &[P {
+            ns: "api",
+            name: "p0",
+            node,
+        }],
+    );
+    // The file-descriptor limit of a typical service: more connections than
+    // it allows are about to arrive.
+    let pid = lab.agent_pid(node).unwrap().to_string();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=1024:1024"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    raise_fd_limit(8192);
+    let ns = lab.node_netns(node);
+    let connect = || {
+        let addr = strake_api::socket_addr(strake_api::DEFAULT_SOCKET).unwrap();
+        UnixStream::connect_addr(&addr)
+    };
+
+    // 1,100 connections from uid 65534, held open: each refused at once,
+    // before anything is read.
+    let strangers = strake_netlink::netns::run_in(&ns, move || {
+        let socks: Vec<UnixStream> = as_uid(65534, || {
+            (0..1100).map(|_| connect()).collect::<std::io::Result<_>>()
+        })?;
+        let mut refused = 0;
+        for mut s in &socks {
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            if String::from_utf8_lossy(&buf).contains("uid 65534 may not use the strake-agent API")
+            {
+                refused += 1;
+            }
+        }
+        Ok((socks, refused))
+    });
+    let (held, refused) = strangers.unwrap();
+    assert_eq!(refused, 1100, "every stranger got a clear refusal");
+
+    // A request that never finishes, held open too, and root's CNI ADDs
+    // meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns2 = ns.clone();
+    let slow = std::thread::spawn(move || {
+        strake_netlink::netns::run_in(&ns2, move || {
+            let mut s = connect()?;
+            s.write_all(b"{\"op\": \"ping\"")?;
+            tx.send(()).ok();
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            let t0 = std::time::Instant::now();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            Ok((t0.elapsed(), String::from_utf8_lossy(&buf).to_string()))
+        })
+    });
+    rx.recv().unwrap();
+    for i in 1..=3 {
+        let p = strake_lab::PodSpec {
+            namespace: "api".into(),
+            name: format!("p{i}"),
+            node: node.into(),
+            labels: Default::default(),
+            tcp_ports: vec![80],
+            udp_ports: vec![],
+        };
+        lab.add_pod(&p)
+            .unwrap_or_else(|e| panic!("CNI ADD of p{i} meanwhile: {e:#}"));
+    }
+
+    // 16 MiB from root: a clear error, the rest unread.
+    let huge = strake_api::Request::Gc {
+        network: "strake".into(),
+        valid: (0..200_000)
+            .map(|i| strake_api::AttachmentKey {
+                container_id: format!("{i:064x}"),
+                ifname: "eth0".into(),
+                network: "strake".into(),
+            })
+            .collect(),
+    };
+    assert!(serde_json::to_vec(&huge).unwrap().len() > 16 << 20);
+    let e = strake_netlink::netns::run_in(&ns, move || {
+        Ok(strake_api::Client::new(strake_api::DEFAULT_SOCKET).call::<serde_json::Value>(&huge))
+    })
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.kind, strake_api::ErrorKind::InvalidRequest, "{e}");
+    assert!(e.message.contains("larger than 4 MiB"), "{e}");
+
+    let (took, answer) = slow.join().unwrap().unwrap();
+    assert!(answer.contains("did not arrive whole"), "{answer}");
+    assert!(
+        took < Duration::from_secs(10),
+        "dropped after the timeout, not held: {took:?}"
+    );
+    drop(held);
+    assert!(agent_alive(&lab, node), "the agent never exits");
+    let st: AgentStatus = lab.agent(node, Request::Status).unwrap();
+    assert_eq!(st.endpoints, 4, "every ADD went through");
+}
