@@ -160,18 +160,21 @@ pub fn compile(model: &Model, local: &[LocalEndpoint]) -> Compiled {
 
     // Verdicts for this node's endpoints.
     for ep in local {
-        let Some(pod) = ep.pod.as_ref().and_then(|k| model.pod(k)) else {
+        let Some(namespace) = ep.pod.as_ref().map(|k| k.namespace.as_str()) else {
+            // An attachment that names no pod: no policy can select it.
             c.isolation.insert(ep.endpoint_id, (false, false));
             continue;
         };
+        let pod = ep.pod.as_ref().and_then(|k| model.pod(k));
         let mut iso = (false, false);
         for d in [Direction::Ingress, Direction::Egress] {
-            for (_, policy) in model.selecting(pod, d) {
-                if d == Direction::Ingress {
-                    iso.0 = true;
-                } else {
-                    iso.1 = true;
-                }
+            let (isolated, policies) = deciding(model, pod, namespace, d);
+            if d == Direction::Ingress {
+                iso.0 = isolated;
+            } else {
+                iso.1 = isolated;
+            }
+            for policy in policies {
                 for (i, rule) in policy.rules(d).into_iter().flatten().enumerate() {
                     let rule_id = intern(
                         &mut c.rules,
@@ -215,10 +218,11 @@ pub fn compile(model: &Model, local: &[LocalEndpoint]) -> Compiled {
                                         PortSel::Named(n) => {
                                             // Resolved on the destination pod.
                                             let resolved = match d {
-                                                Direction::Ingress => pod
-                                                    .named_ports
-                                                    .get(&(n.clone(), s.proto))
-                                                    .copied(),
+                                                Direction::Ingress => pod.and_then(|p| {
+                                                    p.named_ports
+                                                        .get(&(n.clone(), s.proto))
+                                                        .copied()
+                                                }),
                                                 Direction::Egress => {
                                                     class.named.get(&(n.clone(), s.proto)).copied()
                                                 }
@@ -238,6 +242,41 @@ pub fn compile(model: &Model, local: &[LocalEndpoint]) -> Compiled {
         c.isolation.insert(ep.endpoint_id, iso);
     }
     c
+}
+
+/// Whether a local endpoint is isolated for `d`, and the policies whose
+/// rules decide what it may exchange that way. `pod` is `None` for a pod
+/// attached before its Pod object arrived (or after it went): its labels
+/// are unknown, so it is isolated as soon as some policy of its namespace
+/// could select it, and allowed only what the policies selecting every pod
+/// of the namespace allow. That is a subset of what it will be allowed once
+/// its labels are known: it fails closed, never open
+/// (docs/threat-model.md, "Policy identities").
+fn deciding<'a>(
+    model: &'a Model,
+    pod: Option<&'a PodInfo>,
+    namespace: &str,
+    d: Direction,
+) -> (bool, Vec<&'a crate::model::Policy>) {
+    match pod {
+        Some(p) => {
+            let v: Vec<_> = model.selecting(p, d).map(|(_, pol)| pol).collect();
+            (!v.is_empty(), v)
+        }
+        None => {
+            let could: Vec<_> = model
+                .policies
+                .iter()
+                .filter(|p| p.key.namespace == namespace && p.rules(d).is_some())
+                .collect();
+            let sure = could
+                .iter()
+                .copied()
+                .filter(|p| crate::selector::selects_everything(&p.pod_selector))
+                .collect();
+            (!could.is_empty(), sure)
+        }
+    }
 }
 
 impl Compiled {

@@ -7,6 +7,12 @@ use std::collections::BTreeMap;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Whether `sel` selects every object, whatever its labels (`{}`).
+pub fn selects_everything(sel: &LabelSelector) -> bool {
+    sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+}
+
 /// Whether `sel` selects an object with `labels`. An invalid operator
 /// selects nothing (the API server would have rejected the object).
 pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {

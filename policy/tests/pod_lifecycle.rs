@@ -1,9 +1,10 @@
-//! Pods whose identity is no longer what their address says: a completed
-//! pod whose address a new pod got. It may not open a hole
-//! (docs/threat-model.md, "Policy identities").
+//! Pods whose identity is not (or no longer) what their address says: a pod
+//! attached before its Pod object arrived, and a completed pod whose address
+//! a new pod got. Neither may open a hole (docs/threat-model.md, "Policy
+//! identities").
 
 use std::net::Ipv4Addr;
-use strake_policy::compile::{compile, LocalEndpoint};
+use strake_policy::compile::{compile, Compiled, LocalEndpoint};
 use strake_policy::model::{Direction, Model, TCP};
 use strake_source::{ClusterState, ObjectKey};
 
@@ -22,6 +23,94 @@ fn policy(ns: &str, name: &str, spec: &str) -> String {
 }
 
 const NEW: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 20);
+const FROM: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
+
+/// Compiles with one local endpoint (id 1) for `ns/name` at NEW, whose Pod
+/// object may or may not be in `yaml`.
+fn compiled(yaml: &str, ns: &str, name: &str) -> Compiled {
+    let st = state(yaml);
+    let key = ObjectKey::new(ns, name);
+    let model = Model::build(&st, &[(key.clone(), NEW)]);
+    compile(
+        &model,
+        &[LocalEndpoint {
+            pod: Some(key),
+            endpoint_id: 1,
+            ip: NEW,
+        }],
+    )
+}
+
+fn ingress_allowed(c: &Compiled, from: Ipv4Addr, port: u16) -> bool {
+    !c.isolation[&1].0 || c.lookup(1, from, Direction::Ingress, TCP, port).is_some()
+}
+
+#[test]
+fn a_pod_attached_before_its_object_arrives_is_isolated_wherever_a_policy_could_select_it() {
+    let client = pod("web", "client", "app: client", "podIP: 10.244.2.9");
+    let deny_all = policy("shop", "deny", "{podSelector: {}, policyTypes: [Ingress]}");
+    let db_only = policy(
+        "shop",
+        "db",
+        "{podSelector: {matchLabels: {app: db}}, ingress: [{from: [{namespaceSelector: {}}]}]}",
+    );
+    let all_from_client = policy(
+        "shop",
+        "all",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}, {port: http}]}]}",
+    );
+
+    // No policy in its namespace: none can select it, whatever its labels.
+    let c = compiled(&client, "shop", "late");
+    assert_eq!(c.isolation[&1], (false, false));
+    // A default deny: isolated, nothing allowed.
+    let c = compiled(&format!("{client}{deny_all}"), "shop", "late");
+    assert_eq!(c.isolation[&1], (true, false));
+    assert!(!ingress_allowed(&c, FROM, 80));
+    // A policy that selects by labels could select it: isolated, and its
+    // rules do not apply before the labels are known (it may not select it).
+    let c = compiled(&format!("{client}{db_only}"), "shop", "late");
+    assert_eq!(c.isolation[&1], (true, false));
+    assert!(!ingress_allowed(&c, FROM, 80));
+    // A policy that selects every pod certainly selects it: its rules apply
+    // (named ports wait for the pod's container ports).
+    let c = compiled(
+        &format!("{client}{db_only}{all_from_client}"),
+        "shop",
+        "late",
+    );
+    assert!(ingress_allowed(&c, FROM, 80), "port 80 by number");
+    assert!(!ingress_allowed(&c, FROM, 81));
+    assert!(
+        !ingress_allowed(&c, Ipv4Addr::new(10, 244, 3, 3), 80),
+        "not a client"
+    );
+
+    // Once the object arrives, its labels decide: not a db, so only the
+    // select-all policy applies, named port included.
+    let arrived = pod("shop", "late", "app: web", "phase: Running");
+    let c = compiled(
+        &format!("{client}{db_only}{all_from_client}{arrived}"),
+        "shop",
+        "late",
+    );
+    assert_eq!(c.isolation[&1], (true, false));
+    assert!(ingress_allowed(&c, FROM, 80));
+    // Policies of other namespaces never select it.
+    let c = compiled(
+        &format!(
+            "{client}{}",
+            policy(
+                "web",
+                "deny",
+                "{podSelector: {}, policyTypes: [Ingress, Egress]}"
+            )
+        ),
+        "shop",
+        "late",
+    );
+    assert_eq!(c.isolation[&1], (false, false));
+}
 
 #[test]
 fn a_completed_pod_holds_no_identity_for_the_ip_a_new_pod_got() {

@@ -422,3 +422,111 @@ fn the_agent_api_refuses_strangers_unread_bounds_requests_and_keeps_serving_cni(
     let st: AgentStatus = lab.agent(node, Request::Status).unwrap();
     assert_eq!(st.endpoints, 4, "every ADD went through");
 }
+
+/// A pod attached by CNI ADD before the agent has seen its Pod object: its
+/// labels are unknown, and a policy of its namespace may isolate it. From
+/// before the ADD until after the object arrives, a stranger probes every
+/// address the pod could get, as fast as it can: not one connection.
+#[test]
+fn a_pod_attached_before_its_object_arrives_is_never_reachable_where_a_policy_may_isolate_it() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (a, b) = ("foa", "fob");
+    let files = vec![
+        (
+            "nodes.yaml",
+            node_yaml(a, "10.244.1.0/24", "10.0.0.1") + "---\n" + &node_yaml(b, "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("stranger.yaml", pod("fox", "stranger", b, "app: stranger")),
+        ("friend.yaml", pod("fo", "friend", b, "app: friend")),
+        (
+            "policy.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: fo, name: only-friends}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {matchLabels: {app: friend}}}]}]\n"
+                .to_string(),
+        ),
+    ];
+    let lab = yaml_lab("fo", &files);
+    let stranger = lab.pod_netns("fox", "stranger");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tries, breaches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Node a holds no pod yet: its first addresses are where the pod lands.
+    let probers: Vec<_> = (1..=8u8)
+        .map(|host| {
+            let (ns, stop, tries, breaches) = (
+                stranger.clone(),
+                stop.clone(),
+                tries.clone(),
+                breaches.clone(),
+            );
+            std::thread::spawn(move || {
+                strake_netlink::netns::run_in(&ns, move || {
+                    let to = std::net::SocketAddr::from(([10, 244, 1, host], 80));
+                    while !stop.load(Ordering::Relaxed) {
+                        tries.fetch_add(1, Ordering::Relaxed);
+                        if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(50))
+                            .is_ok()
+                        {
+                            breaches.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    let drops_before = counter(&lab, a, "policy_drop_ingress");
+
+    // Kubelet's ADD, and the pod's container, before the agent has its Pod.
+    lab.pod_sandbox("fo", "late").unwrap();
+    let result = lab
+        .runtime(a)
+        .add(&lab.conflist, &lab.attachment("fo", "late"))
+        .unwrap();
+    let ip: Ipv4Addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ip.octets()[3] <= 8,
+        "the pod got {ip}, which the probes cover"
+    );
+    let spec = strake_lab::PodSpec {
+        namespace: "fo".into(),
+        name: "late".into(),
+        node: a.into(),
+        labels: [("app".to_string(), "late".to_string())].into(),
+        tcp_ports: vec![80],
+        udp_ports: vec![],
+    };
+    lab.start_pod_server(&spec).unwrap();
+    // The pod is up and serving: its friend (allowed by a policy that
+    // selects every pod of the namespace) reaches it even now.
+    let friend = lab.pod_netns("fo", "friend");
+    assert_eq!(probe::tcp(&friend, addr(ip, 80), T).unwrap(), "fo/late");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The Pod object arrives.
+    std::fs::write(lab.dir.join("late.yaml"), pod("fo", "late", a, "app: late")).unwrap();
+    lab.wait_synced(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for p in probers {
+        p.join().unwrap().unwrap();
+    }
+    assert_eq!(probe::tcp(&friend, addr(ip, 80), T).unwrap(), "fo/late");
+    let (tries, breaches) = (
+        tries.load(Ordering::Relaxed),
+        breaches.load(Ordering::Relaxed),
+    );
+    assert!(tries > 100, "the stranger probed all along ({tries} tries)");
+    assert_eq!(breaches, 0, "{breaches} of {tries} probes reached the pod");
+    assert!(
+        counter(&lab, a, "policy_drop_ingress") > drops_before,
+        "the stranger's packets reached node {a} and were dropped by policy"
+    );
+    lab.del_pod("fo", "late", a).unwrap();
+}
