@@ -63,6 +63,15 @@ if strake lab probe web/web-1 "$DB:80" --timeout-secs 1; then echo "UNEXPECTED: 
 run strake policy trace --lab "$LAB" shop/cart shop/db 80/tcp
 run strake policy trace --lab "$LAB" web/web-1 shop/db 80/tcp || echo "(exit status $?: denied)"
 
+step "trust: an exemption cannot be forged (docs/threat-model.md)"
+# Health checks pass the policies only as the agents' own, marked and wrapped
+# probes: the same source port from any process of another node is nothing.
+printf '$ strake lab exec node/a nc -z -w 1 -p 61001 %s 80   (expected to fail: a health-check port identifies nothing)\n' "$DB"
+if strake lab exec node/a nc -z -w 1 -p 61001 "$DB" 80; then echo "UNEXPECTED: a health-check port opened the database"; exit 1; fi
+echo "...while the agents' real checks of the web pods on the other node pass (wrapped by one uplink, unwrapped by the other):"
+run strake lb list --lab "$LAB" --node a
+strake status --lab "$LAB" | grep -E '^(node|==)|hc_encap|hc_decap|drop_spoofed|drop_not_ipv4|drop_untrusted_encap' || true
+
 step "the agent is fail-static: kill -9 it and traffic still flows"
 PID=$(cat /var/lib/strake-lab/two-nodes/nodes/a/agent.pid)
 run kill -9 "$PID"
