@@ -3,6 +3,9 @@
 //! protocol so the agent only ever touches its own), and neighbours.
 
 pub mod netns;
+pub mod vxlan;
+
+pub use vxlan::{vtep_mac, FdbEntry, Neighbour, Vxlan, VxlanSpec};
 
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
@@ -10,7 +13,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -20,6 +23,10 @@ use std::os::fd::RawFd;
 /// Route protocol number marking routes strake owns (rtnetlink's
 /// `RTPROT_*` space; 201 is unassigned). `ip route` shows it as "proto 201".
 pub const STRAKE_ROUTE_PROTO: u8 = 201;
+
+/// Route protocol BIRD tags the routes it learned over BGP with
+/// (`RTPROT_BIRD`, "proto bird").
+pub const BIRD_ROUTE_PROTO: u8 = 12;
 
 /// Route protocol of the /32 routes toward local pods (installed by the CNI
 /// plugin), kept apart from node routes so each owner only diffs its own.
@@ -48,6 +55,11 @@ pub struct Route4 {
     pub scope_link: bool,
     pub onlink: bool,
     pub protocol: u8,
+    /// The route's metric (priority): among routes to one prefix the kernel
+    /// uses the lowest, which is how a fallback route stands behind another.
+    pub metric: u32,
+    /// Preferred source address for traffic the node itself sends.
+    pub source: Option<Ipv4Addr>,
 }
 
 impl Route4 {
@@ -61,6 +73,8 @@ impl Route4 {
             scope_link: false,
             onlink: false,
             protocol: STRAKE_ROUTE_PROTO,
+            metric: 0,
+            source: None,
         }
     }
 }
@@ -89,6 +103,12 @@ impl std::fmt::Display for Route4 {
         }
         if let Some(oif) = self.oif {
             write!(f, " oif {oif}")?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
         }
         Ok(())
     }
@@ -348,6 +368,12 @@ impl Netlink {
         if r.blackhole {
             b = b.kind(RouteType::BlackHole);
         }
+        if r.metric != 0 {
+            b = b.priority(r.metric);
+        }
+        if let Some(src) = r.source {
+            b = b.pref_source(src);
+        }
         b.build()
     }
 
@@ -402,11 +428,14 @@ impl Netlink {
             r.protocol = proto;
             r.blackhole = m.header.kind == RouteType::BlackHole;
             r.scope_link = m.header.scope == RouteScope::Link;
+            r.onlink = m.header.flags.contains(RouteFlags::Onlink);
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
                     RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    RouteAttribute::Priority(p) => r.metric = *p,
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => r.source = Some(*ip),
                     _ => {}
                 }
             }
