@@ -94,6 +94,11 @@ const KINDS: &[(&str, &str, Check)] = &[
         typed::<policy::v1::PodDisruptionBudget>,
     ),
     (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        typed::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+    ),
+    (
         "snapshot.storage.k8s.io/v1",
         "VolumeSnapshotClass",
         typed::<VolumeSnapshotClass>,
@@ -149,6 +154,8 @@ fn diff(a: &Value, b: &Value, path: &str) -> Option<String> {
             .enumerate()
             .find_map(|(i, (v, w))| diff(v, w, &format!("{path}[{i}]"))),
         // Secret.stringData is write-only: the typed Secret keeps it as string_data.
+        // Schema bounds are floats in the API types: 1 and 1.0 are one number.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
         _ if a == b => None,
         _ => Some(format!("{path}: {a} became {b}")),
     }

@@ -356,7 +356,8 @@ fn as_number(n: u64) -> Result<u32, ()> {
     }
 }
 
-const CONFIG_FIELDS: &[&str] = &[
+/// Every field of a BGPConfiguration spec (deploy/strake/crds.yaml has the same).
+pub const CONFIG_FIELDS: &[&str] = &[
     "asNumber",
     "nodeToNodeMesh",
     "nodeSelector",
@@ -399,7 +400,8 @@ impl BgpConfig {
     }
 }
 
-const PEER_FIELDS: &[&str] = &[
+/// Every field of a BGPPeer spec (deploy/strake/crds.yaml has the same).
+pub const PEER_FIELDS: &[&str] = &[
     "nodeSelector",
     "peerIP",
     "asNumber",

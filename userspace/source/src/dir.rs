@@ -6,7 +6,7 @@
 //! how the lab plays kubelet, writing pod IPs to a status directory of its own
 //! without touching the user's files.
 
-use crate::state::{ClusterState, Object, ObjectRef, Op};
+use crate::state::{ClusterState, CustomResource, Object, ObjectRef, Op, BGP_API_VERSION};
 use crate::{Batch, BatchSender};
 use anyhow::{anyhow, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -27,6 +27,9 @@ pub enum Document {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
+    /// `bgp.strake.dev/v1` BGPConfiguration and BGPPeer.
+    BgpConfiguration(Box<CustomResource>),
+    BgpPeer(Box<CustomResource>),
     /// A kind the agent does not consume (Deployments, the lab's own kinds,
     /// ...): kept by name so callers can tell what was skipped.
     Other {
@@ -93,6 +96,11 @@ fn parse_value(value: serde_yaml::Value) -> Result<Document> {
         ("v1", "Service") => Document::Service(typed(value, &kind)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => Document::EndpointSlice(typed(value, &kind)?),
         ("networking.k8s.io/v1", "NetworkPolicy") => Document::NetworkPolicy(typed(value, &kind)?),
+        (BGP_API_VERSION, "BGPConfiguration") => Document::BgpConfiguration(typed(value, &kind)?),
+        (BGP_API_VERSION, "BGPPeer") => Document::BgpPeer(typed(value, &kind)?),
+        (BGP_API_VERSION, other) => anyhow::bail!(
+            "{BGP_API_VERSION} has no kind {other} (BGPConfiguration and BGPPeer exist)"
+        ),
         _ => Document::Other {
             api_version,
             kind,
@@ -112,6 +120,8 @@ impl Document {
             Document::Service(s) => Object::Service(Arc::new(*s)),
             Document::EndpointSlice(e) => Object::EndpointSlice(Arc::new(*e)),
             Document::NetworkPolicy(p) => Object::NetworkPolicy(Arc::new(*p)),
+            Document::BgpConfiguration(c) => Object::BgpConfiguration(Arc::new(*c)),
+            Document::BgpPeer(c) => Object::BgpPeer(Arc::new(*c)),
             Document::Other { .. } => return None,
         })
     }
@@ -513,6 +523,32 @@ status:
             Some(("10.244.2.0".parse().unwrap(), 24))
         );
         assert_eq!(st.node_internal_ip("a"), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bgp_resources_are_kept_with_their_spec_and_node_labels_survive() {
+        let text = "apiVersion: bgp.strake.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.0.1.1, asNumber: 65001}\n---\n\
+apiVersion: bgp.strake.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\n---\n\
+apiVersion: v1\nkind: Node\nmetadata: {name: a, labels: {rack: a}, annotations: {bgp.strake.dev/as-number: '65001', other: x}}\n";
+        let st = state_from_yaml(text).unwrap();
+        assert_eq!(st.bgp_peers["tor"].spec["peerIP"], "10.0.1.1");
+        assert!(st.bgp_configurations["default"].spec.is_null());
+        let Object::Node(a) = Object::Node(st.nodes["a"].clone()).trimmed() else {
+            unreachable!()
+        };
+        let a = &a.metadata;
+        assert_eq!(a.labels.as_ref().unwrap()["rack"], "a");
+        let ann = a.annotations.as_ref().unwrap();
+        assert!(ann.contains_key("bgp.strake.dev/as-number") && !ann.contains_key("other"));
+        let bad =
+            parse_documents("apiVersion: bgp.strake.dev/v1\nkind: BgpPeer\nmetadata: {name: x}\n");
+        let e = format!("{:#}", bad[0].as_ref().unwrap_err());
+        assert!(
+            e.contains(
+                "bgp.strake.dev/v1 has no kind BgpPeer (BGPConfiguration and BGPPeer exist)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

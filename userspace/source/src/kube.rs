@@ -8,13 +8,14 @@
 //! the watch was down are deleted, unchanged ones cost the consumer one
 //! comparison, and nothing is published from a partial list.
 
-use crate::state::{Kind, Object, ObjectKey, ObjectRef, Op};
+use crate::state::{CustomResource, Kind, Object, ObjectKey, ObjectRef, Op};
 use crate::{Batch, BatchSender};
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -25,14 +26,73 @@ use std::time::Duration;
 
 /// What the source asks of the API server, per resource: exactly what the
 /// agent's ClusterRole (deploy/strake/rbac.yaml) must grant.
-pub const ACCESS: [(&str, &str, &[&str]); 6] = [
+pub const ACCESS: [(&str, &str, &[&str]); 8] = [
     ("", "nodes", &["list", "watch"]),
     ("", "namespaces", &["list", "watch"]),
     ("", "pods", &["list", "watch"]),
     ("", "services", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
+    ("bgp.strake.dev", "bgpconfigurations", &["list", "watch"]),
+    ("bgp.strake.dev", "bgppeers", &["list", "watch"]),
 ];
+
+/// strake's own resources: (kind, the API's kind, plural).
+const CUSTOM: [(Kind, &str, &str); 2] = [
+    (
+        Kind::BgpConfiguration,
+        "BGPConfiguration",
+        "bgpconfigurations",
+    ),
+    (Kind::BgpPeer, "BGPPeer", "bgppeers"),
+];
+
+fn custom_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: "bgp.strake.dev".into(),
+        version: "v1".into(),
+        api_version: crate::state::BGP_API_VERSION.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Api::all_with(client.clone(), &ar)
+}
+
+fn custom_object(kind: Kind, o: DynamicObject) -> Object {
+    let c = Arc::new(CustomResource {
+        metadata: o.metadata,
+        spec: o.data.get("spec").cloned().unwrap_or_default(),
+    });
+    match kind {
+        Kind::BgpConfiguration => Object::BgpConfiguration(c),
+        _ => Object::BgpPeer(c),
+    }
+}
+
+/// Whether the API server serves this resource (its CRD is installed).
+async fn served(api: &Api<DynamicObject>) -> Result<bool> {
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context("asking the API server for strake's BGP resources"))
+        }
+    }
+}
+
+fn watch_custom(api: Api<DynamicObject>, kind: Kind) -> EventStream {
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |ev| match ev {
+            Ok(Event::Apply(o)) => Event2::Apply(custom_object(kind, o).trimmed()),
+            Ok(Event::Delete(o)) => Event2::Delete(custom_object(kind, o)),
+            Ok(Event::Init) => Event2::Init(kind),
+            Ok(Event::InitApply(o)) => Event2::InitApply(custom_object(kind, o).trimmed()),
+            Ok(Event::InitDone) => Event2::InitDone(kind),
+            Err(e) => Event2::Error(kind, e.to_string()),
+        })
+        .boxed()
+}
 
 /// One watcher event, any kind.
 enum Event2 {
@@ -82,7 +142,7 @@ impl KubeSource {
     /// Watches until the receiver is gone.
     pub async fn run(self, tx: BatchSender) -> Result<()> {
         let c = &self.client;
-        let mut events = futures::stream::select_all([
+        let mut streams = vec![
             watch::<Node>(Api::all(c.clone()), Kind::Node, |o| {
                 Object::Node(Arc::new(o))
             }),
@@ -99,8 +159,25 @@ impl KubeSource {
             watch::<NetworkPolicy>(Api::all(c.clone()), Kind::NetworkPolicy, |o| {
                 Object::NetworkPolicy(Arc::new(o))
             }),
-        ]);
+        ];
         let mut fold = Fold::default();
+        // A cluster without strake's CRDs has no BGP resources: those kinds
+        // count as listed, and empty (BGP off), rather than holding back
+        // everything else. Installing them later takes an agent restart.
+        for (kind, api_kind, plural) in CUSTOM {
+            let api = custom_api(c, api_kind, plural);
+            if served(&api).await? {
+                streams.push(watch_custom(api, kind));
+            } else {
+                tracing::info!(
+                    kind = api_kind,
+                    "the API server does not serve {plural}.bgp.strake.dev (CRD not installed): no BGP resources"
+                );
+                fold.listed.insert(kind);
+                fold.sent.insert(kind, BTreeSet::new());
+            }
+        }
+        let mut events = futures::stream::select_all(streams);
         let mut synced = false;
         loop {
             let Some(first) = events.next().await else {

@@ -14,8 +14,8 @@ pub mod kube;
 mod state;
 
 pub use state::{
-    parse_cidr, Change, ClusterState, Kind, KindSet, Object, ObjectKey, ObjectRef, Op,
-    ANNOTATION_PREFIX, SERVICE_NAME_LABEL,
+    parse_cidr, Change, ClusterState, CustomResource, Kind, KindSet, Object, ObjectKey, ObjectRef,
+    Op, ANNOTATION_PREFIX, BGP_ANNOTATION_PREFIX, BGP_API_VERSION, SERVICE_NAME_LABEL,
 };
 
 use tokio::sync::mpsc;

@@ -59,17 +59,27 @@ pub enum Kind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+    /// `bgp.strake.dev/v1` BGPConfiguration (cluster-scoped).
+    BgpConfiguration,
+    /// `bgp.strake.dev/v1` BGPPeer (cluster-scoped).
+    BgpPeer,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
     ];
+
+    /// Kinds of strake's own resources, which a cluster may not have
+    /// installed (their CRDs in deploy/strake/crds.yaml).
+    pub const CUSTOM: [Kind; 2] = [Kind::BgpConfiguration, Kind::BgpPeer];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -79,11 +89,16 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::Node | Kind::Namespace | Kind::BgpConfiguration | Kind::BgpPeer
+        )
     }
 }
 
@@ -107,6 +122,20 @@ impl KindSet {
     }
 }
 
+/// The API group and version of strake's own resources.
+pub const BGP_API_VERSION: &str = "bgp.strake.dev/v1";
+
+/// One of strake's own resources as it came: metadata and `spec`. The
+/// phase that reads it checks the spec (strake-bgp), so one bad resource
+/// costs only itself, with a message naming its field.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CustomResource {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
 /// One object of a kind the data plane reads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
@@ -116,6 +145,8 @@ pub enum Object {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     NetworkPolicy(Arc<NetworkPolicy>),
+    BgpConfiguration(Arc<CustomResource>),
+    BgpPeer(Arc<CustomResource>),
 }
 
 /// An object's identity: its kind and key.
@@ -140,6 +171,8 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::BgpConfiguration(_) => Kind::BgpConfiguration,
+            Object::BgpPeer(_) => Kind::BgpPeer,
         }
     }
 
@@ -151,6 +184,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
+            Object::BgpConfiguration(o) | Object::BgpPeer(o) => &o.metadata,
         }
     }
 
@@ -216,6 +250,16 @@ impl Object {
                 trim_meta(&mut p.metadata);
                 Object::NetworkPolicy(Arc::new(p))
             }
+            Object::BgpConfiguration(o) => {
+                let mut c = unwrap(o);
+                trim_meta(&mut c.metadata);
+                Object::BgpConfiguration(Arc::new(c))
+            }
+            Object::BgpPeer(o) => {
+                let mut c = unwrap(o);
+                trim_meta(&mut c.metadata);
+                Object::BgpPeer(Arc::new(c))
+            }
         }
     }
 }
@@ -226,6 +270,8 @@ fn unwrap<T: Clone>(a: Arc<T>) -> T {
 
 /// Annotations the data plane reads: strake's own.
 pub const ANNOTATION_PREFIX: &str = "lb.strake.dev/";
+/// Node annotations BGP reads (the node's AS).
+pub const BGP_ANNOTATION_PREFIX: &str = "bgp.strake.dev/";
 
 fn trim_meta(m: &mut ObjectMeta) {
     m.managed_fields = None;
@@ -236,7 +282,7 @@ fn trim_meta(m: &mut ObjectMeta) {
     m.self_link = None;
     m.generation = None;
     if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(ANNOTATION_PREFIX));
+        a.retain(|k, _| k.starts_with(ANNOTATION_PREFIX) || k.starts_with(BGP_ANNOTATION_PREFIX));
     }
     if m.annotations.as_ref().is_some_and(|a| a.is_empty()) {
         m.annotations = None;
@@ -244,8 +290,8 @@ fn trim_meta(m: &mut ObjectMeta) {
 }
 
 fn trim_node(mut n: Node) -> Node {
+    // Labels stay: BGP peers pick nodes by them.
     trim_meta(&mut n.metadata);
-    n.metadata.labels = None;
     if let Some(s) = n.spec.as_mut() {
         *s = k8s_openapi::api::core::v1::NodeSpec {
             pod_cidr: s.pod_cidr.take(),
@@ -365,6 +411,8 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub network_policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
+    pub bgp_configurations: BTreeMap<String, Arc<CustomResource>>,
+    pub bgp_peers: BTreeMap<String, Arc<CustomResource>>,
     /// EndpointSlices by the Service they belong to
     /// (`kubernetes.io/service-name`).
     pub slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -427,6 +475,8 @@ impl ClusterState {
                 Kind::Service => drop(self.services.remove(&key)),
                 Kind::EndpointSlice => drop(self.endpoint_slices.remove(&key)),
                 Kind::NetworkPolicy => drop(self.network_policies.remove(&key)),
+                Kind::BgpConfiguration => drop(self.bgp_configurations.remove(&key.name)),
+                Kind::BgpPeer => drop(self.bgp_peers.remove(&key.name)),
             },
             Some(o) => match o.clone() {
                 Object::Node(n) => drop(self.nodes.insert(key.name, n)),
@@ -435,6 +485,8 @@ impl ClusterState {
                 Object::Service(s) => drop(self.services.insert(key, s)),
                 Object::EndpointSlice(e) => drop(self.endpoint_slices.insert(key, e)),
                 Object::NetworkPolicy(p) => drop(self.network_policies.insert(key, p)),
+                Object::BgpConfiguration(c) => drop(self.bgp_configurations.insert(key.name, c)),
+                Object::BgpPeer(c) => drop(self.bgp_peers.insert(key.name, c)),
             },
         }
         self.index(&reference, new.as_ref());
@@ -455,6 +507,10 @@ impl ClusterState {
             Kind::Service => Object::Service(self.services.get(k)?.clone()),
             Kind::EndpointSlice => Object::EndpointSlice(self.endpoint_slices.get(k)?.clone()),
             Kind::NetworkPolicy => Object::NetworkPolicy(self.network_policies.get(k)?.clone()),
+            Kind::BgpConfiguration => {
+                Object::BgpConfiguration(self.bgp_configurations.get(&k.name)?.clone())
+            }
+            Kind::BgpPeer => Object::BgpPeer(self.bgp_peers.get(&k.name)?.clone()),
         })
     }
 
@@ -477,6 +533,13 @@ impl ClusterState {
                 .cloned()
                 .map(Object::NetworkPolicy),
         );
+        out.extend(
+            self.bgp_configurations
+                .values()
+                .cloned()
+                .map(Object::BgpConfiguration),
+        );
+        out.extend(self.bgp_peers.values().cloned().map(Object::BgpPeer));
         out
     }
 

@@ -18,7 +18,14 @@ struct Mock {
     lists: Arc<Mutex<BTreeMap<String, Vec<Value>>>>,
     /// Watch events: (collection path, event).
     events: broadcast::Sender<(String, Value)>,
+    /// Collections served besides the built-in ones (CRDs installed).
+    extra: Vec<&'static str>,
 }
+
+const BGP_PATHS: [&str; 2] = [
+    "/apis/bgp.strake.dev/v1/bgpconfigurations",
+    "/apis/bgp.strake.dev/v1/bgppeers",
+];
 
 const PATHS: [&str; 6] = [
     "/api/v1/nodes",
@@ -32,10 +39,14 @@ const PATHS: [&str; 6] = [
 async fn serve(State(m): State<Mock>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let watch = req.uri().query().unwrap_or("").contains("watch=true");
-    if !PATHS.contains(&path.as_str()) {
+    if !PATHS.contains(&path.as_str()) && !m.extra.contains(&path.as_str()) {
+        // What an API server answers for a resource it does not serve.
+        let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"});
         return Response::builder()
             .status(404)
-            .body(Body::from("{}"))
+            .header("content-type", "application/json")
+            .body(Body::from(status.to_string()))
             .unwrap();
     }
     if !watch {
@@ -106,6 +117,7 @@ async fn lists_watches_and_relists_from_an_api_server() {
     let mock = Mock {
         lists: Default::default(),
         events: events.clone(),
+        extra: Vec::new(),
     };
     {
         let mut l = mock.lists.lock().unwrap();
@@ -193,4 +205,48 @@ async fn lists_watches_and_relists_from_an_api_server() {
         "deleted during the outage: gone after the relist"
     );
     assert_eq!(s.nodes.len(), 1, "other kinds untouched");
+}
+
+#[tokio::test]
+async fn strake_bgp_resources_come_through_when_their_crds_are_installed() {
+    let (events, _) = broadcast::channel(64);
+    let mock = Mock {
+        lists: Default::default(),
+        events: events.clone(),
+        extra: BGP_PATHS.to_vec(),
+    };
+    mock.lists.lock().unwrap().insert(
+        BGP_PATHS[1].into(),
+        vec![json!({"apiVersion": "bgp.strake.dev/v1", "kind": "BGPPeer",
+            "metadata": {"name": "tor", "resourceVersion": "5"},
+            "spec": {"peerIP": "10.0.1.1", "asNumber": 65001}})],
+    );
+    let app = axum::Router::new().fallback(serve).with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let (tx, mut rx) = strake_source::channel();
+    tokio::spawn(KubeSource::new(kube::Client::try_from(config).unwrap()).run(tx));
+
+    let mut s = strake_source::ClusterState::default();
+    next_state(&mut rx, &mut s, "the BGPPeer listed", |s| {
+        s.bgp_peers.len() == 1
+    })
+    .await;
+    assert_eq!(s.bgp_peers["tor"].spec["asNumber"], 65001);
+    tokio::time::sleep(Duration::from_millis(300)).await; // watches open
+    let ev = json!({"type": "ADDED", "object": {"apiVersion": "bgp.strake.dev/v1", "kind": "BGPConfiguration",
+        "metadata": {"name": "default", "resourceVersion": "9"}, "spec": {"asNumber": 65010}}});
+    for _ in 0..100 {
+        if events.receiver_count() > 1 && events.send((BGP_PATHS[0].into(), ev.clone())).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    next_state(&mut rx, &mut s, "the BGPConfiguration watched", |s| {
+        s.bgp_configurations.contains_key("default")
+    })
+    .await;
+    assert_eq!(s.bgp_configurations["default"].spec["asNumber"], 65010);
 }
