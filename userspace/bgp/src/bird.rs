@@ -44,6 +44,7 @@ pub struct NodeBird {
     pub node: String,
     pub router_id: Ipv4Addr,
     pub local_address: Ipv4Addr,
+    pub local_as: u32,
     /// The interface toward the fabric (for on-link next hops).
     pub uplink: String,
     pub announce: Vec<Announcement>,
@@ -204,7 +205,7 @@ impl NodeBird {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sessions::{session_name, Origin};
 
@@ -241,6 +242,7 @@ mod tests {
             node: "a1".into(),
             router_id: "10.0.1.11".parse().unwrap(),
             local_address: "10.0.1.11".parse().unwrap(),
+            local_as: 65001,
             uplink: "eth0".into(),
             announce: vec![
                 Announcement {

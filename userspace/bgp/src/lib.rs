@@ -6,15 +6,19 @@
 //!   `BGPPeer`) and node settings, refused field by field when wrong;
 //! - [`sessions`]: which sessions a node holds (mesh, peers by label,
 //!   route reflectors);
+//! - [`announce`]: which Service addresses a node announces;
+//! - [`node`]: a node's BGP desired state from the cluster state;
 //! - [`bird`]: BIRD's configuration for a node, rendered from all of that;
 //! - [`control`], [`show`]: BIRD's control socket, and what its `show`
 //!   commands say about sessions and routes.
 //!
 //! docs/bgp.md is the design.
 
+pub mod announce;
 pub mod bird;
 pub mod control;
 pub mod model;
+pub mod node;
 pub mod sessions;
 pub mod show;
 

@@ -325,14 +325,22 @@ impl<'a> Fields<'a> {
         Ok(out)
     }
 
-    /// Refuses whatever field was not taken.
-    fn done(self, known: &[&str]) -> Result<(), InvalidResource> {
-        match self.map.keys().next() {
+    /// Refuses a field that is not in `known`, first: a misspelt field is
+    /// the mistake to name, not the field it was meant to be.
+    fn known(&self, known: &[&str]) -> Result<(), InvalidResource> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
             None => Ok(()),
-            Some(k) => Err(self.err(
-                &format!("spec.{k}"),
-                format!("unknown field (known: {})", known.join(", ")),
-            )),
+            Some(k) => {
+                let hint = known
+                    .iter()
+                    .find(|n| n.eq_ignore_ascii_case(k))
+                    .map(|n| format!("did you mean {n}? "))
+                    .unwrap_or_default();
+                Err(self.err(
+                    &format!("spec.{k}"),
+                    format!("unknown field ({hint}known: {})", known.join(", ")),
+                ))
+            }
         }
     }
 }
@@ -372,6 +380,7 @@ impl BgpConfig {
     /// The configuration from a `BGPConfiguration`'s name and spec.
     pub fn parse(name: &str, spec: &Value) -> Result<Self, InvalidResource> {
         let mut f = Fields::new(CONFIGURATION_KIND, name, spec)?;
+        f.known(CONFIG_FIELDS)?;
         if name != CONFIGURATION_NAME {
             return Err(f.err(
                 "metadata.name",
@@ -395,7 +404,6 @@ impl BgpConfig {
             service_load_balancer_ips: f.cidrs("serviceLoadBalancerIPs")?,
             service_external_ips: f.cidrs("serviceExternalIPs")?,
         };
-        f.done(CONFIG_FIELDS)?;
         Ok(cfg)
     }
 }
@@ -415,6 +423,7 @@ impl BgpPeer {
     /// A peer from a `BGPPeer`'s name and spec.
     pub fn parse(name: &str, spec: &Value) -> Result<Self, InvalidResource> {
         let mut f = Fields::new(PEER_KIND, name, spec)?;
+        f.known(PEER_FIELDS)?;
         let node_selector = f.selector("nodeSelector")?.unwrap_or_default();
         let peer_ip = f.ipv4("peerIP")?;
         let asn = f.as_number("asNumber")?;
@@ -463,7 +472,6 @@ impl BgpPeer {
             ebgp_multihop: f.uint("ebgpMultihop", 1, 255)?.map(|t| t as u8),
             max_prefixes: f.uint("maxPrefixes", 1, u32::MAX as u64)?.map(|n| n as u32),
         };
-        f.done(PEER_FIELDS)?;
         Ok(peer)
     }
 }
@@ -518,7 +526,8 @@ mod tests {
             ("{asNumber: 65001}", "spec.peerIP: one of spec.peerIP (a router) or spec.peerSelector"),
             ("{peerIP: 10.0.1.1, asNumber: 1, peerSelector: {}}", "spec.peerSelector: give spec.peerIP or spec.peerSelector, not both"),
             ("{peerSelector: {}, asNumber: 65001}", "spec.asNumber: goes with spec.peerIP"),
-            ("{peerIp: 10.0.1.1, peerIP: 10.0.1.1, asNumber: 1}", "spec.peerIp: unknown field (known: nodeSelector, peerIP"),
+            ("{peerIp: 10.0.1.1, asNumber: 1}", "spec.peerIp: unknown field (did you mean peerIP? known: nodeSelector, peerIP"),
+            ("{peer: 10.0.1.1, asNumber: 1}", "spec.peer: unknown field (known: nodeSelector, peerIP"),
             ("{peerIP: 10.0.1.1, asNumber: 1, holdTimeSeconds: 2}", "spec.holdTimeSeconds: must be 0 or at least 3"),
             ("{peerIP: 10.0.1.1, asNumber: 1, ebgpMultihop: 0}", "spec.ebgpMultihop: must be a whole number from 1 to 255, not 0"),
             ("{peerIP: 10.0.1.1, asNumber: 1, nodeSelector: {matchExpressions: [{key: rack, operator: Contains, values: [a]}]}}",
