@@ -10,7 +10,7 @@ use crate::reconcile::policy::PolicyState;
 use crate::reconcile::{LocalEvent, PhaseState};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 use strake_api::PodRef;
@@ -49,6 +49,10 @@ pub struct Agent {
     pub ipam: Arc<Mutex<Ipam<EndpointRecord>>>,
     pub uplink: Arc<Mutex<Option<String>>>,
     pub routes_installed: Arc<AtomicUsize>,
+    /// Bytes pod interfaces leave for encapsulation (set by the routes phase).
+    pub tunnel_overhead: Arc<AtomicU32>,
+    /// BGP as the bgp phase last saw it.
+    pub bgp: Arc<Mutex<strake_api::BgpStatus>>,
     pub health: Arc<strake_lb::health::HealthChecker>,
     pub lb: Arc<Mutex<LbState>>,
     pub policy: Arc<Mutex<PolicyState>>,
@@ -86,6 +90,8 @@ impl Agent {
             ipam: Arc::new(Mutex::new(ipam)),
             uplink: Default::default(),
             routes_installed: Default::default(),
+            tunnel_overhead: Default::default(),
+            bgp: Default::default(),
             health: Arc::new(health),
             lb: Default::default(),
             policy: Default::default(),
@@ -139,7 +145,8 @@ impl Agent {
         self.rt.block_on(f)
     }
 
-    /// Pod MTU: the flag, or the uplink's.
+    /// Pod MTU: the flag, or the uplink's less what encapsulation takes
+    /// (when some node is reached through the VXLAN fallback).
     pub fn pod_mtu(&self) -> Result<u32> {
         if self.cfg.pod_mtu != 0 {
             return Ok(self.cfg.pod_mtu);
@@ -148,6 +155,7 @@ impl Agent {
             Some(u) => self.block_on(self.nl.link_by_name(&u))?.map(|l| l.mtu),
             None => None,
         };
-        Ok(mtu.unwrap_or(1500))
+        let overhead = self.tunnel_overhead.load(Ordering::Relaxed);
+        Ok(mtu.unwrap_or(1500).saturating_sub(overhead))
     }
 }

@@ -191,6 +191,8 @@ fn op_name(r: &Request) -> &'static str {
         Request::LbList => "lb_list",
         Request::PolicyTrace { .. } => "policy_trace",
         Request::SyncPoint => "sync_point",
+        Request::Bgp => "bgp",
+        Request::BgpRoutes => "bgp_routes",
     }
 }
 
@@ -219,5 +221,7 @@ fn dispatch(agent: &Agent, req: Request) -> Reply {
             protocol,
         } => ok(agent.policy_trace(&from, &to, port, &protocol)),
         Request::SyncPoint => ok(Ok(agent.sync_point())),
+        Request::Bgp => ok(agent.bgp_status()),
+        Request::BgpRoutes => ok(agent.bgp_routes()),
     }
 }

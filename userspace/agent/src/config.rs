@@ -37,6 +37,18 @@ pub enum SourceKind {
     Kube,
 }
 
+/// How pods of a node on another subnet are reached when the fabric does
+/// not carry their routes (docs/bgp.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Encapsulation {
+    /// VXLAN to nodes off this node's subnet, as a fallback behind BGP
+    /// routes; same-subnet traffic stays plain.
+    CrossSubnet,
+    /// Never encapsulate: off-subnet nodes need BGP routes through the
+    /// fabric.
+    Never,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "strake-agent",
@@ -79,10 +91,50 @@ pub struct Config {
     #[arg(long, default_value = "auto", env = "STRAKE_UPLINK")]
     pub uplink: String,
 
-    /// MTU for pod interfaces; 0 uses the uplink's MTU (no encapsulation, so
-    /// no overhead to subtract).
+    /// MTU for pod interfaces; 0 uses the uplink's, less the VXLAN header
+    /// (50 bytes) when some node is reached through the encapsulation
+    /// fallback.
     #[arg(long, default_value_t = 0, env = "STRAKE_POD_MTU")]
     pub pod_mtu: u32,
+
+    /// Encapsulation toward nodes on other subnets.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "cross-subnet",
+        env = "STRAKE_ENCAPSULATION"
+    )]
+    pub encapsulation: Encapsulation,
+
+    /// UDP port of the VXLAN fallback (the same on every node).
+    #[arg(long, default_value_t = 4789, env = "STRAKE_VXLAN_PORT")]
+    pub vxlan_port: u16,
+
+    /// VXLAN network identifier of the fallback (the same on every node).
+    #[arg(long, default_value_t = 4096, env = "STRAKE_VXLAN_VNI")]
+    pub vxlan_vni: u32,
+
+    /// BIRD's control socket (BGP; docs/bgp.md).
+    #[arg(
+        long,
+        default_value = "/var/run/strake/bird.ctl",
+        env = "STRAKE_BIRD_SOCKET"
+    )]
+    pub bird_socket: PathBuf,
+
+    /// BIRD's configuration, written by the agent; default
+    /// `<state-dir>/bird.conf`.
+    #[arg(long, env = "STRAKE_BIRD_CONFIG")]
+    pub bird_config: Option<PathBuf>,
+
+    /// Start BIRD when BGP is on and nothing answers on --bird-socket; off
+    /// when a sidecar container runs it (deploy/strake/agent.yaml).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_BIRD_START")]
+    pub bird_start: bool,
+
+    /// The BIRD 2 daemon to start.
+    #[arg(long, default_value = "bird", env = "STRAKE_BIRD_BIN")]
+    pub bird_bin: PathBuf,
 
     /// Capacity of the endpoint map.
     #[arg(long, default_value_t = 16384, env = "STRAKE_MAX_ENDPOINTS")]
@@ -173,8 +225,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the agent writes BIRD's configuration.
+    pub fn bird_config_path(&self) -> PathBuf {
+        self.bird_config
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("bird.conf"))
+    }
+
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
+        if self.vxlan_vni == 0 || self.vxlan_vni >= 1 << 24 {
+            return Err(format!(
+                "--vxlan-vni {}: a VXLAN network identifier is 1 to 16777215",
+                self.vxlan_vni
+            ));
+        }
         let overlap = |(a, b): (u16, u16), (c, d): (u16, u16)| a <= d && c <= b;
         let ((a, b), (c, d), (e, f)) = (
             self.snat_ports,

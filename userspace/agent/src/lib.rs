@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bgp_view;
 pub mod config;
 pub mod endpoints;
 pub mod lb_view;

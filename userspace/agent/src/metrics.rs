@@ -284,6 +284,77 @@ impl Collector for DatapathCollector {
     }
 }
 
+/// BGP sessions and prefixes, as the bgp phase last saw them (it looks
+/// every few seconds): a scrape never waits on BIRD.
+#[derive(Debug)]
+struct BgpCollector(Weak<Agent>);
+
+impl Collector for BgpCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(agent) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let bgp = agent.bgp.lock().unwrap().clone();
+        let g = ConstGauge::new(i64::from(bgp.enabled));
+        g.encode(enc.encode_descriptor(
+            "strake_bgp_enabled",
+            "1 when this node runs BGP (a BGPConfiguration selects it)",
+            None,
+            g.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(bgp.announced.len() as i64);
+        g.encode(enc.encode_descriptor(
+            "strake_bgp_announced_prefixes",
+            "Prefixes this node announces (its pod block, Service addresses)",
+            None,
+            g.metric_type(),
+        )?)?;
+        type Pick = fn(&strake_api::BgpSessionView) -> i64;
+        let per_session: [(&str, &str, Pick); 4] = [
+            (
+                "strake_bgp_session_up",
+                "1 when the BGP session is Established",
+                |s| i64::from(s.established),
+            ),
+            (
+                "strake_bgp_session_uptime_seconds",
+                "Seconds the BGP session has been in its current state",
+                |s| s.uptime_seconds.unwrap_or(0) as i64,
+            ),
+            (
+                "strake_bgp_prefixes_received",
+                "Prefixes accepted from the peer",
+                |s| s.received as i64,
+            ),
+            (
+                "strake_bgp_prefixes_sent",
+                "Prefixes sent to the peer",
+                |s| s.sent as i64,
+            ),
+        ];
+        for (name, help, pick) in per_session {
+            let mut m =
+                enc.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for s in &bgp.sessions {
+                let labels = vec![
+                    ("peer".to_string(), s.neighbor.clone()),
+                    ("peer_as".to_string(), s.neighbor_as.to_string()),
+                    ("origin".to_string(), s.origin.clone()),
+                ];
+                ConstGauge::new(pick(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let g = ConstGauge::new(bgp.problems.len() as i64);
+        g.encode(enc.encode_descriptor(
+            "strake_bgp_invalid_resources",
+            "BGP resources or node settings refused (strake bgp peers names them)",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 pub fn registry(agent: &Arc<Agent>) -> Registry {
     let mut r = Registry::default();
     let m = &agent.metrics;
@@ -304,6 +375,7 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
     );
     r.register("strake_errors", "Failed reconcile phases", m.errors.clone());
     r.register_collector(Box::new(DatapathCollector(Arc::downgrade(agent))));
+    r.register_collector(Box::new(BgpCollector(Arc::downgrade(agent))));
     r
 }
 

@@ -80,6 +80,8 @@ impl Agent {
             )
         };
         let endpoints = self.ipam().len();
+        // Before the data plane's lock: it reads the state and netlink.
+        let routing = self.routing_view();
         let dp = self.dp();
         let links = dp.pinned_endpoint_links().len();
         let programs = dp
@@ -139,6 +141,7 @@ impl Agent {
             policy_generation: dp.policy.generation(),
             policy_entries,
             policy_classes,
+            routing,
         })
     }
 }

@@ -118,6 +118,10 @@ pub enum Request {
     /// Where the agent's desired-state source stands in its origin now
     /// (what `strake wait` waits for the agent to apply).
     SyncPoint,
+    /// BGP: sessions with their state, what the node announces.
+    Bgp,
+    /// BGP: the routes BIRD holds (learned and announced).
+    BgpRoutes,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +236,102 @@ pub struct AgentStatus {
     pub policy_generation: u32,
     pub policy_entries: usize,
     pub policy_classes: usize,
+    /// How this node reaches every other node's pods.
+    #[serde(default)]
+    pub routing: RoutingView,
+}
+
+/// The node's routing mode and, per other node, what its pods' block is
+/// routed by now (the kernel's best route).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RoutingView {
+    /// `bgp` or `direct`.
+    pub mode: String,
+    /// `cross-subnet` (VXLAN to off-subnet nodes, behind BGP) or `never`.
+    pub encapsulation: String,
+    /// Sessions established, of all (BGP mode).
+    pub sessions_established: usize,
+    pub sessions: usize,
+    pub nodes: Vec<NodeRouteView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRouteView {
+    pub node: String,
+    pub block: String,
+    /// `local` (this node), `bgp`, `direct`, `vxlan` or `none`.
+    pub via: String,
+    pub next_hops: Vec<String>,
+}
+
+impl RoutingView {
+    /// Whether every other node's block has a route.
+    pub fn complete(&self) -> bool {
+        self.nodes.iter().all(|n| n.via != "none")
+    }
+}
+
+/// One BGP session, as BIRD reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BgpSessionView {
+    /// BIRD's protocol name.
+    pub name: String,
+    pub neighbor: String,
+    pub neighbor_as: u32,
+    pub local_as: u32,
+    /// Which resource asks for it (`BGPPeer tor-a`, `node-to-node mesh: node b`).
+    pub origin: String,
+    /// BIRD's protocol state (`up`, `start`, ...) and BGP state
+    /// (`Established`, `Active`, ...).
+    pub state: String,
+    pub bgp_state: String,
+    pub established: bool,
+    /// Seconds in the current state.
+    pub uptime_seconds: Option<u64>,
+    pub last_error: Option<String>,
+    /// Prefixes accepted from the peer, filtered out, sent to it.
+    pub received: u64,
+    pub filtered: u64,
+    pub sent: u64,
+    /// The peer is restarting (graceful restart): its routes are kept.
+    pub peer_restarting: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AnnouncedView {
+    pub prefix: String,
+    pub why: String,
+}
+
+/// A node's BGP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BgpStatus {
+    pub enabled: bool,
+    pub as_number: Option<u32>,
+    pub router_id: Option<String>,
+    pub bird_socket: String,
+    pub bird_running: bool,
+    pub sessions: Vec<BgpSessionView>,
+    pub announced: Vec<AnnouncedView>,
+    /// Resources that could not be honoured (a bad BGPPeer, named by field).
+    pub problems: Vec<String>,
+}
+
+/// A route BIRD holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BgpRouteView {
+    pub prefix: String,
+    /// `unicast`, `blackhole`, ...
+    pub kind: String,
+    /// The session (or `strake_announce`) it came from.
+    pub protocol: String,
+    pub from: Option<String>,
+    pub next_hops: Vec<String>,
+    pub as_path: Vec<u32>,
+    /// BIRD's best route for the prefix (the one in the kernel).
+    pub best: bool,
+    /// Seconds since it was learned.
+    pub age_seconds: Option<u64>,
 }
 
 /// Where a source stands in its origin: a directory's content stamp

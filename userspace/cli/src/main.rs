@@ -67,6 +67,9 @@ enum Cmd {
     /// The load balancer: services, frontends, backends, health, counters.
     #[command(subcommand)]
     Lb(LbCmd),
+    /// BGP: sessions and routes of each node's BIRD.
+    #[command(subcommand)]
+    Bgp(BgpCmd),
     /// A simulated multi-node cluster in network namespaces (runs
     /// `strake-lab`; see `strake lab --help`).
     #[command(disable_help_flag = true)]
@@ -89,6 +92,15 @@ enum PolicyCmd {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// Sessions: peer, AS, state, uptime, prefixes received and sent; what
+    /// the node announces; resources refused.
+    Peers(Target),
+    /// Routes BIRD holds: learned (best marked) and announced.
+    Routes(Target),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +158,40 @@ fn run(cli: Cli) -> Result<()> {
                 Format::Text => {
                     for (_, s) in &all {
                         print!("{}", output::lb(s));
+                    }
+                }
+            }
+        }
+        Cmd::Bgp(BgpCmd::Peers(t)) => {
+            let all: Vec<(String, strake_api::BgpStatus)> = ask(&t, Request::Bgp)?;
+            match t.output {
+                Format::Json => {
+                    let v: serde_json::Map<String, serde_json::Value> = all
+                        .into_iter()
+                        .map(|(n, s)| (n, serde_json::to_value(s).unwrap()))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
+                Format::Text => {
+                    for (n, s) in &all {
+                        print!("{}", output::bgp_peers(n, s));
+                    }
+                }
+            }
+        }
+        Cmd::Bgp(BgpCmd::Routes(t)) => {
+            let all: Vec<(String, Vec<strake_api::BgpRouteView>)> = ask(&t, Request::BgpRoutes)?;
+            match t.output {
+                Format::Json => {
+                    let v: serde_json::Map<String, serde_json::Value> = all
+                        .into_iter()
+                        .map(|(n, r)| (n, serde_json::to_value(r).unwrap()))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
+                Format::Text => {
+                    for (n, r) in &all {
+                        print!("{}", output::bgp_routes(n, r));
                     }
                 }
             }

@@ -49,6 +49,31 @@ pub fn status(s: &AgentStatus) -> String {
         "  applied: revision {} of {}",
         s.applied_revision, s.source_revision
     );
+    let r = &s.routing;
+    let _ = writeln!(
+        o,
+        "  routing: {}{}, encapsulation {}",
+        r.mode,
+        if r.mode == "bgp" {
+            format!(
+                " ({}/{} sessions established)",
+                r.sessions_established, r.sessions
+            )
+        } else {
+            String::new()
+        },
+        r.encapsulation
+    );
+    for n in &r.nodes {
+        let _ = writeln!(
+            o,
+            "    {:<12} {:<18} via {:<6} {}",
+            n.node,
+            n.block,
+            n.via,
+            n.next_hops.join(",")
+        );
+    }
     let _ = writeln!(
         o,
         "  {:<10} {:>8} {:>8} {:>9}  STATE",
@@ -251,6 +276,113 @@ pub fn trace(t: &strake_api::PolicyTraceView) -> String {
     }
     if t.ingress.is_none() {
         let _ = writeln!(o, "  ingress not a pod: no policy applies");
+    }
+    o
+}
+
+fn age(s: Option<u64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7200 => format!("{}m", s / 60),
+        Some(s) if s < 172800 => format!("{}h", s / 3600),
+        Some(s) => format!("{}d", s / 86400),
+    }
+}
+
+/// `strake bgp peers`, one node.
+pub fn bgp_peers(node: &str, s: &strake_api::BgpStatus) -> String {
+    let mut o = String::new();
+    if !s.enabled {
+        let _ = writeln!(
+            o,
+            "node {node}: BGP off (no BGPConfiguration selects it; routes are direct)"
+        );
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "node {node}: AS {}, router id {}, BIRD {} ({})",
+        s.as_number.map_or("-".into(), |a| a.to_string()),
+        s.router_id.as_deref().unwrap_or("-"),
+        if s.bird_running {
+            "running"
+        } else {
+            "NOT RUNNING"
+        },
+        s.bird_socket
+    );
+    let _ = writeln!(
+        o,
+        "  {:<15} {:>10} {:<12} {:>7} {:>8} {:>5}  FROM",
+        "PEER", "AS", "STATE", "UPTIME", "RECEIVED", "SENT"
+    );
+    for p in &s.sessions {
+        let mut state = p.bgp_state.clone();
+        if p.peer_restarting {
+            state.push_str(" (peer restarting)");
+        }
+        let _ = writeln!(
+            o,
+            "  {:<15} {:>10} {:<12} {:>7} {:>8} {:>5}  {}{}",
+            p.neighbor,
+            p.neighbor_as,
+            state,
+            age(p.uptime_seconds),
+            p.received,
+            p.sent,
+            p.origin,
+            p.last_error
+                .as_ref()
+                .filter(|_| !p.established)
+                .map(|e| format!("  [{e}]"))
+                .unwrap_or_default()
+        );
+    }
+    for a in &s.announced {
+        let _ = writeln!(o, "  announces {:<18} {}", a.prefix, a.why);
+    }
+    for p in &s.problems {
+        let _ = writeln!(o, "  REFUSED: {p}");
+    }
+    o
+}
+
+/// `strake bgp routes`, one node.
+pub fn bgp_routes(node: &str, routes: &[strake_api::BgpRouteView]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "node {node}:");
+    let _ = writeln!(
+        o,
+        "  {:<18} {:<4} {:<16} {:<15} {:<20} {:>6}  AS PATH",
+        "PREFIX", "BEST", "FROM", "PEER", "NEXT HOP", "AGE"
+    );
+    for r in routes {
+        let from = if r.protocol == "strake_announce" {
+            "(announced)".to_string()
+        } else {
+            r.protocol.clone()
+        };
+        let hops = if r.next_hops.is_empty() {
+            r.kind.clone()
+        } else {
+            r.next_hops.join(",")
+        };
+        let _ = writeln!(
+            o,
+            "  {:<18} {:<4} {:<16} {:<15} {:<20} {:>6}  {}",
+            r.prefix,
+            if r.best { "*" } else { "" },
+            from,
+            r.from.as_deref().unwrap_or("-"),
+            hops,
+            age(r.age_seconds),
+            r.as_path
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     o
 }

@@ -60,6 +60,8 @@ pub struct Route4 {
     pub metric: u32,
     /// Preferred source address for traffic the node itself sends.
     pub source: Option<Ipv4Addr>,
+    /// Gateways of a multipath (ECMP) route, as read back; never written.
+    pub next_hops: Vec<Ipv4Addr>,
 }
 
 impl Route4 {
@@ -75,6 +77,7 @@ impl Route4 {
             protocol: STRAKE_ROUTE_PROTO,
             metric: 0,
             source: None,
+            next_hops: Vec::new(),
         }
     }
 }
@@ -436,6 +439,15 @@ impl Netlink {
                     RouteAttribute::Oif(i) => r.oif = Some(*i),
                     RouteAttribute::Priority(p) => r.metric = *p,
                     RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => r.source = Some(*ip),
+                    RouteAttribute::MultiPath(hops) => {
+                        for h in hops {
+                            for a in &h.attributes {
+                                if let RouteAttribute::Gateway(RouteAddress::Inet(ip)) = a {
+                                    r.next_hops.push(*ip);
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }

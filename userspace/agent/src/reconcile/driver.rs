@@ -4,20 +4,32 @@
 //! comes round. Rounds run on a blocking thread (map writes and netlink are
 //! system calls); the store is only written between rounds.
 
+use super::bgp::{BgpOptions, BgpPhase, BirdProcess};
 use super::endpoints::EndpointsPhase;
 use super::lb::{DatapathLb, LbPhase};
 use super::node::{KernelNode, LbNodeSettings, NodePhase};
 use super::policy::PolicyPhase;
-use super::routes::{NetlinkRoutes, RoutesPhase};
+use super::routes::{NetlinkRoutes, RoutesPhase, TunnelOptions};
 use super::{Backoff, LocalEvent, Phase, Round, Runner};
 use crate::agent::Agent;
-use crate::config::SourceKind;
+use crate::config::{Encapsulation, SourceKind};
 use anyhow::{Context, Result};
 use std::sync::Arc;
+use strake_bgp::BirdLog;
 use strake_lb::model::ModelOptions;
 use strake_source::{Batch, BatchReceiver};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
+
+/// How Services are read, the same for every phase that reads them.
+fn model_options(cfg: &crate::config::Config) -> ModelOptions {
+    ModelOptions {
+        default_table_size: cfg.maglev_table_size,
+        // An API server has an endpoints controller; a directory has none,
+        // so the agent plays it.
+        endpoints_from_pods: cfg.source == SourceKind::Dir,
+    }
+}
 
 /// The agent's phases, in the order a round runs them.
 pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
@@ -37,25 +49,51 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
                 snat_ports: cfg.snat_ports,
             },
         }),
+        Box::new(BgpPhase::new(
+            BirdProcess {
+                nl: agent.nl.clone(),
+                rt: agent.rt.clone(),
+                socket: cfg.bird_socket.clone(),
+                config: cfg.bird_config_path(),
+                binary: cfg.bird_bin.clone(),
+            },
+            &cfg.node_name,
+            agent.uplink.clone(),
+            BgpOptions {
+                start: cfg.bird_start,
+                socket: cfg.bird_socket.display().to_string(),
+                // A BIRD the agent starts logs beside its configuration; a
+                // sidecar's goes to its container's output.
+                log: if cfg.bird_start {
+                    BirdLog::File(cfg.bird_config_path().with_extension("log"))
+                } else {
+                    BirdLog::Stderr
+                },
+                lb: model_options(cfg),
+            },
+            agent.bgp.clone(),
+        )),
         Box::new(RoutesPhase {
             table: NetlinkRoutes {
                 nl: agent.nl.clone(),
                 rt: agent.rt.clone(),
             },
             node: cfg.node_name.clone(),
+            uplink: agent.uplink.clone(),
+            tunnel: TunnelOptions {
+                encapsulate: cfg.encapsulation == Encapsulation::CrossSubnet,
+                vni: cfg.vxlan_vni,
+                port: cfg.vxlan_port,
+            },
             installed: agent.routes_installed.clone(),
+            overhead: agent.tunnel_overhead.clone(),
         }),
         Box::new(LbPhase::new(
             DatapathLb(agent.dp.clone()),
             agent.lb.clone(),
             agent.health.clone(),
             &cfg.node_name,
-            ModelOptions {
-                default_table_size: cfg.maglev_table_size,
-                // An API server has an endpoints controller; a directory
-                // has none, so the agent plays it.
-                endpoints_from_pods: cfg.source == SourceKind::Dir,
-            },
+            model_options(cfg),
             cfg.state_dir.join("lb-ids.json"),
         )),
         Box::new(PolicyPhase {

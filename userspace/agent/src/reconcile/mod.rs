@@ -9,6 +9,7 @@
 //! `LbKernel`, `PolicyKernel`, `EndpointKernel`, `NodeKernel`), so every
 //! diff and apply is tested without root against in-memory kernels.
 
+pub mod bgp;
 pub mod driver;
 pub mod endpoints;
 pub mod lb;

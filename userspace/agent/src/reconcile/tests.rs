@@ -238,7 +238,6 @@ fn an_injected_kernel_failure_holds_wait_back_names_the_phase_and_heals_by_retry
     use super::fake::{FakeLb, FakePolicy};
     use super::lb::LbPhase;
     use super::policy::PolicyPhase;
-    use super::routes::RoutesPhase;
     use crate::status::phase_views;
     use strake_api::{wait_reason, SyncPoint};
     use strake_source::Op;
@@ -248,11 +247,10 @@ fn an_injected_kernel_failure_holds_wait_back_names_the_phase_and_heals_by_retry
     let policy_kernel = FakePolicy::default();
     let mut runner = Runner::new(
         vec![
-            Box::new(RoutesPhase {
-                table: super::routes::tests::FakeTable::default(),
-                node: "n1".into(),
-                installed: Default::default(),
-            }),
+            Box::new(super::routes::tests::phase(
+                &super::routes::tests::FakeTable::default(),
+                "n1",
+            )),
             Box::new(LbPhase::new(
                 lb_kernel.clone(),
                 Default::default(),
