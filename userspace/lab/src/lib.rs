@@ -21,6 +21,7 @@ pub mod probe;
 pub mod procs;
 pub mod serve;
 pub mod spec;
+pub mod topology;
 
 use crate::cni_runtime::{Attachment, ConfList, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
@@ -125,8 +126,34 @@ impl Lab {
         })
     }
 
+    /// The namespace of the lab's implicit single fabric.
     pub fn fabric_netns(&self) -> String {
-        format!("fabric-{}", self.name)
+        self.fabric_netns_of("")
+    }
+    /// The namespace holding a fabric's bridge.
+    pub fn fabric_netns_of(&self, fabric: &str) -> String {
+        if fabric.is_empty() {
+            format!("fabric-{}", self.name)
+        } else {
+            format!("fabric-{}-{fabric}", self.name)
+        }
+    }
+    pub fn router_netns_name(router: &str) -> String {
+        format!("router-{router}")
+    }
+    pub fn router_netns(&self, router: &str) -> PathBuf {
+        netns::path(&Self::router_netns_name(router))
+    }
+    pub fn router_dir(&self, router: &str) -> PathBuf {
+        self.root.join("routers").join(router)
+    }
+    /// The control socket of a router's BIRD.
+    pub fn router_control(&self, router: &str) -> strake_bgp::Control {
+        strake_bgp::Control::new(self.router_dir(router).join("bird.ctl"))
+    }
+    /// The control socket of a node's BIRD (the agent starts it).
+    pub fn node_bird_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("bird.ctl")
     }
     pub fn node_netns_name(node: &str) -> String {
         format!("node-{node}")
@@ -245,7 +272,15 @@ impl Lab {
     }
 
     pub fn is_up(&self) -> bool {
-        netns::exists(&self.fabric_netns())
+        self.spec
+            .fabrics
+            .iter()
+            .any(|f| netns::exists(&self.fabric_netns_of(&f.name)))
+            || self
+                .spec
+                .routers
+                .iter()
+                .any(|r| netns::exists(&Self::router_netns_name(&r.name)))
             || self
                 .spec
                 .nodes
@@ -275,7 +310,12 @@ impl Lab {
         }
         self.write_index()?;
         std::fs::write(self.root.join("conflist.json"), &self.conflist_text)?;
-        self.up_fabric()?;
+        for f in &self.spec.fabrics {
+            self.up_fabric(f)?;
+        }
+        for r in &self.spec.routers {
+            self.up_router(r)?;
+        }
         for n in &self.spec.nodes {
             self.up_node(n)?;
         }
@@ -292,7 +332,8 @@ impl Lab {
             self.add_pod(p)?;
         }
         for n in &self.spec.nodes {
-            self.wait_routes(&n.name, Duration::from_secs(10))?;
+            // BGP sessions take a few seconds to come up.
+            self.wait_routes(&n.name, Duration::from_secs(60))?;
         }
         // Pod IPs reach the other agents through the status directory, after
         // the CNI ADD returned; a lab is up only once every node has applied
@@ -329,27 +370,41 @@ impl Lab {
         Ok(())
     }
 
-    /// Waits until the agent of `node` has a route for every node's block.
+    /// Whether the lab declares fabrics of its own (racks) rather than one
+    /// implicit L2 network.
+    pub fn has_racks(&self) -> bool {
+        self.spec.fabrics.iter().any(|f| !f.name.is_empty())
+    }
+
+    /// Waits until the kernel of `node` has a route for every node's block
+    /// (direct, BGP or the VXLAN fallback).
     pub fn wait_routes(&self, node: &str, timeout: Duration) -> Result<()> {
         let want = self.spec.nodes.len();
         let deadline = Instant::now() + timeout;
         loop {
             let st: strake_api::AgentStatus = self.agent(node, Request::Status)?;
-            if st.routes >= want {
+            let r = &st.routing;
+            if r.nodes.len() >= want && r.complete() {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let missing: Vec<&str> = r
+                    .nodes
+                    .iter()
+                    .filter(|n| n.via == "none")
+                    .map(|n| n.node.as_str())
+                    .collect();
                 bail!(
-                    "node {node} has {} of {want} node routes after {timeout:?}",
-                    st.routes
+                    "node {node} has no route to the pods of {missing:?} after {timeout:?} (routing: {}; `strake bgp peers --lab` shows the sessions)",
+                    r.mode
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn up_fabric(&self) -> Result<()> {
-        let ns = self.make_netns(&self.fabric_netns())?;
+    fn up_fabric(&self, f: &spec::FabricSpec) -> Result<()> {
+        let ns = self.make_netns(&self.fabric_netns_of(&f.name))?;
         netns::with_netlink_in(&ns, |nl| async move {
             let lo = nl.link_by_name("lo").await?.context("lo")?;
             nl.set_up(lo.index).await?;
@@ -360,14 +415,21 @@ impl Lab {
         })
     }
 
-    /// Connects a host (node or external) to the fabric bridge: a veth whose
-    /// far end is renamed eth0 in `ns`. Returns the fabric-side name.
-    fn plug_into_fabric(&self, who: &str, ns: &Path, mtu: u32) -> Result<String> {
-        let fabric = netns::path(&self.fabric_netns());
-        let (f_end, n_end) = fabric_veth_names(who);
+    /// Connects a host (node, router, external) to a fabric's bridge: a veth
+    /// whose far end is renamed `ifname` in `ns`. Returns the fabric-side name.
+    fn plug_into_fabric(
+        &self,
+        fabric: &str,
+        who: &str,
+        ns: &Path,
+        mtu: u32,
+        ifname: &str,
+    ) -> Result<String> {
+        let fabric_ns = netns::path(&self.fabric_netns_of(fabric));
+        let (f_end, n_end) = fabric_veth_names(&format!("{who}@{fabric}"));
         let ns2 = ns.to_path_buf();
         let (f2, n2) = (f_end.clone(), n_end.clone());
-        netns::with_netlink_in(&fabric, move |nl| async move {
+        netns::with_netlink_in(&fabric_ns, move |nl| async move {
             nl.create_veth(&f2, &n2, mtu).await?;
             let br = nl.link_by_name("br0").await?.context("br0")?;
             let f = nl.link_by_name(&f2).await?.context("fabric end")?;
@@ -378,21 +440,22 @@ impl Lab {
             nl.move_to_netns(u.index, nsf.as_raw_fd()).await?;
             Ok(())
         })?;
+        let name = ifname.to_string();
         netns::with_netlink_in(ns, move |nl| async move {
             let lo = nl.link_by_name("lo").await?.context("lo")?;
             nl.set_up(lo.index).await?;
             let u = nl.link_by_name(&n_end).await?.context("uplink")?;
-            nl.set_name(u.index, "eth0").await?;
+            nl.set_name(u.index, &name).await?;
             nl.set_up(u.index).await?;
             Ok(())
         })?;
         if self.spec.xdp {
             // Frames into an XDP program must carry full checksums, as a NIC
             // delivers them (docs/design.md, Testing); a veth sends them partial.
-            let out = procs::run_in_netns(ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
+            let out = procs::run_in_netns(ns, "ethtool", &["-K", ifname, "tx", "off"])?;
             if !out.status.success() {
                 bail!(
-                    "ethtool -K eth0 tx off in {}: {}",
+                    "ethtool -K {ifname} tx off in {}: {}",
                     ns.display(),
                     String::from_utf8_lossy(&out.stderr)
                 );
@@ -401,10 +464,91 @@ impl Lab {
         Ok(f_end)
     }
 
+    fn fabric_mtu(&self) -> u32 {
+        if self.spec.xdp {
+            JUMBO_FABRIC_MTU
+        } else {
+            POD_MTU
+        }
+    }
+
+    /// A router: its namespace, an interface on each of its fabrics, routes
+    /// to the fabrics it is not on, and BIRD.
+    fn up_router(&self, r: &spec::RouterSpec) -> Result<()> {
+        let ns = self.make_netns(&Self::router_netns_name(&r.name))?;
+        let dir = self.router_dir(&r.name);
+        std::fs::create_dir_all(&dir)?;
+        for i in &r.interfaces {
+            self.plug_into_fabric(
+                &i.fabric,
+                &format!("router/{}", r.name),
+                &ns,
+                self.fabric_mtu(),
+                &i.fabric,
+            )?;
+            let prefix = self.spec.fabric(&i.fabric).map_or(24, |f| f.prefix);
+            let (ifname, addr) = (i.fabric.clone(), i.address);
+            netns::with_netlink_in(&ns, move |nl| async move {
+                let l = nl
+                    .link_by_name(&ifname)
+                    .await?
+                    .context("router interface")?;
+                nl.add_address(l.index, addr, prefix).await
+            })?;
+        }
+        let routes = topology::underlay_routes(r, &self.spec.fabrics, &self.spec.routers);
+        netns::with_netlink_in(&ns, move |nl| async move {
+            netns::sysctl("net/ipv4/ip_forward", "1")?;
+            // Spread flows over equal paths by their ports too, as a fabric
+            // does (the default hashes addresses only).
+            netns::sysctl("net/ipv4/fib_multipath_hash_policy", "1")?;
+            for (dst, len, via) in routes {
+                let mut rt = strake_netlink::Route4::to(dst, len);
+                rt.gateway = Some(via);
+                rt.protocol = 4; // static
+                nl.replace_route(&rt).await?;
+            }
+            Ok(())
+        })?;
+        let conf = dir.join("bird.conf");
+        std::fs::write(
+            &conf,
+            topology::router_bird_config(r, &self.spec.fabrics, &self.spec.routers),
+        )?;
+        let bird = which("bird")
+            .context("BIRD (bird2) is not installed; scripts/install-deps.sh installs it")?;
+        let ctl = dir.join("bird.ctl");
+        let args: Vec<String> = vec![
+            "-f".into(),
+            "-c".into(),
+            conf.display().to_string(),
+            "-s".into(),
+            ctl.display().to_string(),
+            "-P".into(),
+            dir.join("bird.pid").display().to_string(),
+        ];
+        procs::spawn_in_netns(&ns, &bird, &args, &dir.join("bird.log"))?;
+        let control = self.router_control(&r.name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match control.call("show status") {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "BIRD of router {} is not answering: {e:#}; its log:\n{}",
+                        r.name,
+                        tail(&dir.join("bird.log"), 20)
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     fn up_external(&self, e: &ExternalSpec) -> Result<()> {
         let ns = self.make_netns(&Self::ext_netns_name(&e.name))?;
-        self.plug_into_fabric(&format!("ext/{}", e.name), &ns, POD_MTU)?;
-        let (ip, prefix, routes) = (e.ip, self.spec.fabric_prefix, e.routes.clone());
+        self.plug_into_fabric(&e.fabric, &format!("ext/{}", e.name), &ns, POD_MTU, "eth0")?;
+        let (ip, prefix, routes) = (e.ip, e.prefix, e.routes.clone());
         netns::with_netlink_in(&ns, move |nl| async move {
             let u = nl.link_by_name("eth0").await?.context("eth0")?;
             nl.add_address(u.index, ip, prefix).await?;
@@ -421,12 +565,8 @@ impl Lab {
     fn up_node(&self, n: &NodeSpec) -> Result<()> {
         let node_ns = self.make_netns(&Self::node_netns_name(&n.name))?;
         std::fs::create_dir_all(self.node_dir(&n.name).join("state"))?;
-        let mtu = if self.spec.xdp {
-            JUMBO_FABRIC_MTU
-        } else {
-            POD_MTU
-        };
-        let f_end = self.plug_into_fabric(&n.name, &node_ns, mtu)?;
+        let f_end =
+            self.plug_into_fabric(&n.fabric, &n.name, &node_ns, self.fabric_mtu(), "eth0")?;
         if self.spec.xdp {
             // The node's XDP_TX frames reach the fabric only if the fabric
             // port runs an XDP program (docs/kernel-notes.md); a switch port would not
@@ -435,15 +575,22 @@ impl Lab {
                 .join(&self.name)
                 .join(format!("fabric_{f_end}"));
             self.journal(Made::Bpffs { path: pin.clone() })?;
-            netns::run_in(&netns::path(&self.fabric_netns()), move || {
+            netns::run_in(&netns::path(&self.fabric_netns_of(&n.fabric)), move || {
                 strake_datapath::attach_xdp_pass(&f_end, &pin)
             })?;
         }
-        let (ip, prefix) = (n.ip, self.spec.fabric_prefix);
+        let (ip, prefix, gw) = (n.ip, n.prefix, n.gateway);
         netns::with_netlink_in(&node_ns, move |nl| async move {
             let u = nl.link_by_name("eth0").await?.context("uplink")?;
             nl.add_address(u.index, ip, prefix).await?;
             netns::sysctl("net/ipv4/ip_forward", "1")?;
+            if let Some(gw) = gw {
+                // The rack's router: everything off the subnet goes there.
+                let mut r = strake_netlink::Route4::to(Ipv4Addr::UNSPECIFIED, 0);
+                r.gateway = Some(gw);
+                r.protocol = 4; // static
+                nl.replace_route(&r).await?;
+            }
             Ok(())
         })?;
         Ok(())
@@ -472,8 +619,15 @@ impl Lab {
             format!("0.0.0.0:{AGENT_METRICS_PORT}"),
             "--uplink".into(),
             "eth0".into(),
+            // One fabric: a fixed pod MTU under the jumbo fabric (room for
+            // direct return's IPIP). Racks: the agent's own accounting
+            // (the uplink's, less VXLAN's 50 bytes where it is needed).
             "--pod-mtu".into(),
-            POD_MTU.to_string(),
+            if self.has_racks() { 0 } else { POD_MTU }.to_string(),
+            "--bird-socket".into(),
+            self.node_bird_socket(node).display().to_string(),
+            "--bird-config".into(),
+            self.node_dir(node).join("bird.conf").display().to_string(),
             "--lb-xdp".into(),
             self.spec.xdp.to_string(),
             "--log-file".into(),
@@ -777,6 +931,18 @@ impl Lab {
                 .iter()
                 .map(|n| Self::node_netns_name(&n.name)),
         );
+        names.extend(
+            self.spec
+                .fabrics
+                .iter()
+                .map(|f| self.fabric_netns_of(&f.name)),
+        );
+        names.extend(
+            self.spec
+                .routers
+                .iter()
+                .map(|r| Self::router_netns_name(&r.name)),
+        );
         names.push(self.fabric_netns());
         names.sort();
         names.dedup();
@@ -830,6 +996,16 @@ fn fabric_veth_names(node: &str) -> (String, String) {
         h = h.wrapping_mul(0x01000193);
     }
     (format!("fab{h:08x}"), format!("upl{h:08x}"))
+}
+
+/// A program on PATH (or in the sbin directories, where Debian puts
+/// daemons).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 fn tail(p: &Path, n: usize) -> String {

@@ -1,5 +1,6 @@
 //! What a lab directory declares: nodes and pods (ordinary Kubernetes YAML),
-//! checked for what the lab needs before anything is created.
+//! the lab's own kinds (fabrics, routers, external hosts), all checked for
+//! what the lab needs before anything is created.
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,11 +9,18 @@ use std::path::Path;
 use strake_source::dir::DirSource;
 use strake_source::ClusterState;
 
+pub use crate::topology::{FabricSpec, RouterInterface, RouterSpec};
+
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub name: String,
     pub ip: Ipv4Addr,
     pub pod_cidr: (Ipv4Addr, u8),
+    /// The fabric its InternalIP is on, and that fabric's prefix length.
+    pub fabric: String,
+    pub prefix: u8,
+    /// Its default route: a router on its fabric, if there is one.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +48,8 @@ pub struct ExternalSpec {
     pub ip: Ipv4Addr,
     /// (destination, prefix, via): how it reaches service addresses.
     pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+    pub fabric: String,
+    pub prefix: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +61,10 @@ pub struct LabSpec {
     /// true). It makes the fabric behave like NICs into XDP: TX checksum
     /// offload off on senders, xdp_pass on fabric ports, a jumbo fabric.
     pub xdp: bool,
-    /// Prefix length of the fabric subnet the nodes' InternalIPs share.
-    pub fabric_prefix: u8,
+    /// The L2 networks; one implicit /24 around the nodes when the lab
+    /// declares none.
+    pub fabrics: Vec<FabricSpec>,
+    pub routers: Vec<RouterSpec>,
     pub state: ClusterState,
 }
 
@@ -68,9 +80,72 @@ impl LabSpec {
                 state.errors.join("\n  ")
             );
         }
+        check_bgp_resources(&state)?;
         let mut spec = Self::from_state(state)?;
         spec.read_lab_kinds(dir)?;
+        spec.place_on_fabrics()?;
         Ok(spec)
+    }
+
+    /// Puts every node and external host on the fabric its address is in
+    /// (or all on one implicit /24), with a default route via a router there.
+    fn place_on_fabrics(&mut self) -> Result<()> {
+        if self.fabrics.is_empty() {
+            let prefix = 24;
+            let first = self.nodes[0].ip;
+            let f = FabricSpec {
+                name: String::new(),
+                net: first,
+                prefix,
+            };
+            if self.nodes.iter().any(|n| !f.contains(n.ip)) {
+                bail!("all nodes' InternalIPs must share one /{prefix} (the lab's fabric), or declare Fabrics (kind: Fabric, apiVersion: lab.strake.dev/v1)");
+            }
+            if !self.routers.is_empty() {
+                bail!(
+                    "Routers need Fabrics to connect (kind: Fabric, apiVersion: lab.strake.dev/v1)"
+                );
+            }
+            self.fabrics.push(f);
+        }
+        crate::topology::check(&self.fabrics, &self.routers)?;
+        let fabric_of = |who: &str, ip: Ipv4Addr| -> Result<(String, u8, Option<Ipv4Addr>)> {
+            let mut on = self.fabrics.iter().filter(|f| f.contains(ip));
+            let f = on
+                .next()
+                .with_context(|| format!("{who}: address {ip} is on no Fabric of the lab"))?;
+            if on.next().is_some() {
+                bail!("{who}: address {ip} is on more than one Fabric");
+            }
+            let gw = self.routers.iter().find_map(|r| r.address_on(&f.name));
+            Ok((f.name.clone(), f.prefix, gw))
+        };
+        let mut placed = Vec::new();
+        for n in &self.nodes {
+            placed.push(fabric_of(&format!("Node {}", n.name), n.ip)?);
+        }
+        for (n, (fabric, prefix, gw)) in self.nodes.iter_mut().zip(placed) {
+            (n.fabric, n.prefix, n.gateway) = (fabric, prefix, gw);
+        }
+        let addrs = self.service_addresses();
+        let first = self.nodes[0].ip;
+        let mut placed = Vec::new();
+        for e in &self.externals {
+            placed.push(fabric_of(&format!("ExternalHost {}", e.name), e.ip)?);
+        }
+        for (e, (fabric, prefix, gw)) in self.externals.iter_mut().zip(placed) {
+            (e.fabric, e.prefix) = (fabric, prefix);
+            if e.routes.is_empty() {
+                match gw {
+                    // Behind a router: everything through it.
+                    Some(gw) => e.routes.push((Ipv4Addr::UNSPECIFIED, 0, gw)),
+                    // On the nodes' fabric: the Services' addresses via the
+                    // first node.
+                    None => e.routes.extend(addrs.iter().map(|ip| (*ip, 32, first))),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The lab's own kinds (lab.strake.dev/v1): Lab settings, ExternalHosts.
@@ -98,6 +173,12 @@ impl LabSpec {
                             self.xdp = x;
                         }
                     }
+                    "Fabric" => self
+                        .fabrics
+                        .push(crate::topology::parse_fabric(&name, spec)?),
+                    "Router" => self
+                        .routers
+                        .push(crate::topology::parse_router(&name, spec)?),
                     "ExternalHost" => {
                         let ip: Ipv4Addr = spec["address"]
                             .as_str()
@@ -114,17 +195,16 @@ impl LabSpec {
                                 _ => bail!("ExternalHost {name}: each route needs `to: CIDR` and `via: address`"),
                             }
                         }
-                        if routes.is_empty() {
-                            // By default, every LoadBalancer and external IP of
-                            // the lab's Services, via the first node.
-                            for ip in self.service_addresses() {
-                                routes.push((ip, 32, self.nodes[0].ip));
-                            }
-                        }
-                        self.externals.push(ExternalSpec { name, ip, routes });
+                        self.externals.push(ExternalSpec {
+                            name,
+                            ip,
+                            routes,
+                            fabric: String::new(),
+                            prefix: 0,
+                        });
                     }
                     other => bail!(
-                        "{}: unknown lab kind {other} (Lab and ExternalHost exist)",
+                        "{}: unknown lab kind {other} (Lab, Fabric, Router and ExternalHost exist)",
                         f.display()
                     ),
                 }
@@ -178,15 +258,13 @@ impl LabSpec {
                 name: name.clone(),
                 ip,
                 pod_cidr,
+                fabric: String::new(),
+                prefix: 24,
+                gateway: None,
             });
         }
         if nodes.is_empty() {
             bail!("the lab directory declares no Node");
-        }
-        let fabric_prefix = 24;
-        let net = |ip: Ipv4Addr| u32::from(ip) >> (32 - fabric_prefix);
-        if nodes.iter().any(|n| net(n.ip) != net(nodes[0].ip)) {
-            bail!("all nodes' InternalIPs must share one /{fabric_prefix} (the lab's fabric)");
         }
         for (i, a) in nodes.iter().enumerate() {
             for b in &nodes[i + 1..] {
@@ -247,9 +325,18 @@ impl LabSpec {
             pods,
             externals: Vec::new(),
             xdp: true,
-            fabric_prefix,
+            fabrics: Vec::new(),
+            routers: Vec::new(),
             state,
         })
+    }
+
+    pub fn fabric(&self, name: &str) -> Option<&FabricSpec> {
+        self.fabrics.iter().find(|f| f.name == name)
+    }
+
+    pub fn router(&self, name: &str) -> Option<&RouterSpec> {
+        self.routers.iter().find(|r| r.name == name)
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
@@ -261,4 +348,22 @@ impl LabSpec {
             .iter()
             .find(|p| p.namespace == namespace && p.name == name)
     }
+}
+
+/// The BGP resources of the lab, checked as the agents will check them: a
+/// bad one stops `lab up` with the agents' own message.
+fn check_bgp_resources(state: &ClusterState) -> Result<()> {
+    for (name, c) in &state.bgp_configurations {
+        strake_bgp::BgpConfig::parse(name, &c.spec)?;
+    }
+    for (name, p) in &state.bgp_peers {
+        strake_bgp::BgpPeer::parse(name, &p.spec)?;
+    }
+    for (name, n) in &state.nodes {
+        let (Some(ip), Some(ann)) = (state.node_internal_ip(name), &n.metadata.annotations) else {
+            continue;
+        };
+        strake_bgp::BgpNode::new(name, ip, Default::default(), ann)?;
+    }
+    Ok(())
 }
