@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The strake demo: a simulated two-node cluster in network namespaces, built
-# from ordinary Kubernetes YAML (examples/two-nodes) and run by strake's real
+# from ordinary Kubernetes YAML (examples/two-nodes; then two racks routed by
+# BGP, examples/two-racks) and run by strake's real
 # binaries: one strake-agent per node, pods attached by strake-cni through the
 # deploy conflist, eBPF programs on every pod veth and node uplink.
 #
@@ -18,12 +19,14 @@ cargo build --release --bins -q
 BIN="$PWD/target/release"
 export PATH="$BIN:$PATH"
 LAB=examples/two-nodes
+RACKS=examples/two-racks
 
 step() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 strake lab down "$LAB" >/dev/null 2>&1 || true
-[ "$KEEP" = 1 ] || trap 'step "tearing down"; strake lab down "$LAB"' EXIT
+strake lab down "$RACKS" >/dev/null 2>&1 || true
+[ "$KEEP" = 1 ] || trap 'step "tearing down"; strake lab down "$LAB"; strake lab down "$RACKS" >/dev/null 2>&1 || true' EXIT
 
 step "bringing up the lab: 2 nodes, 6 pods (netns node-*, pod-*, one strake-agent per node)"
 run strake lab up "$LAB"
@@ -79,6 +82,19 @@ run strake lab probe web/web-1 "$WEB3:80"
 step "a new agent adopts the pinned maps and links without a gap"
 run strake lab restart "$LAB" a
 run strake status --lab "$LAB" --node a
+
+# ---- racks: BGP with BIRD ---------------------------------------------------
+step "two racks (two subnets), two nodes each, a BIRD router per rack (examples/two-racks)"
+run strake lab up "$RACKS"
+step "every node runs BIRD (configured by its agent) and peers with its rack's router"
+run strake bgp peers --lab "$RACKS" --node a1
+run strake status --lab "$RACKS" --node a1
+step "the fabric routes pod blocks: no tunnel (proto bird), the LoadBalancer address by ECMP over rack a"
+run strake lab exec router/tor-a ip route
+run strake lab exec node/a1 ip route show proto bird
+run strake lab probe web/web-a1 10.244.3.1:80
+for _ in 1 2 3; do run strake lab probe ext/client 203.0.113.10:80; done
+run strake lab down "$RACKS"
 
 # ---- storage: a Ceph RBD volume through strake-csi ------------------------
 step "a real single-node Ceph cluster (deploy/dev/ceph-up.sh: mon, mgr, OSD, pool rbd)"

@@ -38,14 +38,14 @@ enum LabCmd {
     Restart { dir: PathBuf, node: String },
     /// Run a command inside a pod's (ns/name) or node's (node/NAME) namespace.
     Exec {
-        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
+        /// `namespace/pod`, `node/<name>`, `ext/<name>` or `router/<name>`.
         target: String,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
     /// Connect from a pod to an address and print the answer.
     Probe {
-        /// `namespace/pod`, `node/<name>` or `ext/<name>`.
+        /// `namespace/pod`, `node/<name>`, `ext/<name>` or `router/<name>`.
         from: String,
         /// ip:port
         to: SocketAddrV4,
@@ -84,14 +84,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `namespace/pod` or `node/<name>` to a namespace path.
+/// `namespace/pod`, `node/<name>`, `ext/<name>` or `router/<name>` to a
+/// namespace path.
 fn netns_of(target: &str) -> Result<PathBuf> {
-    let (a, b) = target
-        .split_once('/')
-        .ok_or_else(|| anyhow!("{target}: expected namespace/pod, node/<name> or ext/<name>"))?;
+    let (a, b) = target.split_once('/').ok_or_else(|| {
+        anyhow!("{target}: expected namespace/pod, node/<name>, ext/<name> or router/<name>")
+    })?;
     let name = match a {
         "node" => Lab::node_netns_name(b),
         "ext" => Lab::ext_netns_name(b),
+        "router" => Lab::router_netns_name(b),
         _ => Lab::pod_netns_name(a, b),
     };
     let p = netns::path(&name);
