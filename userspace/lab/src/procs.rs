@@ -57,6 +57,13 @@ pub fn spawn_in_netns(netns: &Path, program: &Path, args: &[String], log: &Path)
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // Nothing the caller holds may outlive it in a lab daemon: an
+            // inherited descriptor (`flock LOCK strake lab up` passes its
+            // lock's) would keep the caller's lock held by the agents and
+            // BIRDs until `lab down`. Close-on-exec for all but stdio.
+            if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
