@@ -3,6 +3,7 @@
 //! machines are shared and noisy). Results land in bench/results/ as JSON,
 //! Markdown and PNG.
 
+mod bgp;
 mod cni;
 mod kube_rules;
 mod lb;
@@ -38,6 +39,18 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         secs: u64,
         /// Pin client and servers to this CPU (the machine is shared).
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Across racks: pod-to-pod TCP throughput and request/response routed
+    /// by BGP vs the VXLAN fallback vs plain kernel routing; convergence of
+    /// a new Node and of a Service endpoint.
+    Bgp {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Pin client and server to this CPU (the machine is shared).
         #[arg(long)]
         cpu: Option<usize>,
     },
@@ -107,6 +120,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
         Cmd::Net { rounds, secs, cpu } => net::run(&net::Opts { rounds, secs, cpu }, &cli.out),
+        Cmd::Bgp { rounds, secs, cpu } => bgp::run(&bgp::Opts { rounds, secs, cpu }, &cli.out),
         Cmd::Cni { pods, parallel } => cni::run(pods, parallel, &cli.out),
         Cmd::Lb {
             rounds,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use strake_lab::{procs, Lab};
 use strake_netlink::netns;
 
-const RR_PORT: u16 = 9000;
-const IPERF_PORT: u16 = 5201;
+pub(crate) const RR_PORT: u16 = 9000;
+pub(crate) const IPERF_PORT: u16 = 5201;
 
 pub struct Opts {
     pub rounds: usize,
@@ -85,7 +85,8 @@ pub(crate) fn pin(cpu: Option<usize>) {
     }
 }
 
-fn iperf(lab: &Lab, to: Ipv4Addr, secs: u64, cpu: Option<usize>) -> Result<f64> {
+/// iperf3 from pod bench/client to `to`: Gbit/s of one TCP stream.
+pub(crate) fn iperf(lab: &Lab, to: Ipv4Addr, secs: u64, cpu: Option<usize>) -> Result<f64> {
     let ns = lab.pod_netns("bench", "client");
     let mut args = vec![
         "-c".to_string(),
@@ -111,7 +112,8 @@ fn iperf(lab: &Lab, to: Ipv4Addr, secs: u64, cpu: Option<usize>) -> Result<f64> 
         / 1e9)
 }
 
-fn rr(lab: &Lab, to: Ipv4Addr, secs: u64, cpu: Option<usize>) -> Result<rr::RrResult> {
+/// 64-byte request/response from pod bench/client to `to`.
+pub(crate) fn rr(lab: &Lab, to: Ipv4Addr, secs: u64, cpu: Option<usize>) -> Result<rr::RrResult> {
     let ns = lab.pod_netns("bench", "client");
     netns::run_in(&ns, move || {
         pin(cpu);

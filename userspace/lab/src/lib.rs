@@ -602,7 +602,7 @@ impl Lab {
         self.journal(Made::Bpffs {
             path: bpffs.clone(),
         })?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--node-name".into(),
             node.into(),
             "--source".into(),
@@ -633,6 +633,9 @@ impl Lab {
             "--log-file".into(),
             self.agent_log(node).display().to_string(),
         ];
+        if let Some(e) = &self.spec.encapsulation {
+            args.extend(["--encapsulation".into(), e.clone()]);
+        }
         let pid = procs::spawn_in_netns(
             &self.node_netns(node),
             &procs::bin("strake-agent")?,

@@ -61,6 +61,9 @@ pub struct LabSpec {
     /// true). It makes the fabric behave like NICs into XDP: TX checksum
     /// offload off on senders, xdp_pass on fabric ports, a jumbo fabric.
     pub xdp: bool,
+    /// The agents' `--encapsulation` (Lab `spec.encapsulation`); their
+    /// default when absent.
+    pub encapsulation: Option<String>,
     /// The L2 networks; one implicit /24 around the nodes when the lab
     /// declares none.
     pub fabrics: Vec<FabricSpec>,
@@ -171,6 +174,17 @@ impl LabSpec {
                     "Lab" => {
                         if let Some(x) = spec["xdp"].as_bool() {
                             self.xdp = x;
+                        }
+                        match spec.get("encapsulation") {
+                            None => {}
+                            Some(v) => match v.as_str() {
+                                Some(e @ ("cross-subnet" | "never")) => {
+                                    self.encapsulation = Some(e.to_string())
+                                }
+                                _ => bail!(
+                                    "Lab {name}: spec.encapsulation must be cross-subnet or never (the agents' --encapsulation)"
+                                ),
+                            },
                         }
                     }
                     "Fabric" => self
@@ -325,6 +339,7 @@ impl LabSpec {
             pods,
             externals: Vec::new(),
             xdp: true,
+            encapsulation: None,
             fabrics: Vec::new(),
             routers: Vec::new(),
             state,

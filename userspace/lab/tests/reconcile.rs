@@ -39,12 +39,18 @@ fn a_route_the_kernel_refuses_holds_wait_back_and_is_retried_until_it_goes_in() 
             ("a.yaml", node_yaml("rc-a", "10.244.61.0/24", "10.0.61.1")),
             ("b.yaml", node_yaml("rc-b", "10.244.62.0/24", "10.0.61.2")),
             ("p.yaml", pod_yaml("rc", "p", "rc-b", "p", false)),
+            // No VXLAN fallback: a node off the subnet gets a direct route.
+            (
+                "lab.yaml",
+                "apiVersion: lab.strake.dev/v1\nkind: Lab\nmetadata: {name: rc}\nspec: {encapsulation: never}\n".into(),
+            ),
         ],
     );
     let (ok, _) = strake_wait(&lab.dir, 10);
     assert!(ok, "the lab as brought up is applied");
     // A third node whose InternalIP no interface of rc-a can reach: its
-    // route is refused by the kernel (the gateway is not on a local subnet).
+    // route is refused by the kernel (the gateway is not on a local subnet,
+    // and encapsulation is off).
     std::fs::write(
         lab.dir.join("c.yaml"),
         node_yaml("rc-c", "10.244.63.0/24", "10.77.0.3"),
