@@ -379,6 +379,46 @@ fn without_router_peering_cross_rack_pods_use_vxlan_same_rack_stays_plain_and_1_
     };
     assert_eq!(via("a2").as_deref(), Some("bgp"), "{:?}", st.routing);
     assert_eq!(via("b1").as_deref(), Some("vxlan"), "{:?}", st.routing);
+    // Prometheus shows the session up and what it carries (the bgp phase
+    // looks at BIRD every 5 s).
+    let scrape = || {
+        strake_netlink::netns::run_in(&lab.node_netns(&a1), || {
+            let mut s = TcpStream::connect(("127.0.0.1", strake_lab::AGENT_METRICS_PORT))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })
+        .unwrap()
+    };
+    let mut metrics = scrape();
+    let up =
+        "strake_bgp_session_up{peer=\"10.0.1.1\",peer_as=\"65001\",origin=\"BGPPeer tor-a\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !metrics.lines().any(|l| l == up) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        metrics = scrape();
+    }
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("peer=\"10.0.1.1\""))
+            .unwrap_or_else(|| panic!("no {name} for 10.0.1.1 in\n{metrics}"))
+            .to_string()
+    };
+    assert!(metrics.lines().any(|l| l == up), "no {up:?} in\n{metrics}");
+    let received: u64 = line("strake_bgp_prefixes_received")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(received >= 1, "a2's block at least: {metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "strake_bgp_enabled 1"),
+        "{metrics}"
+    );
+
     // Each router knows only its own rack's blocks.
     assert_eq!(
         bgp_prefixes(&lab, &format!("{p}ta")),
