@@ -13,6 +13,7 @@ mod net;
 mod policy;
 mod report;
 mod rr;
+mod trust;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -108,6 +109,15 @@ enum Cmd {
         #[arg(long, default_value = "0,1000,10000", value_delimiter = ',')]
         rules: Vec<usize>,
     },
+    /// Nanoseconds per packet of the trust checks (BPF_PROG_TEST_RUN): the
+    /// uplink's reverse-path check and the health-check wrap, each against
+    /// the same program without it.
+    Trust {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000)]
+        runs: u32,
+    },
     /// The 64-byte request/response server (run inside a pod).
     #[command(hide = true)]
     RrServer {
@@ -174,6 +184,7 @@ fn main() -> ExitCode {
             },
             &cli.out,
         ),
+        Cmd::Trust { rounds, runs } => trust::run(&trust::Opts { rounds, runs }, &cli.out),
         Cmd::RrServer { port } => rr::server(port),
     };
     match r {
