@@ -8,7 +8,7 @@
 //! its block is a BGP route there), and a Service endpoint appearing until
 //! its LoadBalancer address is in the other rack's router.
 
-use crate::net::{attach_programs, detach_programs, iperf, rr};
+use crate::net::{attach_programs, detach_programs, iperf, rr, start_servers};
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,7 +16,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use strake_lab::{probe, procs, Lab};
 
-use crate::net::{IPERF_PORT, RR_PORT};
 const LB_LOCAL: &str = "203.0.113.20";
 
 pub struct Opts {
@@ -205,20 +204,7 @@ fn elapsed_since(
 }
 
 fn measure(lab: &Lab, opts: &Opts) -> Result<Report> {
-    let me = procs::bin("strake-bench")?;
-    let ns = lab.pod_netns("bench", "remote");
-    let log = lab.root.join("bench-remote.log");
-    procs::spawn_in_netns(
-        &ns,
-        &me,
-        &["rr-server".into(), "--port".into(), RR_PORT.to_string()],
-        &log,
-    )?;
-    let mut iperf_args = vec!["-s".to_string(), "-p".into(), IPERF_PORT.to_string()];
-    if let Some(c) = opts.cpu {
-        iperf_args.extend(["-A".into(), c.to_string()]);
-    }
-    procs::spawn_in_netns(&ns, Path::new("/usr/bin/iperf3"), &iperf_args, &log)?;
+    start_servers(lab, "remote", opts.cpu)?;
     std::thread::sleep(Duration::from_millis(300));
     let remote = lab.pod_ip("bench", "remote")?;
     let mut report = Report {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use strake_lab::{procs, Lab};
 use strake_netlink::netns;
 
-pub(crate) const RR_PORT: u16 = 9000;
-pub(crate) const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 9000;
+const IPERF_PORT: u16 = 5201;
 
 pub struct Opts {
     pub rounds: usize,
@@ -138,22 +138,28 @@ pub fn run(opts: &Opts, out: &Path) -> Result<()> {
     report.write(out, "pod-network")
 }
 
-fn measure(lab: &Lab, opts: &Opts) -> Result<Report> {
+/// The request/response and iperf3 servers in pod bench/`pod`.
+pub(crate) fn start_servers(lab: &Lab, pod: &str, cpu: Option<usize>) -> Result<()> {
     let me = procs::bin("strake-bench")?;
+    let ns = lab.pod_netns("bench", pod);
+    let log = lab.root.join(format!("bench-{pod}.log"));
+    procs::spawn_in_netns(
+        &ns,
+        &me,
+        &["rr-server".into(), "--port".into(), RR_PORT.to_string()],
+        &log,
+    )?;
+    let mut iperf_args = vec!["-s".to_string(), "-p".into(), IPERF_PORT.to_string()];
+    if let Some(c) = cpu {
+        iperf_args.extend(["-A".into(), c.to_string()]);
+    }
+    procs::spawn_in_netns(&ns, Path::new("/usr/bin/iperf3"), &iperf_args, &log)?;
+    Ok(())
+}
+
+fn measure(lab: &Lab, opts: &Opts) -> Result<Report> {
     for pod in ["local", "remote"] {
-        let ns = lab.pod_netns("bench", pod);
-        let log = lab.root.join(format!("bench-{pod}.log"));
-        procs::spawn_in_netns(
-            &ns,
-            &me,
-            &["rr-server".into(), "--port".into(), RR_PORT.to_string()],
-            &log,
-        )?;
-        let mut iperf_args = vec!["-s".to_string(), "-p".into(), IPERF_PORT.to_string()];
-        if let Some(c) = opts.cpu {
-            iperf_args.extend(["-A".into(), c.to_string()]);
-        }
-        procs::spawn_in_netns(&ns, Path::new("/usr/bin/iperf3"), &iperf_args, &log)?;
+        start_servers(lab, pod, opts.cpu)?;
     }
     std::thread::sleep(Duration::from_millis(300));
     let local = lab.pod_ip("bench", "local")?;
