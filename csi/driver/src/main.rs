@@ -461,6 +461,7 @@ async fn periodic_sweep(conns: Arc<Connections>, pools: Vec<String>, cfg: SweepC
                         object = f.object,
                         reason = f.reason,
                         removed = f.removed,
+                        error = f.error,
                         "sweep finding"
                     );
                     n += 1;

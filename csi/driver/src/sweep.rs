@@ -74,19 +74,45 @@ pub struct Finding {
     pub removed: bool,
     /// Proven orphan (removable) vs. reported for a human to judge.
     pub proven: bool,
+    /// Why removing it failed (it stays for the next sweep).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn why<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Runs a removal when `delete` is set: Ok(true) removed, Ok(false) not attempted,
+/// Err(cause) failed.
+fn attempt(delete: bool, f: impl FnOnce() -> Result<(), String>) -> Result<bool, String> {
+    if delete {
+        f().map(|_| true)
+    } else {
+        Ok(false)
+    }
 }
 
 pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
     let pool = io.pool().to_string();
     let mut out = Vec::new();
-    let mut push = |kind: &'static str, object: String, reason: String, proven: bool, removed: bool| {
+    let mut push = |kind: &'static str, object: String, reason: String, proven: bool, removed: Result<bool, String>| {
+        if let Err(e) = &removed {
+            tracing::warn!(
+                kind,
+                object,
+                error = e,
+                "sweep could not remove an orphan; the next sweep retries"
+            );
+        }
         out.push(Finding {
             pool: pool.clone(),
             kind,
             object,
             reason,
-            removed,
+            removed: removed == Ok(true),
             proven,
+            error: removed.err(),
         });
     };
     // Images first, journal second: see the module docs for why this order is safe.
@@ -110,7 +136,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         };
         // A topology pool's images have their records in another pool's journal.
         if !known && !recorded_elsewhere(io, &img.name, &uuid, is_snap, &cfg.instance)? {
-            let removed = cfg.delete && remove_or_trash(io, &img.name).is_ok();
+            let removed = attempt(cfg.delete, || {
+                remove_or_trash(io, &img.name).map_err(why)?;
+                Ok(())
+            });
             push(
                 "image",
                 img.name.clone(),
@@ -125,7 +154,11 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         let has_image = image_names.contains(r.image.as_str());
         match r.state {
             State::Deleting => {
-                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove(r).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    remove_or_trash(io, &r.image).map_err(why)?;
+                    j.remove(r).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "volume-record",
                     r.name.clone(),
@@ -135,7 +168,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Ready if !has_image => {
-                let removed = cfg.delete && j.remove(r).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    j.remove(r).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "volume-record",
                     r.name.clone(),
@@ -154,10 +190,13 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                             now - r.reserved_at
                         ),
                         false,
-                        false,
+                        Ok(false),
                     );
                 } else {
-                    let removed = cfg.delete && j.remove(r).is_ok();
+                    let removed = attempt(cfg.delete, || {
+                        j.remove(r).map_err(why)?;
+                        Ok(())
+                    });
                     push(
                         "volume-record",
                         r.name.clone(),
@@ -177,7 +216,11 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
         let has_image = image_names.contains(r.image.as_str());
         match r.state {
             State::Deleting => {
-                let removed = cfg.delete && remove_or_trash(io, &r.image).is_ok() && j.remove(r).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    remove_or_trash(io, &r.image).map_err(why)?;
+                    j.remove(r).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -187,7 +230,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Ready if !has_image => {
-                let removed = cfg.delete && j.remove(r).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    j.remove(r).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -197,7 +243,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 );
             }
             State::Creating if now.saturating_sub(r.reserved_at) >= cfg.grace.as_secs() && !has_image => {
-                let removed = cfg.delete && j.remove(r).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    j.remove(r).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "snapshot-record",
                     r.name.clone(),
@@ -218,7 +267,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
     for (uuid, name) in j.id_index::<VolumeRecord>()? {
         if vol_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
             let key = format!("vol.id.{uuid}");
-            let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+            let removed = attempt(cfg.delete, || {
+                j.remove_keys(&[&key]).map_err(why)?;
+                Ok(())
+            });
             push(
                 "journal-index",
                 key,
@@ -232,7 +284,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
     for (uuid, name) in j.id_index::<SnapRecord>()? {
         if snap_names.get(name.as_str()).map(|u| u.to_string()) != Some(uuid.clone()) {
             let key = format!("snap.id.{uuid}");
-            let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+            let removed = attempt(cfg.delete, || {
+                j.remove_keys(&[&key]).map_err(why)?;
+                Ok(())
+            });
             push(
                 "journal-index",
                 key,
@@ -251,7 +306,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 .next()
                 .and_then(|u| Uuid::parse_str(u).ok());
             if uuid.is_some_and(|u| !vol_by_uuid.contains_key(&u)) {
-                let removed = cfg.delete && j.remove_keys(&[&key]).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    j.remove_keys(&[&key]).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "journal-publish",
                     key,
@@ -273,7 +331,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
             g.uuid == uuid && g.state == State::Creating && now.saturating_sub(g.reserved_at) < cfg.grace.as_secs()
         });
         if !busy {
-            let removed = cfg.delete && io.group_remove(&name).is_ok();
+            let removed = attempt(cfg.delete, || {
+                io.group_remove(&name).map_err(why)?;
+                Ok(())
+            });
             push(
                 "group",
                 name,
@@ -289,7 +350,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
             g.name.clone(),
             "DeleteVolumeGroupSnapshot was interrupted; the CO retries it".into(),
             false,
-            false,
+            Ok(false),
         );
     }
 
@@ -311,7 +372,10 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 continue;
             };
             if !in_progress {
-                let removed = cfg.delete && h.snap_remove(&s.name).is_ok();
+                let removed = attempt(cfg.delete, || {
+                    h.snap_remove(&s.name).map_err(why)?;
+                    Ok(())
+                });
                 push(
                     "temporary-snapshot",
                     format!("{}@{}", img.name, s.name),
@@ -331,7 +395,7 @@ pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
                 format!("{n} image(s)"),
                 "purged from the RBD trash (no clones left)".into(),
                 true,
-                true,
+                Ok(true),
             );
         }
     }
