@@ -22,7 +22,7 @@ use crate::images::{
     remove_or_trash,
 };
 use crate::journal::{image_pool, now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
-use crate::kms::{has_luks_header, Kms, Passphrase, SecretKms};
+use crate::kms::{has_luks_header, luks2_payload_offset, Kms, Passphrase, SecretKms};
 use crate::params::{self, size_satisfies};
 
 pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
@@ -186,12 +186,7 @@ impl ControllerService {
             tracing::info!(image = rec.image, "LUKS2 header written");
         }
         if rec.encryption_overhead == 0 {
-            let h = open(io, &rec.image)?;
-            h.encryption_load(&enc())
-                .map_err(|e| errors::ceph(&format!("loading the LUKS2 header of {}", rec.image), e))?;
-            let payload = h.size().map_err(|e| errors::ceph("reading the payload size", e))?;
-            let raw = img.size().map_err(|e| errors::ceph("reading the image size", e))?;
-            rec.encryption_overhead = raw.saturating_sub(payload);
+            rec.encryption_overhead = luks2_payload_offset(img)?;
         }
         Ok(())
     }
