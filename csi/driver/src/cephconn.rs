@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::errors::Error;
 use strake_ceph::{Cluster, ConnectOptions, Credentials};
-use tonic::Status;
 
 pub struct Connections {
     conf: PathBuf,
@@ -39,7 +39,7 @@ impl Connections {
     }
 
     /// A connection as `creds`, or as the driver's own identity when None. Blocking.
-    pub fn get(&self, creds: Option<&Credentials>) -> Result<Cluster, Status> {
+    pub fn get(&self, creds: Option<&Credentials>) -> Result<Cluster, Error> {
         let key = creds.cloned().or_else(|| self.own.clone());
         if let Some(c) = self.cache.lock().unwrap().get(&key) {
             return Ok(c.clone());
@@ -58,7 +58,7 @@ impl Connections {
 
 /// Reads cephx credentials from a CSI `secrets` map (keys `userID`, `userKey`, as
 /// ceph-csi's secrets use). Never logs the key.
-pub fn credentials(secrets: &HashMap<String, String>, rpc: &str, secret_param: &str) -> Result<Credentials, Status> {
+pub fn credentials(secrets: &HashMap<String, String>, rpc: &str, secret_param: &str) -> Result<Credentials, Error> {
     let user = secrets.get("userID").map(|s| s.trim()).filter(|s| !s.is_empty());
     let key = secrets.get("userKey").map(|s| s.trim()).filter(|s| !s.is_empty());
     match (user, key) {
@@ -67,10 +67,10 @@ pub fn credentials(secrets: &HashMap<String, String>, rpc: &str, secret_param: &
             // Both end up in a keyring file and on helpers' command lines.
             crate::validate::ceph_user(u)
                 .and_then(|_| crate::validate::cephx_key(k))
-                .map_err(|e| Status::invalid_argument(format!("{rpc}: the secret's {e}")))?;
+                .map_err(|e| Error::invalid_argument(format!("{rpc}: the secret's {e}")))?;
             Ok(Credentials::new(u, k))
         }
-        _ => Err(Status::invalid_argument(format!(
+        _ => Err(Error::invalid_argument(format!(
             "{rpc} needs Ceph credentials: the request's secrets must contain userID and userKey. \
              Point csi.storage.k8s.io/{secret_param}-secret-name and -namespace in the StorageClass \
              (or VolumeSnapshotClass) at a Secret with those keys"

@@ -15,7 +15,7 @@ use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::rpc::Type as CapType;
 use crate::csi::volume_content_source::Type as SourceType;
 use crate::csi::*;
-use crate::errors::{self, blocking};
+use crate::errors::{self, blocking, Error};
 use crate::ids::{Naming, SnapshotId, VolumeId};
 use crate::images::{ioctx_for_id, open, other_pool};
 use crate::journal::{Journal, SnapRecord, State, VolumeRecord};
@@ -66,24 +66,24 @@ impl ControllerService {
         id: &VolumeId,
         volume_id: &str,
         creds: Option<&strake_ceph::Credentials>,
-    ) -> Result<(IoCtx, VolumeRecord), Status> {
+    ) -> Result<(IoCtx, VolumeRecord), Error> {
         let cluster = self.conns.get(creds)?;
-        let nf = || Status::not_found(format!("volume {volume_id} does not exist"));
+        let nf = || Error::not_found(format!("volume {volume_id} does not exist"));
         let io = ioctx_for_id(&cluster, &id.pool)?.ok_or_else(nf)?;
         let rec = Journal::new(&io, &self.cfg.instance)
             .by_uuid::<VolumeRecord>(&id.uuid)?
             .ok_or_else(nf)?;
         if rec.state != State::Ready {
-            return Err(Status::aborted(format!(
+            return Err(Error::aborted(format!(
                 "volume {volume_id} is being created or deleted; retry"
             )));
         }
         Ok((io, rec))
     }
 
-    pub(crate) async fn lock(&self, key: String) -> Result<crate::locks::KeyGuard, Status> {
+    pub(crate) async fn lock(&self, key: String) -> Result<crate::locks::KeyGuard, Error> {
         self.locks.lock(&key, self.cfg.lock_timeout).await.ok_or_else(|| {
-            Status::aborted(format!(
+            Error::aborted(format!(
                 "another operation on {key} has been running for over {:?}; retry later",
                 self.cfg.lock_timeout
             ))
@@ -95,25 +95,25 @@ fn page_token(pool_idx: usize, name: &str) -> String {
     format!("{pool_idx}:{name}")
 }
 
-fn parse_token(t: &str, pools: usize) -> Result<(usize, String), Status> {
+fn parse_token(t: &str, pools: usize) -> Result<(usize, String), Error> {
     if t.is_empty() {
         return Ok((0, String::new()));
     }
     let (i, n) = t
         .split_once(':')
-        .ok_or_else(|| Status::aborted(format!("starting_token {t:?} is not one this driver issued")))?;
+        .ok_or_else(|| Error::aborted(format!("starting_token {t:?} is not one this driver issued")))?;
     let i: usize = i
         .parse()
-        .map_err(|_| Status::aborted(format!("starting_token {t:?} is not one this driver issued")))?;
+        .map_err(|_| Error::aborted(format!("starting_token {t:?} is not one this driver issued")))?;
     if i >= pools {
-        return Err(Status::aborted(format!("starting_token {t:?} is out of range")));
+        return Err(Error::aborted(format!("starting_token {t:?} is out of range")));
     }
     Ok((i, n.to_string()))
 }
 
-fn max_entries(n: i32) -> Result<u64, Status> {
+fn max_entries(n: i32) -> Result<u64, Error> {
     if n < 0 {
-        return Err(Status::invalid_argument("max_entries must not be negative"));
+        return Err(Error::invalid_argument("max_entries must not be negative"));
     }
     Ok(if n == 0 { 1000 } else { n as u64 })
 }
@@ -314,7 +314,7 @@ impl Controller for ControllerService {
                 Journal::new(&io, &instance)
                     .by_uuid::<VolumeRecord>(&id.uuid)?
                     .ok_or_else(|| Status::not_found(format!("volume {vid} does not exist")))?;
-                Ok(())
+                Ok::<_, Status>(())
             })
             .await?;
             for c in &req.volume_capabilities {
@@ -538,7 +538,7 @@ impl Controller for ControllerService {
             tracing::info!(name = req.name, source = req.source_volume_id, "CreateSnapshot");
             let _g = self.lock(format!("snapshot-name/{}/{}", src.pool, req.name)).await?;
             let this = self.clone();
-            blocking(move || this.create_snapshot_blocking(req, src, creds)).await
+            Ok(blocking(move || this.create_snapshot_blocking(req, src, creds)).await?)
         })
         .await
     }

@@ -33,7 +33,7 @@ use crate::controller::ControllerService;
 use crate::csi::group_controller_server::GroupController;
 use crate::csi::group_controller_service_capability::rpc::Type as GroupCapType;
 use crate::csi::*;
-use crate::errors::{self, blocking};
+use crate::errors::{self, blocking, Error};
 use crate::failpoint;
 use crate::ids::{GroupSnapshotId, VolumeId};
 use crate::images::{ioctx_for_id, ok_if, open, purge_trash, remove_or_trash};
@@ -58,12 +58,12 @@ fn csi_group(g: &GroupSnapRecord, members: &[SnapRecord], pool: &str) -> VolumeG
 }
 
 impl ControllerService {
-    fn member_records(&self, j: &Journal, g: &GroupSnapRecord) -> Result<Vec<SnapRecord>, Status> {
+    fn member_records(&self, j: &Journal, g: &GroupSnapRecord) -> Result<Vec<SnapRecord>, Error> {
         g.members
             .iter()
             .map(|m| {
                 j.by_uuid::<SnapRecord>(&m.snap_uuid)?.ok_or_else(|| {
-                    Status::internal(format!(
+                    Error::internal(format!(
                         "group snapshot {:?}: the record of member {} is missing; delete the group snapshot",
                         g.name, m.snap_uuid
                     ))
@@ -73,7 +73,7 @@ impl ControllerService {
     }
 
     /// Steps 2-6 (see the module docs), from wherever a previous attempt stopped.
-    fn build_group_snapshot(&self, io: &IoCtx, j: &Journal, g: &mut GroupSnapRecord) -> Result<(), Status> {
+    fn build_group_snapshot(&self, io: &IoCtx, j: &Journal, g: &mut GroupSnapRecord) -> Result<(), Error> {
         let snap_name = g.uuid.to_string();
         let pending: Vec<&GroupMember> = {
             let mut v = vec![];
@@ -85,7 +85,7 @@ impl ControllerService {
             }
             v
         };
-        let copied = |m: &GroupMember| -> Result<bool, Status> {
+        let copied = |m: &GroupMember| -> Result<bool, Error> {
             let img = self.cfg.naming.snapshot_image(&m.snap_uuid);
             Ok(
                 match io.open_if_exists(&img).map_err(|e| errors::ceph("opening image", e))? {
@@ -114,7 +114,7 @@ impl ControllerService {
                     Ok(()) => {}
                     Err(e) if e.is_exists() => {}
                     Err(e) if e.errno == libc::EMLINK => {
-                        return Err(Status::aborted(format!(
+                        return Err(Error::aborted(format!(
                             "volume image {} is in another RBD group (another group snapshot of it is running); retry",
                             m.volume_image
                         )))
@@ -149,7 +149,7 @@ impl ControllerService {
                     .group_snap_id(&g.group, &snap_name)
                     .map_err(|e| errors::ceph("finding the member's group snapshot", e))?
                     .ok_or_else(|| {
-                        Status::internal(format!(
+                        Error::internal(format!(
                             "group snapshot {}@{snap_name} has no snapshot of {}",
                             g.group, m.volume_image
                         ))
@@ -200,10 +200,10 @@ impl ControllerService {
         req: CreateVolumeGroupSnapshotRequest,
         sources: Vec<VolumeId>,
         creds: strake_ceph::Credentials,
-    ) -> Result<CreateVolumeGroupSnapshotResponse, Status> {
+    ) -> Result<CreateVolumeGroupSnapshotResponse, Error> {
         let pool = sources[0].pool.clone();
         let cluster = self.conns.get(Some(&creds))?;
-        let nf = |id: &VolumeId| Status::not_found(format!("source volume {id} does not exist"));
+        let nf = |id: &VolumeId| Error::not_found(format!("source volume {id} does not exist"));
         let io = ioctx_for_id(&cluster, &pool)?.ok_or_else(|| nf(&sources[0]))?;
         let j = Journal::new(&io, &self.cfg.instance);
         j.ensure()?;
@@ -211,18 +211,18 @@ impl ControllerService {
         for id in &sources {
             let r = j.by_uuid::<VolumeRecord>(&id.uuid)?.ok_or_else(|| nf(id))?;
             if r.encrypted {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid_argument(format!(
                     "source volume {id} is encrypted: group snapshots of encrypted volumes are not supported yet"
                 )));
             }
             if r.image_pool.as_deref().is_some_and(|p| p != pool) {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid_argument(format!(
                     "source volume {id} lives in topology pool {}, not {pool}: a group snapshot takes volumes of one pool",
                     r.image_pool.as_deref().unwrap_or_default()
                 )));
             }
             if r.state != State::Ready {
-                return Err(Status::aborted(format!("source volume {id} is not ready; retry")));
+                return Err(Error::aborted(format!("source volume {id} is not ready; retry")));
             }
             vols.push(r);
         }
@@ -231,14 +231,14 @@ impl ControllerService {
             if let Some(mut g) = j.by_name::<GroupSnapRecord>(&req.name)? {
                 let have: BTreeSet<Uuid> = g.members.iter().map(|m| m.volume_uuid).collect();
                 if have != wanted {
-                    return Err(Status::already_exists(format!(
+                    return Err(Error::already_exists(format!(
                         "volume group snapshot {:?} already exists with other source volumes",
                         req.name
                     )));
                 }
                 match g.state {
                     State::Deleting => {
-                        return Err(Status::aborted(format!(
+                        return Err(Error::aborted(format!(
                             "volume group snapshot {:?} is being deleted; retry later",
                             req.name
                         )))
@@ -301,7 +301,7 @@ impl ControllerService {
     }
 
     /// One snapshot record per member, `creating`, before any image exists.
-    fn reserve_members(&self, j: &Journal, g: &GroupSnapRecord) -> Result<(), Status> {
+    fn reserve_members(&self, j: &Journal, g: &GroupSnapRecord) -> Result<(), Error> {
         for m in &g.members {
             if j.by_uuid::<SnapRecord>(&m.snap_uuid)?.is_some() {
                 continue;
@@ -323,7 +323,7 @@ impl ControllerService {
                 encryption_overhead: 0,
             };
             if !j.reserve(&rec)? {
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "snapshot name {:?} is taken; delete the group snapshot {:?} and take it again",
                     rec.name, g.name
                 )));
@@ -336,7 +336,7 @@ impl ControllerService {
         &self,
         id: GroupSnapshotId,
         creds: strake_ceph::Credentials,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let cluster = self.conns.get(Some(&creds))?;
         let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
             return Ok(());
@@ -374,11 +374,11 @@ impl ControllerService {
     }
 }
 
-fn parse_group_id(s: &str) -> Result<GroupSnapshotId, Status> {
+fn parse_group_id(s: &str) -> Result<GroupSnapshotId, Error> {
     if s.is_empty() {
-        return Err(Status::invalid_argument("group_snapshot_id is required"));
+        return Err(Error::invalid_argument("group_snapshot_id is required"));
     }
-    GroupSnapshotId::parse(s).ok_or_else(|| Status::not_found(format!("volume group snapshot {s} does not exist")))
+    GroupSnapshotId::parse(s).ok_or_else(|| Error::not_found(format!("volume group snapshot {s} does not exist")))
 }
 
 #[tonic::async_trait]
@@ -436,7 +436,7 @@ impl GroupController for ControllerService {
             tracing::info!(name = req.name, sources = sources.len(), "CreateVolumeGroupSnapshot");
             let _g = self.lock(format!("group-snapshot-name/{}/{}", sources[0].pool, req.name)).await?;
             let this = self.clone();
-            blocking(move || this.create_group_snapshot_blocking(req, sources, creds)).await
+            Ok(blocking(move || this.create_group_snapshot_blocking(req, sources, creds)).await?)
         })
         .await
     }

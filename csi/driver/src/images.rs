@@ -1,16 +1,15 @@
 //! Ceph image operations the controller's workflows share: opening pools and images,
 //! clone chains, and removal that tells "in use" from "has clones".
 use strake_ceph::{CephError, Image, IoCtx, Watcher};
-use tonic::Status;
 
-use crate::errors;
+use crate::errors::{self, Error};
 use crate::failpoint;
 use crate::ids::Naming;
 
-pub(crate) fn ioctx(cluster: &strake_ceph::Cluster, pool: &str) -> Result<IoCtx, Status> {
+pub(crate) fn ioctx(cluster: &strake_ceph::Cluster, pool: &str) -> Result<IoCtx, Error> {
     cluster.ioctx(pool).map_err(|e| {
         if e.is_not_found() {
-            Status::invalid_argument(format!(
+            Error::invalid_argument(format!(
                 "pool {pool:?} does not exist; create it or fix the pool parameter"
             ))
         } else {
@@ -21,7 +20,7 @@ pub(crate) fn ioctx(cluster: &strake_ceph::Cluster, pool: &str) -> Result<IoCtx,
 
 /// The ioctx of an image that lives in `own` rather than `io`'s pool (topology
 /// pools); None when it is `io`'s. Use as `let io = x.as_ref().unwrap_or(io)`.
-pub(crate) fn other_pool(io: &IoCtx, own: &Option<String>) -> Result<Option<IoCtx>, Status> {
+pub(crate) fn other_pool(io: &IoCtx, own: &Option<String>) -> Result<Option<IoCtx>, Error> {
     match own {
         Some(p) if p != io.pool() => Ok(Some(ioctx(io.cluster(), p)?)),
         _ => Ok(None),
@@ -29,7 +28,7 @@ pub(crate) fn other_pool(io: &IoCtx, own: &Option<String>) -> Result<Option<IoCt
 }
 
 /// ioctx for a pool named inside an id: a missing pool means the object is gone.
-pub(crate) fn ioctx_for_id(cluster: &strake_ceph::Cluster, pool: &str) -> Result<Option<IoCtx>, Status> {
+pub(crate) fn ioctx_for_id(cluster: &strake_ceph::Cluster, pool: &str) -> Result<Option<IoCtx>, Error> {
     match cluster.ioctx(pool) {
         Ok(io) => Ok(Some(io)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -37,7 +36,7 @@ pub(crate) fn ioctx_for_id(cluster: &strake_ceph::Cluster, pool: &str) -> Result
     }
 }
 
-pub(crate) fn ok_if<T>(r: Result<T, CephError>, pred: impl Fn(&CephError) -> bool, ctx: &str) -> Result<(), Status> {
+pub(crate) fn ok_if<T>(r: Result<T, CephError>, pred: impl Fn(&CephError) -> bool, ctx: &str) -> Result<(), Error> {
     match r {
         Ok(_) => Ok(()),
         Err(e) if pred(&e) => Ok(()),
@@ -45,13 +44,13 @@ pub(crate) fn ok_if<T>(r: Result<T, CephError>, pred: impl Fn(&CephError) -> boo
     }
 }
 
-pub(crate) fn open(io: &IoCtx, image: &str) -> Result<Image, Status> {
+pub(crate) fn open(io: &IoCtx, image: &str) -> Result<Image, Error> {
     io.open(image)
         .map_err(|e| errors::ceph(&format!("opening image {}/{image}", io.pool()), e))
 }
 
 /// Number of ancestors of an image (0 for a plain image).
-pub(crate) fn clone_depth(io: &IoCtx, img: &Image) -> Result<u32, Status> {
+pub(crate) fn clone_depth(io: &IoCtx, img: &Image) -> Result<u32, Error> {
     let mut depth = 0;
     let mut parent = img.parent().map_err(|e| errors::ceph("reading clone parent", e))?;
     while let Some(p) = parent {
@@ -74,7 +73,7 @@ pub(crate) fn clone_depth(io: &IoCtx, img: &Image) -> Result<u32, Status> {
     Ok(depth)
 }
 
-pub(crate) fn flatten_if_deep(io: &IoCtx, img: &Image, max: u32) -> Result<(), Status> {
+pub(crate) fn flatten_if_deep(io: &IoCtx, img: &Image, max: u32) -> Result<(), Error> {
     let d = clone_depth(io, img)?;
     if d > max {
         tracing::info!(image = img.name(), depth = d, max, "clone chain too deep: flattening");
@@ -86,7 +85,7 @@ pub(crate) fn flatten_if_deep(io: &IoCtx, img: &Image, max: u32) -> Result<(), S
 
 /// Clients other than us that have `image` open (mapped or attached on a node). Read
 /// through a read-only handle, which registers no watch of its own.
-pub fn other_watchers(io: &IoCtx, image: &str) -> Result<Option<Vec<Watcher>>, Status> {
+pub fn other_watchers(io: &IoCtx, image: &str) -> Result<Option<Vec<Watcher>>, Error> {
     match io.open_read_only(image) {
         Ok(img) => img
             .watchers()
@@ -98,9 +97,9 @@ pub fn other_watchers(io: &IoCtx, image: &str) -> Result<Option<Vec<Watcher>>, S
 }
 
 /// FAILED_PRECONDITION naming who has `image` open.
-pub fn in_use(io: &IoCtx, image: &str, watchers: &[Watcher]) -> Status {
+pub fn in_use(io: &IoCtx, image: &str, watchers: &[Watcher]) -> Error {
     let addrs: Vec<&str> = watchers.iter().map(|w| w.addr.as_str()).collect();
-    Status::failed_precondition(format!(
+    Error::failed_precondition(format!(
         "image {}/{image} is still in use, open by {}: unstage the volume on its node first. \
          A client left by a crashed node loses its watch within ~30 s; if the node is lost for \
          good, fence that exact client with `ceph osd blocklist add <addr>` (see csi/README.md, Fencing)",
@@ -110,7 +109,7 @@ pub fn in_use(io: &IoCtx, image: &str, watchers: &[Watcher]) -> Status {
 }
 
 /// Fails with [`in_use`] when any client has the image open; Ok when it is absent.
-pub fn refuse_if_open(io: &IoCtx, image: &str) -> Result<(), Status> {
+pub fn refuse_if_open(io: &IoCtx, image: &str) -> Result<(), Error> {
     match other_watchers(io, image)? {
         Some(w) if !w.is_empty() => Err(in_use(io, image, &w)),
         _ => Ok(()),
@@ -124,7 +123,7 @@ pub fn refuse_if_open(io: &IoCtx, image: &str) -> Result<(), Status> {
 /// only ENOTEMPTY with clones proven to depend on its snapshots sends it to the trash.
 /// An image in use is never moved: a trashed image that a node still writes to would
 /// be purged under it.
-pub fn remove_or_trash(io: &IoCtx, image: &str) -> Result<(), Status> {
+pub fn remove_or_trash(io: &IoCtx, image: &str) -> Result<(), Error> {
     if io
         .open_if_exists(image)
         .map_err(|e| errors::ceph(&format!("opening {image}"), e))?
@@ -154,7 +153,7 @@ pub fn remove_or_trash(io: &IoCtx, image: &str) -> Result<(), Status> {
             let w = other_watchers(io, image)?.unwrap_or_default();
             Err(in_use(io, image, &w))
         }
-        Err(e) if e.errno == libc::EMLINK => Err(Status::failed_precondition(format!(
+        Err(e) if e.errno == libc::EMLINK => Err(Error::failed_precondition(format!(
             "image {}/{image} is a member of an RBD group (a volume group snapshot in progress?); \
              retry once it finishes",
             io.pool()
@@ -214,9 +213,9 @@ pub fn purge_trash(io: &IoCtx, naming: &Naming) -> usize {
 
 /// rbd_clone3 with clone format 2 fails with EINVAL-ish errors when the cluster still
 /// allows pre-mimic clients; say so.
-pub(crate) fn clone_hint(s: Status) -> Status {
-    if s.code() == tonic::Code::Internal && (s.message().contains("EINVAL") || s.message().contains("EOPNOTSUPP")) {
-        Status::failed_precondition(format!(
+pub(crate) fn clone_hint(s: Error) -> Error {
+    if s.kind() == errors::Kind::Internal && (s.message().contains("EINVAL") || s.message().contains("EOPNOTSUPP")) {
+        Error::failed_precondition(format!(
             "{}. Clone v2 needs `ceph osd set-require-min-compat-client mimic` on the cluster",
             s.message()
         ))

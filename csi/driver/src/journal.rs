@@ -14,10 +14,9 @@
 //!    re-runs the steps from the start.
 use serde::{Deserialize, Serialize};
 use strake_ceph::IoCtx;
-use tonic::Status;
 use uuid::Uuid;
 
-use crate::errors;
+use crate::errors::{self, Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,12 +199,12 @@ pub struct Journal<'a> {
     oid: String,
 }
 
-fn je(what: &str, e: strake_ceph::CephError) -> Status {
+fn je(what: &str, e: strake_ceph::CephError) -> Error {
     errors::ceph(&format!("journal: {what}"), e)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(v).map_err(|e| Status::internal(format!("journal entry {key} is corrupt: {e}")))
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(v).map_err(|e| Error::internal(format!("journal entry {key} is corrupt: {e}")))
 }
 
 impl<'a> Journal<'a> {
@@ -224,26 +223,26 @@ impl<'a> Journal<'a> {
         &self.oid
     }
 
-    pub fn ensure(&self) -> Result<(), Status> {
+    pub fn ensure(&self) -> Result<(), Error> {
         self.io
             .ensure_object(&self.oid)
             .map_err(|e| je("creating the journal object", e))
     }
 
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.io
             .omap_get(&self.oid, key)
             .map_err(|e| je(&format!("reading {key}"), e))
     }
 
     /// The record named `name`, if any.
-    pub fn by_name<R: Record>(&self, name: &str) -> Result<Option<R>, Status> {
+    pub fn by_name<R: Record>(&self, name: &str) -> Result<Option<R>, Error> {
         let key = R::name_key(name);
         self.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
 
     /// The record whose uuid is `uuid`, through the id index.
-    pub fn by_uuid<R: Record>(&self, uuid: &Uuid) -> Result<Option<R>, Status> {
+    pub fn by_uuid<R: Record>(&self, uuid: &Uuid) -> Result<Option<R>, Error> {
         match self.get(&R::id_key(uuid))? {
             None => Ok(None),
             Some(n) => Ok(self
@@ -253,7 +252,7 @@ impl<'a> Journal<'a> {
     }
 
     /// Claims `rec`'s name for its uuid atomically. Ok(false): someone else holds it.
-    pub fn reserve<R: Record>(&self, rec: &R) -> Result<bool, Status> {
+    pub fn reserve<R: Record>(&self, rec: &R) -> Result<bool, Error> {
         let nk = R::name_key(rec.name());
         let ik = R::id_key(&rec.uuid());
         let v = serde_json::to_vec(rec).expect("records serialise");
@@ -262,7 +261,7 @@ impl<'a> Journal<'a> {
             .map_err(|e| je(&format!("reserving {nk}"), e))
     }
 
-    pub fn put<R: Record>(&self, rec: &R) -> Result<(), Status> {
+    pub fn put<R: Record>(&self, rec: &R) -> Result<(), Error> {
         let nk = R::name_key(rec.name());
         let v = serde_json::to_vec(rec).expect("records serialise");
         self.io
@@ -270,7 +269,7 @@ impl<'a> Journal<'a> {
             .map_err(|e| je(&format!("updating {nk}"), e))
     }
 
-    pub fn remove<R: Record>(&self, rec: &R) -> Result<(), Status> {
+    pub fn remove<R: Record>(&self, rec: &R) -> Result<(), Error> {
         let nk = R::name_key(rec.name());
         let ik = R::id_key(&rec.uuid());
         self.io
@@ -280,7 +279,7 @@ impl<'a> Journal<'a> {
 
     /// Records in name order after `after` (exclusive), at most `max`; and whether
     /// more follow.
-    pub fn list<R: Record>(&self, after: &str, max: u64) -> Result<(Vec<R>, bool), Status> {
+    pub fn list<R: Record>(&self, after: &str, max: u64) -> Result<(Vec<R>, bool), Error> {
         let start = if after.is_empty() {
             String::new()
         } else {
@@ -298,7 +297,7 @@ impl<'a> Journal<'a> {
         Ok((recs, page.more))
     }
 
-    pub fn all<R: Record>(&self) -> Result<Vec<R>, Status> {
+    pub fn all<R: Record>(&self) -> Result<Vec<R>, Error> {
         let all = self
             .io
             .omap_list_all(&self.oid, &R::name_key(""))
@@ -307,7 +306,7 @@ impl<'a> Journal<'a> {
     }
 
     /// Raw `<kind>.id.*` index entries: (uuid text, name).
-    pub fn id_index<R: Record>(&self) -> Result<Vec<(String, String)>, Status> {
+    pub fn id_index<R: Record>(&self) -> Result<Vec<(String, String)>, Error> {
         let prefix = format!("{}.id.", R::KIND);
         let all = self
             .io
@@ -319,18 +318,18 @@ impl<'a> Journal<'a> {
             .collect())
     }
 
-    pub fn remove_keys(&self, keys: &[&str]) -> Result<(), Status> {
+    pub fn remove_keys(&self, keys: &[&str]) -> Result<(), Error> {
         self.io.omap_remove(&self.oid, keys).map_err(|e| je("removing keys", e))
     }
 
     /// A value by key with its raw bytes (the compare half of [`Journal::swap`]).
-    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.get(key)
     }
 
     /// Replaces `key`'s value only if it still is `expected` (None: absent); `new` None
     /// removes it. Ok(false): someone else changed it first; read again and retry.
-    pub fn swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, Status> {
+    pub fn swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, Error> {
         let expect = [(key, expected.unwrap_or(&[]))];
         let set: Vec<(&str, &[u8])> = new.map(|v| (key, v)).into_iter().collect();
         let remove: Vec<&str> = if new.is_none() { vec![key] } else { vec![] };
@@ -340,14 +339,14 @@ impl<'a> Journal<'a> {
     }
 
     /// Every (key, value) whose key starts with `prefix`.
-    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Status> {
+    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.io
             .omap_list_all(&self.oid, prefix)
             .map_err(|e| je(&format!("listing {prefix}*"), e))
     }
 
     /// Every key in the journal (tests and sweep use it to prove emptiness).
-    pub fn all_keys(&self) -> Result<Vec<String>, Status> {
+    pub fn all_keys(&self) -> Result<Vec<String>, Error> {
         Ok(self
             .io
             .omap_list_all(&self.oid, "")

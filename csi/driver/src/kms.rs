@@ -26,7 +26,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 use strake_ceph::Image;
-use tonic::Status;
+use crate::errors::Error;
 use uuid::Uuid;
 
 /// The Secret key holding the key-encryption key.
@@ -39,11 +39,11 @@ pub const KMS_KEY: &str = "strake.csi/kms";
 pub struct Passphrase(Vec<u8>);
 
 impl Passphrase {
-    pub fn generate() -> Result<Self, Status> {
+    pub fn generate() -> Result<Self, Error> {
         let mut raw = [0u8; 32];
         SystemRandom::new()
             .fill(&mut raw)
-            .map_err(|_| Status::internal("no randomness for a volume passphrase"))?;
+            .map_err(|_| Error::internal("no randomness for a volume passphrase"))?;
         let p = base64::engine::general_purpose::STANDARD.encode(raw);
         raw.iter_mut().for_each(|b| *b = 0);
         Ok(Passphrase(p.into_bytes()))
@@ -72,9 +72,9 @@ pub trait Kms {
     /// The name recorded with the volume (`strake.csi/kms`).
     fn name(&self) -> &'static str;
     /// Stores `p` for volume `uuid`, whose image is `img`.
-    fn store(&self, img: &Image, uuid: &Uuid, p: &Passphrase) -> Result<(), Status>;
+    fn store(&self, img: &Image, uuid: &Uuid, p: &Passphrase) -> Result<(), Error>;
     /// The passphrase of volume `uuid`.
-    fn fetch(&self, img: &Image, uuid: &Uuid) -> Result<Passphrase, Status>;
+    fn fetch(&self, img: &Image, uuid: &Uuid) -> Result<Passphrase, Error>;
 }
 
 /// The KEK from the request's Secret, the wrapped passphrase in image metadata.
@@ -84,13 +84,13 @@ pub struct SecretKms {
 
 impl SecretKms {
     /// From a CSI request's secrets; `rpc` and `secret_param` name them in errors.
-    pub fn from_secrets(secrets: &HashMap<String, String>, rpc: &str, secret_param: &str) -> Result<Self, Status> {
+    pub fn from_secrets(secrets: &HashMap<String, String>, rpc: &str, secret_param: &str) -> Result<Self, Error> {
         let kek = secrets
             .get(SECRET_KEY)
             .map(|s| s.trim())
             .filter(|s| s.len() >= 16)
             .ok_or_else(|| {
-                Status::invalid_argument(format!(
+                Error::invalid_argument(format!(
                     "{rpc}: an encrypted volume needs {SECRET_KEY} (at least 16 characters) in the Secret named by \
                      csi.storage.k8s.io/{secret_param}-secret-name"
                 ))
@@ -108,24 +108,24 @@ impl SecretKms {
         LessSafeKey::new(UnboundKey::from(okm))
     }
 
-    pub fn wrap(&self, uuid: &Uuid, p: &Passphrase) -> Result<String, Status> {
+    pub fn wrap(&self, uuid: &Uuid, p: &Passphrase) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
-            .map_err(|_| Status::internal("no randomness for a nonce"))?;
+            .map_err(|_| Error::internal("no randomness for a nonce"))?;
         let mut buf = p.bytes().to_vec();
         let aad = uuid.to_string();
         self.key(uuid)
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf)
-            .map_err(|_| Status::internal("wrapping the volume passphrase failed"))?;
+            .map_err(|_| Error::internal("wrapping the volume passphrase failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
         Ok(base64::engine::general_purpose::STANDARD.encode(out))
     }
 
-    pub fn unwrap(&self, uuid: &Uuid, wrapped: &str) -> Result<Passphrase, Status> {
+    pub fn unwrap(&self, uuid: &Uuid, wrapped: &str) -> Result<Passphrase, Error> {
         let bad = || {
-            Status::permission_denied(format!(
+            Error::permission_denied(format!(
                 "the passphrase of volume {uuid} does not unwrap with this Secret's {SECRET_KEY}: \
                  the Secret changed, or the metadata belongs to another volume"
             ))
@@ -158,19 +158,19 @@ impl Kms for SecretKms {
         "secret"
     }
 
-    fn store(&self, img: &Image, uuid: &Uuid, p: &Passphrase) -> Result<(), Status> {
+    fn store(&self, img: &Image, uuid: &Uuid, p: &Passphrase) -> Result<(), Error> {
         let w = self.wrap(uuid, p)?;
         img.metadata_set(DEK_KEY, &w)
             .and_then(|_| img.metadata_set(KMS_KEY, self.name()))
             .map_err(|e| crate::errors::ceph("storing the wrapped passphrase", e))
     }
 
-    fn fetch(&self, img: &Image, uuid: &Uuid) -> Result<Passphrase, Status> {
+    fn fetch(&self, img: &Image, uuid: &Uuid) -> Result<Passphrase, Error> {
         let w = img
             .metadata_get(DEK_KEY)
             .map_err(|e| crate::errors::ceph("reading the wrapped passphrase", e))?
             .ok_or_else(|| {
-                Status::failed_precondition(format!(
+                Error::failed_precondition(format!(
                     "volume {uuid} is marked encrypted but its image has no {DEK_KEY}: its key is lost"
                 ))
             })?;
@@ -179,7 +179,7 @@ impl Kms for SecretKms {
 }
 
 /// Whether an image starts with a LUKS header (`LUKS\xba\xbe`), read raw.
-pub fn has_luks_header(img: &Image) -> Result<bool, Status> {
+pub fn has_luks_header(img: &Image) -> Result<bool, Error> {
     let mut b = [0u8; 6];
     let n = img
         .read_at(0, &mut b)
@@ -190,8 +190,8 @@ pub fn has_luks_header(img: &Image) -> Result<bool, Status> {
 /// Where a LUKS2 header says the encrypted payload starts (its first segment's offset),
 /// read from the header's JSON area, which needs no key derivation: librbd's format
 /// spends seconds in the PBKDF, loading the key again to learn the size would double it.
-pub fn luks2_payload_offset(img: &Image) -> Result<u64, Status> {
-    let bad = |why: &str| Status::internal(format!("the LUKS2 header of {} is not readable: {why}", img.name()));
+pub fn luks2_payload_offset(img: &Image) -> Result<u64, Error> {
+    let bad = |why: &str| Error::internal(format!("the LUKS2 header of {} is not readable: {why}", img.name()));
     let mut bin = [0u8; 16];
     img.read_at(0, &mut bin).map_err(|e| crate::errors::ceph("reading the LUKS2 header", e))?;
     if &bin[..6] != b"LUKS\xba\xbe" || u16::from_be_bytes([bin[6], bin[7]]) != 2 {
@@ -228,7 +228,7 @@ mod tests {
         let w = k.wrap(&a, &p).unwrap();
         assert!(!w.contains(std::str::from_utf8(p.bytes()).unwrap()));
         assert_eq!(k.unwrap(&a, &w).unwrap().bytes(), p.bytes());
-        assert_eq!(k.unwrap(&b, &w).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(k.unwrap(&b, &w).unwrap_err().kind(), crate::errors::Kind::PermissionDenied);
         assert!(kms("another-key-encryption-key!!").unwrap(&a, &w).is_err());
         assert_ne!(k.wrap(&a, &p).unwrap(), w, "a fresh nonce each time");
         assert_eq!(format!("{p:?}"), "Passphrase(<redacted>)");

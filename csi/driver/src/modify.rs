@@ -11,9 +11,8 @@
 use std::collections::HashMap;
 
 use strake_ceph::Image;
-use tonic::Status;
 
-use crate::errors;
+use crate::errors::{self, Error};
 
 /// The limits a VolumeAttributesClass may set: operations or bytes per second, in
 /// total or per direction, and the bursts above the total limits.
@@ -29,17 +28,17 @@ pub const QOS_KEYS: &[&str] = &[
 ];
 
 /// Validated mutable parameters: (librbd option, value; 0 = no limit), sorted.
-pub fn parse(params: &HashMap<String, String>) -> Result<Vec<(&'static str, u64)>, Status> {
+pub fn parse(params: &HashMap<String, String>) -> Result<Vec<(&'static str, u64)>, Error> {
     let mut out = Vec::new();
     for (k, v) in params {
         let Some(key) = QOS_KEYS.iter().find(|q| **q == k.as_str()) else {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid_argument(format!(
                 "unknown mutable parameter {k:?}; a VolumeAttributesClass for strake-csi sets {}",
                 QOS_KEYS.join(", ")
             )));
         };
         let n: u64 = v.trim().parse().map_err(|_| {
-            Status::invalid_argument(format!(
+            Error::invalid_argument(format!(
                 "mutable parameter {k}: {v:?} is not a whole number (operations or bytes per second; 0 = no limit)"
             ))
         })?;
@@ -50,7 +49,7 @@ pub fn parse(params: &HashMap<String, String>) -> Result<Vec<(&'static str, u64)
 }
 
 /// Writes the limits into the image's config overrides.
-pub fn apply(img: &Image, qos: &[(&str, u64)]) -> Result<(), Status> {
+pub fn apply(img: &Image, qos: &[(&str, u64)]) -> Result<(), Error> {
     for (k, v) in qos {
         let key = format!("conf_{k}");
         let r = if *v == 0 {

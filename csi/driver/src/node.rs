@@ -20,7 +20,7 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::rpc::Type as CapType;
 use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::*;
-use crate::errors::{self, blocking};
+use crate::errors::{self, blocking, Error};
 use crate::ids::{Naming, VolumeId};
 use crate::journal::Journal;
 use crate::locks::KeyLocks;
@@ -87,8 +87,8 @@ pub struct NodeService {
     locks: Arc<KeyLocks>,
 }
 
-fn internal(ctx: &str, e: anyhow::Error) -> Status {
-    Status::internal(format!("{ctx}: {e:#}"))
+fn internal(ctx: &str, e: anyhow::Error) -> Error {
+    Error::internal(format!("{ctx}: {e:#}"))
 }
 
 impl NodeService {
@@ -112,26 +112,26 @@ impl NodeService {
         self.cfg.state_dir.join("volumes").join(key)
     }
 
-    fn load(&self, volume_id: &str) -> Result<Option<StagedVolume>, Status> {
+    fn load(&self, volume_id: &str) -> Result<Option<StagedVolume>, Error> {
         let p = self.volume_dir(volume_id).join("state.json");
         match fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Status::internal(format!("node state {} is corrupt: {e}; unstage by hand", p.display()))),
+                .map_err(|e| Error::internal(format!("node state {} is corrupt: {e}; unstage by hand", p.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Status::internal(format!("reading {}: {e}", p.display()))),
+            Err(e) => Err(Error::internal(format!("reading {}: {e}", p.display()))),
         }
     }
 
-    fn save(&self, st: &StagedVolume) -> Result<(), Status> {
+    fn save(&self, st: &StagedVolume) -> Result<(), Error> {
         let dir = self.volume_dir(&st.volume_id);
-        fs::create_dir_all(&dir).map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
         let tmp = dir.join("state.json.tmp");
         let data = serde_json::to_vec_pretty(st).expect("state serialises");
         fs::write(&tmp, data)
             .and_then(|_| fs::File::open(&tmp)?.sync_all())
             .and_then(|_| fs::rename(&tmp, dir.join("state.json")))
-            .map_err(|e| Status::internal(format!("writing node state in {}: {e}", dir.display())))
+            .map_err(|e| Error::internal(format!("writing node state in {}: {e}", dir.display())))
     }
 
     fn all_staged(&self) -> Vec<StagedVolume> {
@@ -192,11 +192,11 @@ impl NodeService {
         (ok, broken)
     }
 
-    async fn lock(&self, volume_id: &str) -> Result<crate::locks::KeyGuard, Status> {
+    async fn lock(&self, volume_id: &str) -> Result<crate::locks::KeyGuard, Error> {
         self.locks
             .lock(&format!("node/{volume_id}"), self.cfg.lock_timeout)
             .await
-            .ok_or_else(|| Status::aborted(format!("another operation on volume {volume_id} is in progress; retry")))
+            .ok_or_else(|| Error::aborted(format!("another operation on volume {volume_id} is in progress; retry")))
     }
 
     fn stage_blocking(
@@ -205,10 +205,10 @@ impl NodeService {
         kind: StagedKind,
         read_only: bool,
         creds: strake_ceph::Credentials,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let staging = PathBuf::from(&req.staging_target_path);
         let id = VolumeId::parse(&req.volume_id)
-            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+            .ok_or_else(|| Error::not_found(format!("volume {} does not exist", req.volume_id)))?;
         let pool = req
             .volume_context
             .get("pool")
@@ -222,17 +222,17 @@ impl NodeService {
         // Both reach librbd and a helper's command line.
         crate::validate::pool(&pool)
             .and_then(|_| crate::validate::image(&image))
-            .map_err(|e| Status::invalid_argument(format!("volume_context of {}: {e}", req.volume_id)))?;
+            .map_err(|e| Error::invalid_argument(format!("volume_context of {}: {e}", req.volume_id)))?;
         let kind_attacher = match req.volume_context.get("mounter") {
-            Some(m) => m.parse::<AttacherKind>().map_err(Status::invalid_argument)?,
+            Some(m) => m.parse::<AttacherKind>().map_err(Error::invalid_argument)?,
             None => self.cfg.default_attacher.ok_or_else(|| {
-                Status::failed_precondition(
+                Error::failed_precondition(
                     "this node has no way to attach RBD images: no krbd, no nbd, no FUSE helper (see --attacher)",
                 )
             })?,
         };
         kind_attacher.available().map_err(|why| {
-            Status::failed_precondition(format!(
+            Error::failed_precondition(format!(
                 "attach path {kind_attacher} is not usable on node {}: {why}",
                 self.cfg.node_id
             ))
@@ -244,7 +244,7 @@ impl NodeService {
         let cluster = self.conns.get(Some(&creds))?;
         let open_pool = |p: &str| {
             cluster.ioctx(p).map_err(|e| match e.is_not_found() {
-                true => Status::not_found(format!("volume {}: pool {p} does not exist", req.volume_id)),
+                true => Error::not_found(format!("volume {}: pool {p} does not exist", req.volume_id)),
                 false => errors::ceph("opening pool", e),
             })
         };
@@ -256,7 +256,7 @@ impl NodeService {
         };
         let j = Journal::new(jio.as_ref().unwrap_or(&io), &self.cfg.instance);
         io.open_read_only(&image).map_err(|e| match e.is_not_found() {
-            true => Status::not_found(format!(
+            true => Error::not_found(format!(
                 "volume {} does not exist (no image {pool}/{image})",
                 req.volume_id
             )),
@@ -271,7 +271,7 @@ impl NodeService {
                 .into_iter()
                 .find(|h| h.node == self.cfg.node_id)
                 .ok_or_else(|| {
-                    Status::failed_precondition(format!(
+                    Error::failed_precondition(format!(
                         "volume {} is attached here but no longer published to node {} (unpublished, or fenced \
                          after this node was declared lost): unstage it",
                         req.volume_id, self.cfg.node_id
@@ -284,7 +284,7 @@ impl NodeService {
         let read_only = read_only || holder.readonly;
         if let Some(st) = self.load(&req.volume_id)? {
             if st.read_only != read_only {
-                return Err(Status::already_exists(format!(
+                return Err(Error::already_exists(format!(
                     "volume {} is already staged {} on this node; the capability asks for it {}",
                     req.volume_id,
                     if st.read_only { "read-only" } else { "read-write" },
@@ -292,7 +292,7 @@ impl NodeService {
                 )));
             }
             if st.staging_path != staging {
-                return Err(Status::already_exists(format!(
+                return Err(Error::already_exists(format!(
                     "volume {} is already staged at {}, not {}",
                     req.volume_id,
                     st.staging_path.display(),
@@ -300,7 +300,7 @@ impl NodeService {
                 )));
             }
             if st.kind != kind {
-                return Err(Status::already_exists(format!(
+                return Err(Error::already_exists(format!(
                     "volume {} is already staged with a different capability",
                     req.volume_id
                 )));
@@ -320,7 +320,7 @@ impl NodeService {
         let in_kernel = matches!(kind_attacher, AttacherKind::Krbd | AttacherKind::RbdNbd);
         if passphrase.is_some() && in_kernel {
             crate::crypt::available()
-                .map_err(|why| Status::failed_precondition(format!("volume {} is encrypted: {why}", req.volume_id)))?;
+                .map_err(|why| Error::failed_precondition(format!("volume {} is encrypted: {why}", req.volume_id)))?;
         }
         let mut st = match attached {
             Some(st) => st,
@@ -370,13 +370,13 @@ impl NodeService {
         if let StagedKind::Mount { fs_type, flags } = &kind {
             if !mount::is_mountpoint(&staging) {
                 fs::create_dir_all(&staging)
-                    .map_err(|e| Status::internal(format!("creating {}: {e}", staging.display())))?;
+                    .map_err(|e| Error::internal(format!("creating {}: {e}", staging.display())))?;
                 let dev = st.dev();
                 // Never format a device that holds anything: only when low-level
                 // probing finds neither a filesystem, nor any other signature, nor a
                 // partition table (as kubelet's safe formatting does).
                 let found = mount::probe(&dev).map_err(|e| {
-                    Status::failed_precondition(format!(
+                    Error::failed_precondition(format!(
                         "volume {}: cannot tell what {} holds, so it is not formatted: {e:#}",
                         req.volume_id,
                         dev.display()
@@ -384,7 +384,7 @@ impl NodeService {
                 })?;
                 match (&found.content, &found.partition_table) {
                     (None, None) if read_only => {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Error::failed_precondition(format!(
                             "volume {} holds no filesystem and is staged read-only, so it cannot be formatted; \
                              stage it once read-write (or restore it from a snapshot) first",
                             req.volume_id
@@ -399,7 +399,7 @@ impl NodeService {
                         mount::mkfs(&dev, fs_type).map_err(|e| internal("mkfs", e))?;
                     }
                     (None, Some(pt)) => {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Error::failed_precondition(format!(
                             "volume {} holds a {pt} partition table and no {fs_type} filesystem; strake-csi never \
                              formats a device that holds something. Use it as a raw block volume, or wipe it \
                              yourself (wipefs -a) if its content is not needed",
@@ -407,7 +407,7 @@ impl NodeService {
                         )));
                     }
                     (Some(found), _) if found != fs_type => {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Error::failed_precondition(format!(
                             "volume {} already holds {found} but the capability asks for {fs_type}; \
                              use fsType {found} or a new volume (data is never reformatted)",
                             req.volume_id
@@ -447,7 +447,7 @@ impl NodeService {
         Ok(())
     }
 
-    fn unstage_blocking(&self, req: NodeUnstageVolumeRequest) -> Result<(), Status> {
+    fn unstage_blocking(&self, req: NodeUnstageVolumeRequest) -> Result<(), Error> {
         let staging = PathBuf::from(&req.staging_target_path);
         let Some(st) = self.load(&req.volume_id)? else {
             // Nothing recorded: at most a stale mount to clear.
@@ -462,7 +462,7 @@ impl NodeService {
             .detach(&st.attachment)
             .map_err(|e| internal("detaching", e))?;
         let dir = self.volume_dir(&req.volume_id);
-        fs::remove_dir_all(&dir).map_err(|e| Status::internal(format!("removing {}: {e}", dir.display())))?;
+        fs::remove_dir_all(&dir).map_err(|e| Error::internal(format!("removing {}: {e}", dir.display())))?;
         tracing::info!(volume_id = req.volume_id, "unstaged");
         Ok(())
     }
@@ -506,7 +506,7 @@ impl Node for NodeService {
             let read_only = mode_readonly(mode);
             let r = blocking(move || this.stage_blocking(req, staged_kind(kind), read_only, creds)).await;
             self.update_gauges();
-            r.map(|_| NodeStageVolumeResponse {})
+            r.map(|_| NodeStageVolumeResponse {}).map_err(Status::from)
         })
         .await
     }
@@ -527,7 +527,7 @@ impl Node for NodeService {
             let this = self.clone();
             let r = blocking(move || this.unstage_blocking(req)).await;
             self.update_gauges();
-            r.map(|_| NodeUnstageVolumeResponse {})
+            r.map(|_| NodeUnstageVolumeResponse {}).map_err(Status::from)
         })
         .await
     }
@@ -749,7 +749,7 @@ impl Node for NodeService {
                                  NodeStageVolume (restart the pod using it), or give the plugin CAP_SYS_RESOURCE, or use xfs"
                             )));
                         }
-                        Err(GrowError::Other(e)) => return Err(internal("growing the filesystem", e)),
+                        Err(GrowError::Other(e)) => return Err(internal("growing the filesystem", e).into()),
                     }
                 }
                 Ok(NodeExpandVolumeResponse { capacity_bytes: size })

@@ -12,8 +12,8 @@
 //!   here; the filesystem type arrives in the volume capability.
 use std::collections::HashMap;
 
+use crate::errors::Error;
 use strake_ceph::features;
-use tonic::Status;
 
 use crate::attach::AttacherKind;
 use crate::csi::volume_capability::access_mode::Mode;
@@ -47,10 +47,10 @@ const KNOWN: &[&str] = &[
     "encryptionKMS",
 ];
 
-pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, Status> {
+pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, Error> {
     for k in p.keys() {
         if !KNOWN.contains(&k.as_str()) && !k.starts_with("csi.storage.k8s.io/") {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid_argument(format!(
                 "unknown StorageClass parameter {k:?}; strake-csi accepts {} (see deploy/csi/storageclass.yaml)",
                 KNOWN.join(", ")
             )));
@@ -61,7 +61,7 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         .map(|s| s.trim())
         .filter(|s| !s.is_empty() && *s != "secret")
     {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "StorageClass parameter encryptionKMS: {k:?} is not implemented; strake-csi keeps passphrases with \"secret\" \
              (the key-encryption key in the StorageClass's Secret, see csi/README.md)"
         )));
@@ -71,21 +71,21 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
-            Status::invalid_argument(
+            Error::invalid_argument(
                 "StorageClass parameter \"pool\" is required: set it to the RBD pool for the volumes",
             )
         })?;
-    crate::validate::pool(pool).map_err(|e| Status::invalid_argument(format!("StorageClass parameter pool: {e}")))?;
+    crate::validate::pool(pool).map_err(|e| Error::invalid_argument(format!("StorageClass parameter pool: {e}")))?;
     let data_pool = p.get("dataPool").map(|s| s.trim()).filter(|s| !s.is_empty());
     if let Some(dp) = data_pool {
         crate::validate::pool(dp)
-            .map_err(|e| Status::invalid_argument(format!("StorageClass parameter dataPool: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("StorageClass parameter dataPool: {e}")))?;
     }
     let feats = p.get("imageFeatures").map(String::as_str).unwrap_or(DEFAULT_FEATURES);
     let features = features::parse(feats)
-        .map_err(|e| Status::invalid_argument(format!("StorageClass parameter imageFeatures: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("StorageClass parameter imageFeatures: {e}")))?;
     if features & features::LAYERING == 0 {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid_argument(
             "StorageClass parameter imageFeatures must include layering: snapshots and clones need it",
         ));
     }
@@ -93,7 +93,7 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         None => None,
         Some(m) => Some(
             m.parse::<AttacherKind>()
-                .map_err(|e| Status::invalid_argument(format!("StorageClass parameter mounter: {e}")))?,
+                .map_err(|e| Error::invalid_argument(format!("StorageClass parameter mounter: {e}")))?,
         ),
     };
     Ok(VolumeParams {
@@ -105,7 +105,7 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
             None | Some("") | Some("false") => false,
             Some("true") => true,
             Some(other) => {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid_argument(format!(
                     "StorageClass parameter encrypted: {other:?}; use \"true\" or \"false\""
                 )))
             }
@@ -117,25 +117,25 @@ pub fn parse_volume_params(p: &HashMap<String, String>) -> Result<VolumeParams, 
         {
             None => vec![],
             Some(j) => crate::topology::parse_pools(j)
-                .map_err(|e| Status::invalid_argument(format!("StorageClass parameter {e}")))?,
+                .map_err(|e| Error::invalid_argument(format!("StorageClass parameter {e}")))?,
         },
     })
 }
 
 /// The name rules of the CSI spec: non-empty, no control characters other than
 /// common whitespace.
-pub fn validate_name(what: &str, name: &str) -> Result<(), Status> {
+pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} is required")));
+        return Err(Error::invalid_argument(format!("{what} is required")));
     }
     if name.len() > 1024 {
-        return Err(Status::invalid_argument(format!("{what} is longer than 1024 bytes")));
+        return Err(Error::invalid_argument(format!("{what} is longer than 1024 bytes")));
     }
     if let Some(c) = name.chars().find(|c| {
         let u = *c as u32;
         u <= 0x08 || u == 0x0B || u == 0x0C || (0x0E..=0x1F).contains(&u) || (0x7F..=0x9F).contains(&u)
     }) {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what} contains the control character U+{:04X}",
             c as u32
         )));
@@ -145,31 +145,31 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), Status> {
 
 /// Picks the image size for a capacity range: the required size rounded up to MiB
 /// (RBD objects are 4 MiB, but MiB keeps small test volumes exact), or `default`.
-pub fn size_for_range(range: Option<&CapacityRange>, default: u64, max: u64) -> Result<u64, Status> {
+pub fn size_for_range(range: Option<&CapacityRange>, default: u64, max: u64) -> Result<u64, Error> {
     let Some(r) = range else { return Ok(default) };
     if r.required_bytes < 0 || r.limit_bytes < 0 {
-        return Err(Status::invalid_argument("capacity_range bytes must not be negative"));
+        return Err(Error::invalid_argument("capacity_range bytes must not be negative"));
     }
     if r.required_bytes == 0 && r.limit_bytes == 0 {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid_argument(
             "capacity_range sets neither required_bytes nor limit_bytes; set at least one (or omit capacity_range)",
         ));
     }
     let (req, lim) = (r.required_bytes as u64, r.limit_bytes as u64);
     if lim != 0 && req > lim {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "capacity_range required_bytes {req} is larger than limit_bytes {lim}"
         )));
     }
     let want = if req == 0 { default.min(lim) } else { req };
     let size = want.div_ceil(MIB).max(1) * MIB;
     if lim != 0 && size > lim {
-        return Err(Status::out_of_range(format!(
+        return Err(Error::out_of_range(format!(
             "no size in [{req}, {lim}] is a whole number of MiB; widen the range"
         )));
     }
     if size > max {
-        return Err(Status::out_of_range(format!(
+        return Err(Error::out_of_range(format!(
             "requested {size} bytes exceeds this driver's maximum volume size {max} bytes (--max-volume-size)"
         )));
     }
@@ -248,11 +248,11 @@ pub fn check_capability(c: &VolumeCapability, default_fs: &str) -> Result<(Acces
 /// than fail every NodeStageVolume later.
 pub const XFS_MIN_BYTES: u64 = 300 * 1_000_000;
 
-pub fn check_min_size(caps: &[VolumeCapability], size: u64, default_fs: &str) -> Result<(), Status> {
+pub fn check_min_size(caps: &[VolumeCapability], size: u64, default_fs: &str) -> Result<(), Error> {
     for c in caps {
         if let Ok((AccessKind::Mount { fs_type, .. }, _)) = check_capability(c, default_fs) {
             if fs_type == "xfs" && size < XFS_MIN_BYTES {
-                return Err(Status::out_of_range(format!(
+                return Err(Error::out_of_range(format!(
                     "an xfs volume must be at least 300 MB (mkfs.xfs refuses smaller devices); asked for {size} bytes"
                 )));
             }
@@ -261,14 +261,14 @@ pub fn check_min_size(caps: &[VolumeCapability], size: u64, default_fs: &str) ->
     Ok(())
 }
 
-pub fn check_capabilities(caps: &[VolumeCapability], default_fs: &str) -> Result<(), Status> {
+pub fn check_capabilities(caps: &[VolumeCapability], default_fs: &str) -> Result<(), Error> {
     if caps.is_empty() {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid_argument(
             "volume_capabilities is required: give at least one capability",
         ));
     }
     for c in caps {
-        check_capability(c, default_fs).map_err(Status::invalid_argument)?;
+        check_capability(c, default_fs).map_err(Error::invalid_argument)?;
     }
     Ok(())
 }
@@ -347,26 +347,26 @@ mod tests {
         assert_eq!(size_for_range(r(1, 0).as_ref(), GIB, max).unwrap(), MIB);
         assert_eq!(size_for_range(r(0, 512 << 20).as_ref(), GIB, max).unwrap(), 512 << 20);
         assert_eq!(
-            size_for_range(r(0, 0).as_ref(), GIB, max).unwrap_err().code(),
-            tonic::Code::InvalidArgument
+            size_for_range(r(0, 0).as_ref(), GIB, max).unwrap_err().kind(),
+            crate::errors::Kind::InvalidArgument
         );
         assert_eq!(
-            size_for_range(r(-1, 0).as_ref(), GIB, max).unwrap_err().code(),
-            tonic::Code::InvalidArgument
+            size_for_range(r(-1, 0).as_ref(), GIB, max).unwrap_err().kind(),
+            crate::errors::Kind::InvalidArgument
         );
         assert_eq!(
-            size_for_range(r(10, 5).as_ref(), GIB, max).unwrap_err().code(),
-            tonic::Code::InvalidArgument
+            size_for_range(r(10, 5).as_ref(), GIB, max).unwrap_err().kind(),
+            crate::errors::Kind::InvalidArgument
         );
         assert_eq!(
-            size_for_range(r(2, 1000).as_ref(), GIB, max).unwrap_err().code(),
-            tonic::Code::OutOfRange
+            size_for_range(r(2, 1000).as_ref(), GIB, max).unwrap_err().kind(),
+            crate::errors::Kind::OutOfRange
         );
         assert_eq!(
             size_for_range(r(max as i64 + 1, 0).as_ref(), GIB, max)
                 .unwrap_err()
-                .code(),
-            tonic::Code::OutOfRange
+                .kind(),
+            crate::errors::Kind::OutOfRange
         );
         assert!(size_satisfies(GIB, r(GIB as i64, 0).as_ref()));
         assert!(!size_satisfies(GIB, r(2 * GIB as i64, 0).as_ref()));

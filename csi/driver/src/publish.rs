@@ -27,9 +27,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::errors::Error;
 use serde::{Deserialize, Serialize};
 use strake_ceph::{Cluster, IoCtx};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::csi::volume_capability::access_mode::Mode;
@@ -117,37 +117,37 @@ impl Holder {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de> + Default>(key: &str, v: Option<&[u8]>) -> Result<T, Status> {
+fn decode<T: for<'de> Deserialize<'de> + Default>(key: &str, v: Option<&[u8]>) -> Result<T, Error> {
     match v {
         None => Ok(T::default()),
         Some(b) => {
-            serde_json::from_slice(b).map_err(|e| Status::internal(format!("journal entry {key} is corrupt: {e}")))
+            serde_json::from_slice(b).map_err(|e| Error::internal(format!("journal entry {key} is corrupt: {e}")))
         }
     }
 }
 
-pub fn holders(j: &Journal, uuid: &Uuid) -> Result<Holders, Status> {
+pub fn holders(j: &Journal, uuid: &Uuid) -> Result<Holders, Error> {
     let key = holders_key(uuid);
     decode(&key, j.get_raw(&key)?.as_deref())
 }
 
-pub fn claim(j: &Journal, uuid: &Uuid, node: &str) -> Result<Option<Claim>, Status> {
+pub fn claim(j: &Journal, uuid: &Uuid, node: &str) -> Result<Option<Claim>, Error> {
     let key = claim_key(uuid, node);
     j.get_raw(&key)?.map(|b| decode::<Claim>(&key, Some(&b))).transpose()
 }
 
 /// Node ids become journal keys and appear in errors: Kubernetes node names
 /// (DNS subdomains) fit.
-pub fn validate_node_id(node: &str) -> Result<(), Status> {
+pub fn validate_node_id(node: &str) -> Result<(), Error> {
     if node.is_empty() {
-        return Err(Status::invalid_argument("node_id is required"));
+        return Err(Error::invalid_argument("node_id is required"));
     }
     if node.len() > 253
         || !node
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "node_id {node:?} is not a node name (letters, digits, '.', '-', '_'; at most 253)"
         )));
     }
@@ -163,7 +163,7 @@ pub fn publish_context(h: &Holder) -> HashMap<String, String> {
 }
 
 /// ControllerPublishVolume: adds `want` as a holder, or answers why not.
-pub fn publish(j: &Journal, uuid: &Uuid, volume_id: &str, want: Holder) -> Result<Holder, Status> {
+pub fn publish(j: &Journal, uuid: &Uuid, volume_id: &str, want: Holder) -> Result<Holder, Error> {
     let key = holders_key(uuid);
     loop {
         let raw = j.get_raw(&key)?;
@@ -172,13 +172,13 @@ pub fn publish(j: &Journal, uuid: &Uuid, volume_id: &str, want: Holder) -> Resul
             if h.same_capability(&want) {
                 return Ok(h.clone());
             }
-            return Err(Status::already_exists(format!(
+            return Err(Error::already_exists(format!(
                 "volume {volume_id} is already published to {} with another capability; unpublish it first",
                 h.describe()
             )));
         }
         if let Some(h) = hs.holders.iter().find(|h| !h.shares_with(&want)) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "volume {volume_id} is published to {}: a {} volume has one node at a time. \
                  Unpublish it from {} first (Kubernetes does once the pod there is gone); if that node is lost \
                  for good, taint it node.kubernetes.io/out-of-service and the detach fences it (csi/README.md, Fencing)",
@@ -243,7 +243,7 @@ pub fn unpublish(
     node: &str,
     ours: &[String],
     opts: FenceOptions,
-) -> Result<Vec<String>, Status> {
+) -> Result<Vec<String>, Error> {
     let key = holders_key(uuid);
     let ck = claim_key(uuid, node);
     loop {
@@ -275,8 +275,8 @@ fn fence(
     remaining: &[Holder],
     ours: &[String],
     opts: FenceOptions,
-) -> Result<Vec<String>, Status> {
-    let watchers = || -> Result<Vec<String>, Status> {
+) -> Result<Vec<String>, Error> {
+    let watchers = || -> Result<Vec<String>, Error> {
         Ok(other_watchers(io, image)?
             .unwrap_or_default()
             .into_iter()
@@ -327,7 +327,7 @@ fn fence(
             return Ok(targets);
         }
         if t0.elapsed() > opts.wait {
-            return Err(Status::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "blocklisted {} for node {} but the OSDs still list their watches after {:?}; retry",
                 still.join(", "),
                 gone.node,
@@ -352,7 +352,7 @@ pub fn claim_for_stage(
     image: &str,
     volume_id: &str,
     node: &str,
-) -> Result<(Holder, Vec<String>), Status> {
+) -> Result<(Holder, Vec<String>), Error> {
     let hs = holders(j, uuid)?;
     let open: Vec<String> = other_watchers(io, image)?
         .unwrap_or_default()
@@ -367,7 +367,7 @@ pub fn claim_for_stage(
             hs.holders.iter().map(Holder::describe).collect::<Vec<_>>().join(", ")
         }
     };
-    let open_text = |open: &[String]| -> Result<String, Status> {
+    let open_text = |open: &[String]| -> Result<String, Error> {
         let mut parts = vec![];
         for a in open {
             let by = hs
@@ -387,14 +387,14 @@ pub fn claim_for_stage(
         } else {
             format!("; it is open by {}", open_text(&open)?)
         };
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::failed_precondition(format!(
             "volume {volume_id} is not published to node {node} (it is published to {}){still}: \
              ControllerPublishVolume must succeed for this node first",
             holders_text()
         )));
     };
     if !me.multi_node() && !open.is_empty() {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::failed_precondition(format!(
             "volume {volume_id} is still open by {}: another node has not let go of it. Wait for it to \
              unstage; if that node is lost, ControllerUnpublishVolume from it fences it",
             open_text(&open)?
@@ -413,7 +413,7 @@ pub fn record_claim(
     image: &str,
     node: &str,
     before: &[String],
-) -> Result<Claim, Status> {
+) -> Result<Claim, Error> {
     let t0 = Instant::now();
     let clients = loop {
         let now: Vec<String> = other_watchers(io, image)?

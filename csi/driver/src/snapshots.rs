@@ -6,12 +6,11 @@
 //! an image that still has clones parks it in the RBD trash; it is purged when its last
 //! clone goes.
 use strake_ceph::{CephError, ImageOptions, IoCtx};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::controller::ControllerService;
 use crate::csi::*;
-use crate::errors;
+use crate::errors::{self, Error};
 use crate::failpoint;
 use crate::ids::{SnapshotId, VolumeId};
 use crate::images::{clone_hint, flatten_if_deep, ioctx_for_id, ok_if, open, other_pool, purge_trash, remove_or_trash};
@@ -56,7 +55,7 @@ impl ControllerService {
         j: &Journal,
         rec: &mut SnapRecord,
         kms: Option<&SecretKms>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         // The snapshot image lives next to its source's image.
         let journal_pool = io.pool().to_string();
         let iio = other_pool(io, &rec.image_pool)?;
@@ -68,7 +67,7 @@ impl ControllerService {
             .is_some();
         if !exists {
             let src = io.open(&rec.source_image).map_err(|e| match e.is_not_found() {
-                true => Status::not_found(format!("source volume image {} no longer exists", rec.source_image)),
+                true => Error::not_found(format!("source volume image {} no longer exists", rec.source_image)),
                 false => errors::ceph("opening the source volume", e),
             })?;
             if !src
@@ -105,7 +104,7 @@ impl ControllerService {
         if rec.encrypted {
             // The snapshot image holds its source's LUKS header: its passphrase too,
             // wrapped for the snapshot, so restores find it after the source is gone.
-            let kms = kms.ok_or_else(|| Status::internal("an encrypted snapshot without a KMS"))?;
+            let kms = kms.ok_or_else(|| Error::internal("an encrypted snapshot without a KMS"))?;
             // The clone copied its source's metadata: that wraps for the source's uuid.
             if kms.fetch(&img, &rec.uuid).is_err() {
                 let p = kms.fetch(&open(io, &rec.source_image)?, &rec.source_uuid)?;
@@ -149,14 +148,14 @@ impl ControllerService {
         req: CreateSnapshotRequest,
         src_id: VolumeId,
         creds: strake_ceph::Credentials,
-    ) -> Result<CreateSnapshotResponse, Status> {
+    ) -> Result<CreateSnapshotResponse, Error> {
         let cluster = self.conns.get(Some(&creds))?;
-        let not_found = || Status::not_found(format!("source volume {} does not exist", req.source_volume_id));
+        let not_found = || Error::not_found(format!("source volume {} does not exist", req.source_volume_id));
         let io = ioctx_for_id(&cluster, &src_id.pool)?.ok_or_else(not_found)?;
         let j = Journal::new(&io, &self.cfg.instance);
         let src = j.by_uuid::<VolumeRecord>(&src_id.uuid)?.ok_or_else(not_found)?;
         if src.state != State::Ready {
-            return Err(Status::aborted(format!(
+            return Err(Error::aborted(format!(
                 "source volume {} is not ready; retry",
                 req.source_volume_id
             )));
@@ -169,7 +168,7 @@ impl ControllerService {
         loop {
             if let Some(mut rec) = j.by_name::<SnapRecord>(&req.name)? {
                 if rec.source_uuid != src.uuid {
-                    return Err(Status::already_exists(format!(
+                    return Err(Error::already_exists(format!(
                         "snapshot {:?} already exists for a different source volume",
                         req.name
                     )));
@@ -188,7 +187,7 @@ impl ControllerService {
                                 snapshot: Some(csi_snapshot(&rec, &src_id.pool)),
                             });
                         }
-                        return Err(Status::internal(format!(
+                        return Err(Error::internal(format!(
                             "snapshot {:?} is recorded but its image {} is gone; delete the snapshot and take it again",
                             req.name, rec.image
                         )));
@@ -205,7 +204,7 @@ impl ControllerService {
                         });
                     }
                     State::Deleting => {
-                        return Err(Status::aborted(format!(
+                        return Err(Error::aborted(format!(
                             "snapshot {:?} is being deleted; retry later",
                             req.name
                         )))
@@ -253,7 +252,7 @@ impl ControllerService {
         &self,
         id: SnapshotId,
         creds: strake_ceph::Credentials,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let cluster = self.conns.get(Some(&creds))?;
         let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
             return Ok(());
@@ -263,7 +262,7 @@ impl ControllerService {
             None => remove_or_trash(&io, &self.cfg.naming.snapshot_image(&id.uuid))?,
             Some(mut rec) => {
                 if let Some(g) = rec.group {
-                    return Err(Status::failed_precondition(format!(
+                    return Err(Error::failed_precondition(format!(
                         "snapshot {id} belongs to volume group snapshot {}: delete the group snapshot instead",
                         crate::ids::GroupSnapshotId {
                             pool: id.pool.clone(),

@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use strake_ceph::IoCtx;
-use tonic::Status;
 use uuid::Uuid;
 
-use crate::errors;
+use crate::errors::{self, Error};
 use crate::ids::Naming;
 use crate::images::{purge_trash, remove_or_trash};
 use crate::journal::{now_secs, GroupSnapRecord, Journal, SnapRecord, State, VolumeRecord};
@@ -32,7 +31,7 @@ use crate::journal::{now_secs, GroupSnapRecord, Journal, SnapRecord, State, Volu
 pub const JOURNAL_POOL_KEY: &str = "strake.csi/journal-pool";
 
 /// Whether the journal of another pool, named by the image's metadata, records it.
-fn recorded_elsewhere(io: &IoCtx, image: &str, uuid: &Uuid, is_snap: bool, instance: &str) -> Result<bool, Status> {
+fn recorded_elsewhere(io: &IoCtx, image: &str, uuid: &Uuid, is_snap: bool, instance: &str) -> Result<bool, Error> {
     let Some(img) = io.open_if_exists(image).map_err(|e| errors::ceph("opening image", e))? else {
         return Ok(false);
     };
@@ -93,7 +92,7 @@ fn attempt(delete: bool, f: impl FnOnce() -> Result<(), String>) -> Result<bool,
     }
 }
 
-pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Status> {
+pub fn sweep(io: &IoCtx, cfg: &SweepConfig) -> Result<Vec<Finding>, Error> {
     let pool = io.pool().to_string();
     let mut out = Vec::new();
     let mut push = |kind: &'static str, object: String, reason: String, proven: bool, removed: Result<bool, String>| {

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::errors::Error;
 use serde::Deserialize;
-use tonic::Status;
 
 use crate::csi::{Topology, TopologyRequirement};
 
@@ -88,7 +88,7 @@ fn matches(p: &TopologyPool, t: &Topology) -> bool {
 }
 
 /// The pool for a volume with these accessibility requirements.
-pub fn choose<'a>(pools: &'a [TopologyPool], req: Option<&TopologyRequirement>) -> Result<&'a TopologyPool, Status> {
+pub fn choose<'a>(pools: &'a [TopologyPool], req: Option<&TopologyRequirement>) -> Result<&'a TopologyPool, Error> {
     let Some(req) = req.filter(|r| !r.preferred.is_empty() || !r.requisite.is_empty()) else {
         return Ok(&pools[0]);
     };
@@ -98,7 +98,7 @@ pub fn choose<'a>(pools: &'a [TopologyPool], req: Option<&TopologyRequirement>) 
         }
     }
     let wanted: Vec<String> = req.requisite.iter().map(|t| format!("{:?}", t.segments)).collect();
-    Err(Status::resource_exhausted(format!(
+    Err(Error::resource_exhausted(format!(
         "no pool of topologyConstrainedPools serves the requested topology {}; add a pool for that domain",
         wanted.join(" or ")
     )))
@@ -162,8 +162,8 @@ mod tests {
             preferred: vec![],
         };
         assert_eq!(
-            choose(&pools, Some(&req)).unwrap_err().code(),
-            tonic::Code::ResourceExhausted
+            choose(&pools, Some(&req)).unwrap_err().kind(),
+            crate::errors::Kind::ResourceExhausted
         );
         assert_eq!(segments(&pools[1])[&format!("{KEY_PREFIX}zone")], "b");
     }

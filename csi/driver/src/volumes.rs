@@ -8,13 +8,12 @@
 use std::collections::HashMap;
 
 use strake_ceph::{features, CephError, Encryption, EncryptionFormat, Image, ImageOptions, IoCtx};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::controller::ControllerService;
 use crate::csi::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::csi::*;
-use crate::errors;
+use crate::errors::{self, Error};
 use crate::failpoint;
 use crate::ids::{SnapshotId, VolumeId};
 use crate::images::{
@@ -137,7 +136,7 @@ impl ControllerService {
     /// volume gets a fresh passphrase (stored before the header is written, so a retry
     /// formats with the same one), a clone or restore inherits its source's header and
     /// so its passphrase, wrapped again for its own uuid. Measures the header's size.
-    fn encrypt(&self, io: &IoCtx, img: &Image, rec: &mut VolumeRecord, kms: &SecretKms) -> Result<(), Status> {
+    fn encrypt(&self, io: &IoCtx, img: &Image, rec: &mut VolumeRecord, kms: &SecretKms) -> Result<(), Error> {
         let cfg = &self.cfg;
         // Metadata copied from a clone's parent holds the parent's wrapped passphrase,
         // which does not open for this uuid: then take the source's and wrap it anew. A
@@ -174,7 +173,7 @@ impl ControllerService {
         let enc = || Encryption::new(EncryptionFormat::Luks2, p.bytes().to_vec());
         if !has_luks_header(img)? {
             if rec.source.is_some() {
-                return Err(Status::internal(format!(
+                return Err(Error::internal(format!(
                     "{} should have inherited its encrypted source's LUKS header and has none",
                     rec.image
                 )));
@@ -197,7 +196,7 @@ impl ControllerService {
         j: &Journal,
         rec: &mut VolumeRecord,
         kms: Option<&SecretKms>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let cfg = &self.cfg;
         let journal_pool = io.pool().to_string();
         let iio = other_pool(io, &rec.image_pool)?;
@@ -253,7 +252,7 @@ impl ControllerService {
                 let tmp = cfg.naming.clone_temp_snap(&rec.uuid);
                 if !exists {
                     let src = sio.open(&vimg).map_err(|e| match e.is_not_found() {
-                        true => Status::not_found(format!("source volume image {vimg} no longer exists")),
+                        true => Error::not_found(format!("source volume image {vimg} no longer exists")),
                         false => errors::ceph("opening the source volume", e),
                     })?;
                     if !src
@@ -293,7 +292,7 @@ impl ControllerService {
         failpoint::hit("create:after-image");
         let img = open(io, &rec.image)?;
         if rec.encrypted {
-            let kms = kms.ok_or_else(|| Status::internal("an encrypted volume without a KMS"))?;
+            let kms = kms.ok_or_else(|| Error::internal("an encrypted volume without a KMS"))?;
             self.encrypt(io, &img, rec, kms)?;
         }
         // An encrypted image is larger than its volume by the LUKS header.
@@ -326,7 +325,7 @@ impl ControllerService {
         size: u64,
         creds: strake_ceph::Credentials,
         source: Option<SourceType>,
-    ) -> Result<CreateVolumeResponse, Status> {
+    ) -> Result<CreateVolumeResponse, Error> {
         let cluster = self.conns.get(Some(&creds))?;
         let io = ioctx(&cluster, &p.pool)?;
         let j = Journal::new(&io, &self.cfg.instance);
@@ -336,14 +335,14 @@ impl ControllerService {
             None => None,
             Some(SourceType::Snapshot(s)) => {
                 let id = SnapshotId::parse(&s.snapshot_id)
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {:?} does not exist", s.snapshot_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source snapshot {:?} does not exist", s.snapshot_id)))?;
                 let sio = ioctx_for_id(&cluster, &id.pool)?
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
                 let rec = Journal::new(&sio, &self.cfg.instance)
                     .by_uuid::<SnapRecord>(&id.uuid)?
-                    .ok_or_else(|| Status::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source snapshot {} does not exist", s.snapshot_id)))?;
                 if rec.state != State::Ready {
-                    return Err(Status::aborted(format!(
+                    return Err(Error::aborted(format!(
                         "source snapshot {} is not ready yet; retry",
                         s.snapshot_id
                     )));
@@ -352,14 +351,14 @@ impl ControllerService {
             }
             Some(SourceType::Volume(v)) => {
                 let id = VolumeId::parse(&v.volume_id)
-                    .ok_or_else(|| Status::not_found(format!("source volume {:?} does not exist", v.volume_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source volume {:?} does not exist", v.volume_id)))?;
                 let sio = ioctx_for_id(&cluster, &id.pool)?
-                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source volume {} does not exist", v.volume_id)))?;
                 let rec = Journal::new(&sio, &self.cfg.instance)
                     .by_uuid::<VolumeRecord>(&id.uuid)?
-                    .ok_or_else(|| Status::not_found(format!("source volume {} does not exist", v.volume_id)))?;
+                    .ok_or_else(|| Error::not_found(format!("source volume {} does not exist", v.volume_id)))?;
                 if rec.state != State::Ready {
-                    return Err(Status::aborted(format!(
+                    return Err(Error::aborted(format!(
                         "source volume {} is not ready yet; retry",
                         v.volume_id
                     )));
@@ -371,7 +370,7 @@ impl ControllerService {
         if let Some(src) = &resolved {
             let limit = req.capacity_range.as_ref().map(|r| r.limit_bytes).unwrap_or(0);
             if limit > 0 && src.size() > limit as u64 {
-                return Err(Status::out_of_range(format!(
+                return Err(Error::out_of_range(format!(
                     "the source is {} bytes, larger than limit_bytes {limit}; a volume cannot be smaller than its source",
                     src.size()
                 )));
@@ -387,7 +386,7 @@ impl ControllerService {
         // be encrypted in place.
         let src_encrypted = resolved.as_ref().is_some_and(ResolvedSource::encrypted);
         if p.encrypted && resolved.is_some() && !src_encrypted {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid_argument(
                 "the StorageClass says encrypted but the source is not: a copy of plaintext data cannot be encrypted in place",
             ));
         }
@@ -400,13 +399,13 @@ impl ControllerService {
         loop {
             if let Some(mut rec) = j.by_name::<VolumeRecord>(&req.name)? {
                 if !same_source(&rec.source, &source) {
-                    return Err(Status::already_exists(format!(
+                    return Err(Error::already_exists(format!(
                         "volume {:?} already exists with a different content source",
                         req.name
                     )));
                 }
                 if !size_satisfies(rec.size, req.capacity_range.as_ref()) && rec.state == State::Ready {
-                    return Err(Status::already_exists(format!(
+                    return Err(Error::already_exists(format!(
                         "volume {:?} already exists with {} bytes, outside the requested capacity range",
                         req.name, rec.size
                     )));
@@ -443,7 +442,7 @@ impl ControllerService {
                         self.build_volume(&io, &j, &mut rec, kms.as_ref())?;
                     }
                     State::Deleting => {
-                        return Err(Status::aborted(format!(
+                        return Err(Error::aborted(format!(
                             "volume {:?} is being deleted; retry CreateVolume after DeleteVolume finishes",
                             req.name
                         )))
@@ -497,7 +496,7 @@ impl ControllerService {
         }
     }
 
-    pub(crate) fn delete_volume_blocking(&self, id: VolumeId, creds: strake_ceph::Credentials) -> Result<(), Status> {
+    pub(crate) fn delete_volume_blocking(&self, id: VolumeId, creds: strake_ceph::Credentials) -> Result<(), Error> {
         let cluster = self.conns.get(Some(&creds))?;
         let Some(io) = ioctx_for_id(&cluster, &id.pool)? else {
             return Ok(());
@@ -515,7 +514,7 @@ impl ControllerService {
                 let hs = crate::publish::holders(&j, &id.uuid)?;
                 if !hs.holders.is_empty() {
                     let nodes: Vec<&str> = hs.holders.iter().map(|h| h.node.as_str()).collect();
-                    return Err(Status::failed_precondition(format!(
+                    return Err(Error::failed_precondition(format!(
                         "volume {} is published to {}: ControllerUnpublishVolume it first",
                         id,
                         nodes.join(", ")
@@ -530,7 +529,7 @@ impl ControllerService {
                 }
                 failpoint::hit("delete:after-mark");
                 if let Err(e) = remove_or_trash(image_io, &rec.image) {
-                    if e.code() == tonic::Code::FailedPrecondition {
+                    if e.kind() == errors::Kind::FailedPrecondition {
                         // Opened by a node between the check and the removal: the volume
                         // is untouched, so it is ready again (ListVolumes shows it).
                         rec.state = State::Ready;
