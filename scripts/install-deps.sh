@@ -16,7 +16,7 @@ PKGS=(
   iproute2 ethtool iptables nftables iputils-ping tcpdump netcat-openbsd socat psmisc procps
   bird2 iperf3 sockperf containernetworking-plugins
   protobuf-compiler
-  ceph-mon ceph-mgr ceph-osd ceph-common rbd-fuse librbd-dev librados-dev fio xfsprogs e2fsprogs
+  ceph-mon ceph-mgr ceph-osd ceph-common rbd-fuse librbd-dev librados-dev fio xfsprogs e2fsprogs cryptsetup-bin
   python3 python3-matplotlib
 )
 

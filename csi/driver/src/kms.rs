@@ -1,7 +1,7 @@
 //! Encryption keys: one random passphrase per volume, kept only wrapped, behind a KMS.
 //!
-//! An encrypted volume is LUKS2 on its RBD image, formatted by librbd at CreateVolume
-//! (`rbd_encryption_format`, a cryptsetup-compatible header). Its passphrase is 32
+//! An encrypted volume is LUKS2 on its RBD image, its header written at CreateVolume
+//! (`luks`: librbd's layout, made by cryptsetup). Its passphrase is 32
 //! random bytes (base64), generated at CreateVolume, never written anywhere in the
 //! clear: the KMS wraps it, and the node unwraps it at NodeStageVolume only to hand it to
 //! the attach path (a pipe to strake-rbd-fuse, stdin of `cryptsetup`), never argv, an
@@ -21,12 +21,12 @@
 //! device; rotating the Secret's KEK means re-wrapping every volume's metadata.
 use std::collections::HashMap;
 
+use crate::errors::Error;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 use strake_ceph::Image;
-use crate::errors::Error;
 use uuid::Uuid;
 
 /// The Secret key holding the key-encryption key.
@@ -178,39 +178,6 @@ impl Kms for SecretKms {
     }
 }
 
-/// Whether an image starts with a LUKS header (`LUKS\xba\xbe`), read raw.
-pub fn has_luks_header(img: &Image) -> Result<bool, Error> {
-    let mut b = [0u8; 6];
-    let n = img
-        .read_at(0, &mut b)
-        .map_err(|e| crate::errors::ceph("reading the image header", e))?;
-    Ok(n == 6 && b == *b"LUKS\xba\xbe")
-}
-
-/// Where a LUKS2 header says the encrypted payload starts (its first segment's offset),
-/// read from the header's JSON area, which needs no key derivation: librbd's format
-/// spends seconds in the PBKDF, loading the key again to learn the size would double it.
-pub fn luks2_payload_offset(img: &Image) -> Result<u64, Error> {
-    let bad = |why: &str| Error::internal(format!("the LUKS2 header of {} is not readable: {why}", img.name()));
-    let mut bin = [0u8; 16];
-    img.read_at(0, &mut bin).map_err(|e| crate::errors::ceph("reading the LUKS2 header", e))?;
-    if &bin[..6] != b"LUKS\xba\xbe" || u16::from_be_bytes([bin[6], bin[7]]) != 2 {
-        return Err(bad("no LUKS2 magic"));
-    }
-    let hdr_size = u64::from_be_bytes(bin[8..16].try_into().expect("8 bytes"));
-    if !(8192..=4 << 20).contains(&hdr_size) {
-        return Err(bad("implausible header size"));
-    }
-    let mut json = vec![0u8; hdr_size as usize - 4096];
-    img.read_at(4096, &mut json).map_err(|e| crate::errors::ceph("reading the LUKS2 header", e))?;
-    let end = json.iter().position(|b| *b == 0).unwrap_or(json.len());
-    let v: serde_json::Value = serde_json::from_slice(&json[..end]).map_err(|e| bad(&e.to_string()))?;
-    v["segments"]["0"]["offset"]
-        .as_str()
-        .and_then(|o| o.parse().ok())
-        .ok_or_else(|| bad("no segment offset"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +195,10 @@ mod tests {
         let w = k.wrap(&a, &p).unwrap();
         assert!(!w.contains(std::str::from_utf8(p.bytes()).unwrap()));
         assert_eq!(k.unwrap(&a, &w).unwrap().bytes(), p.bytes());
-        assert_eq!(k.unwrap(&b, &w).unwrap_err().kind(), crate::errors::Kind::PermissionDenied);
+        assert_eq!(
+            k.unwrap(&b, &w).unwrap_err().kind(),
+            crate::errors::Kind::PermissionDenied
+        );
         assert!(kms("another-key-encryption-key!!").unwrap(&a, &w).is_err());
         assert_ne!(k.wrap(&a, &p).unwrap(), w, "a fresh nonce each time");
         assert_eq!(format!("{p:?}"), "Passphrase(<redacted>)");

@@ -23,6 +23,7 @@ pub mod images;
 pub mod journal;
 pub mod kms;
 pub mod locks;
+pub mod luks;
 pub mod metrics;
 pub mod modify;
 pub mod mount;

@@ -7,7 +7,7 @@
 //! it). A crash anywhere leaves a record that the retry resumes from.
 use std::collections::HashMap;
 
-use strake_ceph::{features, CephError, Encryption, EncryptionFormat, Image, ImageOptions, IoCtx};
+use strake_ceph::{features, CephError, Image, ImageOptions, IoCtx};
 use uuid::Uuid;
 
 use crate::controller::ControllerService;
@@ -21,7 +21,8 @@ use crate::images::{
     remove_or_trash,
 };
 use crate::journal::{image_pool, now_secs, Journal, SnapRecord, Source, State, VolumeRecord};
-use crate::kms::{has_luks_header, luks2_payload_offset, Kms, Passphrase, SecretKms};
+use crate::kms::{Kms, Passphrase, SecretKms};
+use crate::luks;
 use crate::params::{self, size_satisfies};
 
 pub(crate) fn volume_context(rec: &VolumeRecord, pool: &str) -> HashMap<String, String> {
@@ -145,7 +146,7 @@ impl ControllerService {
             Ok(p) => p,
             Err(e) => {
                 let p = match &rec.source {
-                    None if has_luks_header(img)? => return Err(e),
+                    None if luks::has_header(img)? => return Err(e),
                     None => Passphrase::generate()?,
                     Some(Source::Snapshot {
                         pool,
@@ -170,22 +171,18 @@ impl ControllerService {
                 p
             }
         };
-        let enc = || Encryption::new(EncryptionFormat::Luks2, p.bytes().to_vec());
-        if !has_luks_header(img)? {
+        if !luks::has_header(img)? {
             if rec.source.is_some() {
                 return Err(Error::internal(format!(
                     "{} should have inherited its encrypted source's LUKS header and has none",
                     rec.image
                 )));
             }
-            // On a handle of its own: formatting loads the encryption on the handle.
-            open(io, &rec.image)?
-                .encryption_format(&enc())
-                .map_err(|e| errors::ceph(&format!("formatting {} as LUKS2", rec.image), e))?;
+            rec.encryption_overhead = luks::format(img, &p)?;
             tracing::info!(image = rec.image, "LUKS2 header written");
         }
         if rec.encryption_overhead == 0 {
-            rec.encryption_overhead = luks2_payload_offset(img)?;
+            rec.encryption_overhead = luks::payload_offset(img)?;
         }
         Ok(())
     }

@@ -113,7 +113,11 @@ async fn an_encrypted_volume_lives_its_whole_life_without_plaintext_or_passphras
     let dump_text = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
     assert!(dump_text.contains("Version:") && dump_text.contains('2'), "{dump_text}");
-    assert!(dump_text.contains("aes"), "{dump_text}");
+    assert!(dump_text.contains("aes-xts-plain64"), "{dump_text}");
+    // Our header's keyslot uses PBKDF2 (a 256-bit random passphrase needs no slow KDF;
+    // see csi/driver/src/luks.rs), the payload where librbd puts it.
+    assert!(dump_text.contains("PBKDF:      pbkdf2"), "{dump_text}");
+    assert!(dump_text.contains("offset: 16777216 [bytes]"), "{dump_text}");
     std::fs::remove_file(&hdr).unwrap();
 
     // Stage, write 100 MiB of a recognisable plaintext, snapshot, restore, expand.
@@ -216,6 +220,26 @@ async fn an_encrypted_volume_lives_its_whole_life_without_plaintext_or_passphras
         .fetch(&pool.io().open_read_only(&image_name(&v)).unwrap(), &uuid)
         .unwrap();
     let pass = String::from_utf8(passphrase.bytes().to_vec()).unwrap();
+    // librbd itself loads the header with that passphrase (what strake-rbd-fuse did
+    // above), and with no other. Read-only handles: no watch left on the image.
+    {
+        let load = |p: &[u8]| {
+            let img = pool.io().open_read_only(&image_name(&v)).unwrap();
+            let raw_size = img.size().unwrap();
+            img.encryption_load(&strake_ceph::Encryption::new(
+                strake_ceph::EncryptionFormat::Luks2,
+                p.to_vec(),
+            ))
+            .map(|_| (raw_size, img.size().unwrap()))
+        };
+        assert!(
+            load(b"not-the-passphrase").is_err(),
+            "librbd opened the header with a wrong passphrase"
+        );
+        let (raw_size, payload) = load(passphrase.bytes()).expect("librbd loads the header CreateVolume wrote");
+        assert_eq!(payload, raw_size - 16 * MIB, "librbd sees the payload after the header");
+        assert_eq!(payload, 384 * MIB);
+    }
     let log = drv.log_text();
     assert!(
         !log.contains(&pass) && !log.contains(KEK),
