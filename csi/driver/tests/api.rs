@@ -738,3 +738,330 @@ async fn bad_input_gets_the_csi_codes_and_secrets_never_reach_the_logs() {
         String::from_utf8_lossy(&grep.stdout)
     );
 }
+
+/// csi-sanity-style checks of the RPCs issue 13 added: ControllerPublish/Unpublish,
+/// ControllerModifyVolume and the GroupController. Each is idempotent, bad input gets
+/// INVALID_ARGUMENT naming the field, unknown ids NOT_FOUND (or success for the
+/// deletes and unpublishes, as the spec asks), and a conflicting repeat ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_modify_and_group_snapshot_rpcs_follow_the_csi_contract() {
+    let pool = TestPool::new("api-new");
+    let drv = Driver::start(DriverOpts {
+        list_pools: vec![pool.name.clone()],
+        ..Default::default()
+    });
+    let mut c = drv.controller().await;
+    let mut g = drv.group().await;
+    let unknown = |id: &str| {
+        let (head, _) = id.rsplit_once(':').unwrap();
+        format!("{head}:{}", uuid::Uuid::new_v4())
+    };
+
+    // Capabilities say what is offered.
+    let caps: Vec<i32> = c
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|c| match c.r#type {
+            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect();
+    use controller_service_capability::rpc::Type as Cap;
+    for want in [
+        Cap::PublishUnpublishVolume,
+        Cap::PublishReadonly,
+        Cap::ListVolumesPublishedNodes,
+        Cap::ModifyVolume,
+    ] {
+        assert!(caps.contains(&(want as i32)), "{want:?} missing from {caps:?}");
+    }
+    let gcaps = g
+        .group_controller_get_capabilities(GroupControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities;
+    assert_eq!(gcaps.len(), 1, "{gcaps:?}");
+    assert_eq!(
+        gcaps[0].r#type,
+        Some(group_controller_service_capability::Type::Rpc(
+            group_controller_service_capability::Rpc {
+                r#type: group_controller_service_capability::rpc::Type::CreateDeleteGetVolumeGroupSnapshot as i32,
+            }
+        ))
+    );
+
+    let cap = block_cap();
+    let v1 = create(&mut c, "pvc-api-1", &pool, 64 * MIB, cap.clone(), None).await;
+    let v2 = create(&mut c, "pvc-api-2", &pool, 64 * MIB, cap.clone(), None).await;
+
+    // ControllerPublishVolume.
+    let pubreq = |id: &str, node: &str, cap: Option<VolumeCapability>, readonly: bool| ControllerPublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        volume_capability: cap,
+        readonly,
+        secrets: secrets(),
+        ..Default::default()
+    };
+    let first = c
+        .controller_publish_volume(pubreq(&v1.volume_id, "node-a", Some(cap.clone()), false))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .controller_publish_volume(pubreq(&v1.volume_id, "node-a", Some(cap.clone()), false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.publish_context, again.publish_context,
+        "a repeated publish answers the same"
+    );
+    assert_eq!(first.publish_context["strake.csi/node"], "node-a");
+    assert_code(
+        c.controller_publish_volume(pubreq(&v1.volume_id, "node-a", Some(cap.clone()), true))
+            .await,
+        Code::AlreadyExists,
+        "another capability",
+    );
+    assert_code(
+        c.controller_publish_volume(pubreq("", "node-a", Some(cap.clone()), false))
+            .await,
+        Code::InvalidArgument,
+        "volume_id",
+    );
+    assert_code(
+        c.controller_publish_volume(pubreq(&v1.volume_id, "", Some(cap.clone()), false))
+            .await,
+        Code::InvalidArgument,
+        "node_id",
+    );
+    // A node id becomes a journal key and appears in messages: no shell or key syntax.
+    assert_code(
+        c.controller_publish_volume(pubreq(&v1.volume_id, "node-a;rm -rf /", Some(cap.clone()), false))
+            .await,
+        Code::InvalidArgument,
+        "not a node name",
+    );
+    assert_code(
+        c.controller_publish_volume(pubreq(&v1.volume_id, "node-a", None, false))
+            .await,
+        Code::InvalidArgument,
+        "volume_capability",
+    );
+    assert_code(
+        c.controller_publish_volume(pubreq(&unknown(&v1.volume_id), "node-a", Some(cap.clone()), false))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    assert_code(
+        c.controller_publish_volume(pubreq("no-such-volume", "node-a", Some(cap.clone()), false))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let mut no_secrets = pubreq(&v1.volume_id, "node-a", Some(cap.clone()), false);
+    no_secrets.secrets.clear();
+    assert_code(
+        c.controller_publish_volume(no_secrets).await,
+        Code::InvalidArgument,
+        "controller-publish",
+    );
+    // ControllerUnpublishVolume: idempotent, and success for what is not published.
+    let unpub = |id: &str, node: &str| ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        secrets: secrets(),
+    };
+    for req in [
+        unpub(&v1.volume_id, "node-a"),
+        unpub(&v1.volume_id, "node-a"),
+        unpub(&v1.volume_id, "node-never"),
+        unpub(&unknown(&v1.volume_id), "node-a"),
+        unpub("no-such-volume", "node-a"),
+    ] {
+        let what = format!("{req:?}");
+        c.controller_unpublish_volume(req)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    }
+    assert_code(
+        c.controller_unpublish_volume(unpub("", "node-a")).await,
+        Code::InvalidArgument,
+        "volume_id",
+    );
+    // Unpublished, another node may have it.
+    c.controller_publish_volume(pubreq(&v1.volume_id, "node-b", Some(cap.clone()), false))
+        .await
+        .expect("after the unpublish from node-a, node-b may have it");
+    unpublish_from(&mut c, &v1.volume_id, "node-b").await;
+
+    // ControllerModifyVolume.
+    let modify = |id: &str, kv: &[(&str, &str)]| ControllerModifyVolumeRequest {
+        volume_id: id.into(),
+        secrets: secrets(),
+        mutable_parameters: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    for _ in 0..2 {
+        c.controller_modify_volume(modify(&v1.volume_id, &[("rbd_qos_iops_limit", "500")]))
+            .await
+            .expect("ModifyVolume, and the same again");
+    }
+    assert_code(
+        c.controller_modify_volume(modify(&v1.volume_id, &[("rbd_cache", "false")]))
+            .await,
+        Code::InvalidArgument,
+        "rbd_cache",
+    );
+    assert_code(
+        c.controller_modify_volume(modify(&v1.volume_id, &[("rbd_qos_iops_limit", "fast")]))
+            .await,
+        Code::InvalidArgument,
+        "rbd_qos_iops_limit",
+    );
+    assert_code(
+        c.controller_modify_volume(modify("", &[("rbd_qos_iops_limit", "5")]))
+            .await,
+        Code::InvalidArgument,
+        "volume_id",
+    );
+    assert_code(
+        c.controller_modify_volume(modify(&unknown(&v1.volume_id), &[("rbd_qos_iops_limit", "5")]))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+
+    // The GroupController.
+    let a = group_snapshot(&mut g, "gs-api", &[&v1, &v2]).await.unwrap();
+    let b = group_snapshot(&mut g, "gs-api", &[&v1, &v2]).await.unwrap();
+    assert_eq!(
+        a.group_snapshot_id, b.group_snapshot_id,
+        "a repeated create answers the same"
+    );
+    let ids = |gs: &VolumeGroupSnapshot| {
+        let mut v: Vec<String> = gs.snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(a.snapshots.len(), 2);
+    assert!(a.ready_to_use);
+    assert_code(
+        group_snapshot(&mut g, "gs-api", &[&v1]).await,
+        Code::AlreadyExists,
+        "gs-api",
+    );
+    assert_code(group_snapshot(&mut g, "", &[&v1]).await, Code::InvalidArgument, "name");
+    assert_code(
+        group_snapshot(&mut g, "gs-none", &[]).await,
+        Code::InvalidArgument,
+        "source_volume_ids",
+    );
+    assert_code(
+        group_snapshot(&mut g, "gs-dup", &[&v1, &v1]).await,
+        Code::InvalidArgument,
+        "listed twice",
+    );
+    let ghost = Volume {
+        volume_id: unknown(&v1.volume_id),
+        ..Default::default()
+    };
+    assert_code(
+        group_snapshot(&mut g, "gs-ghost", &[&v1, &ghost]).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let mut odd = CreateVolumeGroupSnapshotRequest {
+        name: "gs-param".into(),
+        source_volume_ids: vec![v1.volume_id.clone()],
+        secrets: secrets(),
+        ..Default::default()
+    };
+    odd.parameters.insert("consistency".into(), "app".into());
+    assert_code(
+        g.create_volume_group_snapshot(odd).await,
+        Code::InvalidArgument,
+        "consistency",
+    );
+    let get = |id: &str, snaps: Vec<String>| GetVolumeGroupSnapshotRequest {
+        group_snapshot_id: id.into(),
+        snapshot_ids: snaps,
+        secrets: secrets(),
+    };
+    let got = g
+        .get_volume_group_snapshot(get(&a.group_snapshot_id, ids(&a)))
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert_eq!(got.group_snapshot_id, a.group_snapshot_id);
+    assert_eq!(ids(&got), ids(&a));
+    assert_code(
+        g.get_volume_group_snapshot(get(&a.group_snapshot_id, vec![ids(&a)[0].clone()]))
+            .await,
+        Code::InvalidArgument,
+        "snapshot_ids",
+    );
+    assert_code(
+        g.get_volume_group_snapshot(get(&unknown(&a.group_snapshot_id), vec![]))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    assert_code(
+        g.get_volume_group_snapshot(get("garbage", vec![])).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    assert_code(
+        g.get_volume_group_snapshot(get("", vec![])).await,
+        Code::InvalidArgument,
+        "group_snapshot_id",
+    );
+    let del = |id: &str| DeleteVolumeGroupSnapshotRequest {
+        group_snapshot_id: id.into(),
+        secrets: secrets(),
+        ..Default::default()
+    };
+    for id in [
+        a.group_snapshot_id.clone(),
+        a.group_snapshot_id.clone(),
+        unknown(&a.group_snapshot_id),
+        "garbage".to_string(),
+    ] {
+        g.delete_volume_group_snapshot(del(&id))
+            .await
+            .unwrap_or_else(|e| panic!("DeleteVolumeGroupSnapshot {id}: {e:?}"));
+    }
+    assert_code(
+        g.delete_volume_group_snapshot(del("")).await,
+        Code::InvalidArgument,
+        "group_snapshot_id",
+    );
+    assert_code(
+        g.get_volume_group_snapshot(get(&a.group_snapshot_id, vec![])).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    // Its members went with it.
+    let left = c
+        .list_snapshots(ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(left.is_empty(), "{left:?}");
+
+    delete(&mut c, &v1.volume_id).await;
+    delete(&mut c, &v2.volume_id).await;
+    pool.assert_empty();
+    assert_eq!(snapshots_and_groups(&pool), (vec![], vec![]));
+}
