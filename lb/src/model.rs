@@ -583,3 +583,452 @@ pub fn named_port(pod: &Pod, name: &str, proto: u8) -> Option<u16> {
             (p.name.as_deref() == Some(name) && pp == proto).then_some(p.container_port as u16)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The model as a user's objects shape it: which frontends a Service
+    //! type gets, where backends come from (EndpointSlices, or Pods in
+    //! standalone mode), their readiness and weights, and what a bad
+    //! annotation does (reported, default used, the rest unaffected).
+
+    use super::*;
+
+    fn state(yaml: &str) -> ClusterState {
+        strake_source::dir::state_from_yaml(yaml).unwrap()
+    }
+
+    fn ports(yaml: &str, opts: &ModelOptions) -> (Vec<ServicePort>, Vec<String>) {
+        services(&state(yaml), opts)
+    }
+
+    fn one(yaml: &str) -> ServicePort {
+        let (mut p, problems) = ports(yaml, &ModelOptions::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+        p.remove(0)
+    }
+
+    fn addrs(p: &ServicePort) -> Vec<String> {
+        p.backends.iter().map(|b| b.addr.to_string()).collect()
+    }
+
+    fn be(p: &ServicePort, ip: &str) -> Backend {
+        p.backends
+            .iter()
+            .find(|b| b.addr.ip.to_string() == ip)
+            .unwrap_or_else(|| panic!("no backend {ip} in {:?}", addrs(p)))
+            .clone()
+    }
+
+    const LB_SERVICE: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalIPs: [192.0.2.7, not-an-ip]
+  ports:
+  - {name: http, port: 80, nodePort: 30080}
+  - {name: dns, port: 53, protocol: UDP, nodePort: 30053}
+  - {name: sig, port: 9, protocol: SCTP}
+status:
+  loadBalancer: {ingress: [{ip: 203.0.113.1}, {hostname: lb.example}]}
+";
+
+    #[test]
+    fn a_load_balancer_service_gets_every_frontend_per_port_and_sctp_is_reported() {
+        let (p, problems) = ports(LB_SERVICE, &ModelOptions::default());
+        assert_eq!(p.len(), 2, "TCP and UDP ports, not SCTP");
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("shop/web") && problems[0].contains("SCTP"),
+            "{problems:?}"
+        );
+        let fe = |i: usize| -> Vec<(String, u16, FrontendKind)> {
+            p[i].frontends
+                .iter()
+                .map(|f| (f.addr.to_string(), f.port, f.kind))
+                .collect()
+        };
+        assert_eq!(
+            fe(0),
+            vec![
+                ("10.96.0.10".into(), 80, FrontendKind::ClusterIp),
+                ("0.0.0.0".into(), 30080, FrontendKind::NodePort),
+                ("203.0.113.1".into(), 80, FrontendKind::LoadBalancer),
+                ("192.0.2.7".into(), 80, FrontendKind::ExternalIp),
+            ]
+        );
+        assert!(p[0].frontends.iter().all(|f| f.proto == TCP));
+        assert_eq!((p[1].port_name.as_str(), p[1].proto), ("dns", UDP));
+        assert!(p[1].frontends.iter().all(|f| f.proto == UDP));
+        assert_eq!(p[0].name(), "shop/web:http");
+        assert!(!FrontendKind::ClusterIp.external() && FrontendKind::NodePort.external());
+    }
+
+    #[test]
+    fn a_cluster_ip_service_ignores_node_ports_and_headless_or_external_name_ones_have_none() {
+        let p = one("
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: x}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30001}]}
+");
+        assert_eq!(p.frontends.len(), 1);
+        assert_eq!(p.frontends[0].kind, FrontendKind::ClusterIp);
+        let (p, problems) = ports(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: x}
+spec: {clusterIP: None, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: x}
+spec: {type: ExternalName, externalName: db.example, ports: [{port: 5432}]}
+",
+            &ModelOptions::default(),
+        );
+        assert!(p.is_empty() && problems.is_empty(), "{p:?} {problems:?}");
+    }
+
+    #[test]
+    fn good_annotations_are_used() {
+        let p = one("
+apiVersion: v1
+kind: Service
+metadata:
+  name: a
+  namespace: x
+  annotations:
+    lb.strake.dev/scheduler: random
+    lb.strake.dev/maglev-table-size: '251'
+    lb.strake.dev/external-mode: dsr
+    lb.strake.dev/health-check: http
+    lb.strake.dev/health-check-path: /ready
+    lb.strake.dev/health-check-port: '8081'
+    lb.strake.dev/health-check-interval: 500ms
+    lb.strake.dev/health-check-timeout: 2s
+    lb.strake.dev/health-check-healthy-threshold: '3'
+    lb.strake.dev/health-check-unhealthy-threshold: '5'
+spec:
+  clusterIP: 10.96.0.1
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 100000}}
+  ports: [{port: 80}]
+");
+        assert_eq!(p.scheduler, Scheduler::Random);
+        assert_eq!((p.table_size, p.table_size_fixed), (251, true));
+        assert_eq!(p.external_mode, ExternalMode::Dsr);
+        assert!(p.external_local && p.internal_local);
+        assert_eq!(p.affinity_timeout, Some(86400), "clamped to a day");
+        assert_eq!(
+            p.health,
+            HealthCheck {
+                probe: HealthProbe::Http {
+                    path: "/ready".into()
+                },
+                port: Some(8081),
+                interval: Duration::from_millis(500),
+                // A timeout longer than the interval is cut to it.
+                timeout: Duration::from_millis(500),
+                healthy_threshold: 3,
+                unhealthy_threshold: 5,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_annotations_are_each_reported_and_fall_back_to_the_default() {
+        let (p, problems) = ports(
+            "
+apiVersion: v1
+kind: Service
+metadata:
+  name: a
+  namespace: x
+  annotations:
+    lb.strake.dev/scheduler: round-robin
+    lb.strake.dev/maglev-table-size: '1000'
+    lb.strake.dev/external-mode: tunnel
+    lb.strake.dev/health-check: icmp
+    lb.strake.dev/health-check-interval: fast
+    lb.strake.dev/health-check-unhealthy-threshold: '0'
+spec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}
+",
+            &ModelOptions::default(),
+        );
+        assert_eq!(p.len(), 1, "the Service is still served");
+        let p = &p[0];
+        for (key, value) in [
+            ("scheduler", "round-robin"),
+            ("maglev-table-size", "1000"),
+            ("external-mode", "tunnel"),
+            ("health-check", "icmp"),
+            ("health-check-interval", "fast"),
+            ("health-check-unhealthy-threshold", "0"),
+        ] {
+            let key = format!("lb.strake.dev/{key}=\"{value}\"");
+            assert_eq!(
+                problems.iter().filter(|m| m.contains(&key)).count(),
+                1,
+                "{key} in {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert!(problems.iter().all(|m| m.starts_with("Service x/a: ")));
+        assert_eq!(p.scheduler, Scheduler::Maglev);
+        assert_eq!(
+            (p.table_size, p.table_size_fixed),
+            (DEFAULT_TABLE_SIZE, false)
+        );
+        assert_eq!(p.external_mode, ExternalMode::Snat);
+        assert_eq!(p.health, HealthCheck::default());
+        assert_eq!(p.affinity_timeout, Some(10800), "ClientIP's default: 3 h");
+        assert!(!p.external_local && !p.internal_local);
+    }
+
+    const SLICED: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: http, port: 8053, protocol: UDP}]
+endpoints:
+- addresses: [10.244.1.1]
+  nodeName: n1
+- addresses: [10.244.1.2]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, namespace: x, name: p2}
+- addresses: [10.244.1.3, not-an-ip]
+  conditions: {ready: true, terminating: true}
+- addresses: [10.244.1.4]
+  targetRef: {kind: Pod, namespace: x, name: heavy}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.1.1]
+- addresses: [10.244.0.9]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-3, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: metrics, port: 9090}]
+endpoints: [{addresses: [10.244.7.7]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ['fd00::1']}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p2, namespace: x, annotations: {lb.strake.dev/weight: '500'}}
+spec: {nodeName: n2, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: heavy, namespace: x, annotations: {lb.strake.dev/weight: '7'}}
+spec: {nodeName: n3, containers: [{name: c}]}
+";
+
+    #[test]
+    fn endpoint_slices_give_backends_with_their_conditions_once_each() {
+        let p = one(SLICED);
+        assert_eq!(
+            addrs(&p),
+            [
+                "10.244.0.9:8080/TCP",
+                "10.244.1.1:8080/TCP",
+                "10.244.1.2:8080/TCP",
+                "10.244.1.3:8080/TCP",
+                "10.244.1.4:8080/TCP",
+            ],
+            "sorted, the port of the Service port's name and protocol, one \
+             entry per address, other ports' slices and IPv6 slices left out"
+        );
+        let b = be(&p, "10.244.1.1");
+        assert!(b.ready && !b.terminating, "unset conditions mean ready");
+        assert_eq!((b.node.as_deref(), b.weight), (Some("n1"), 1));
+        let b = be(&p, "10.244.1.2");
+        assert!(!b.ready && !b.terminating);
+        assert_eq!(b.pod, Some(ObjectKey::new("x", "p2")));
+        assert_eq!(b.node.as_deref(), Some("n2"), "from the pod's spec");
+        assert_eq!(b.weight, 1, "a weight out of 1..=100 is ignored");
+        let b = be(&p, "10.244.1.3");
+        assert!(!b.ready && b.terminating, "terminating takes no new flows");
+        assert_eq!(be(&p, "10.244.1.4").weight, 7);
+    }
+
+    #[test]
+    fn a_service_with_slices_never_takes_endpoints_from_pods() {
+        // Its slice lists nothing (the controller found no ready pod): the
+        // matching pod must not be used behind the controller's back.
+        let p = one("
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.1, conditions: [{type: Ready, status: 'True'}]}
+");
+        assert!(p.backends.is_empty(), "{:?}", addrs(&p));
+    }
+
+    const PODS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.1
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: admin, port: 81, targetPort: 9000}
+  - {name: plain, port: 82}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: x}
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ready, namespace: x, labels: {app: web, extra: y}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.244.1.1, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8081}]}]}
+status: {phase: Running, podIP: 10.244.1.2, conditions: [{type: Ready, status: 'False'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: going, namespace: x, labels: {app: web}, deletionTimestamp: '2026-01-01T00:00:00Z'}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.244.1.3, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-named-port, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080, protocol: UDP}]}]}
+status: {phase: Running, podIP: 10.244.1.4, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-ip, namespace: x, labels: {app: web}}
+spec: {containers: [{name: c}]}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-app, namespace: x, labels: {app: db}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.6}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-ns, namespace: y, labels: {app: web}}
+spec: {containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.7}
+";
+
+    #[test]
+    fn without_slices_standalone_mode_selects_pods_as_the_endpoints_controller_would() {
+        let (p, problems) = ports(PODS, &ModelOptions::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        let port = |name: &str| p.iter().find(|p| p.port_name == name).unwrap();
+        let http = port("http");
+        assert_eq!(
+            addrs(http),
+            [
+                "10.244.1.1:8080/TCP",
+                "10.244.1.2:8081/TCP",
+                "10.244.1.3:8080/TCP"
+            ],
+            "the named port resolves per pod; a pod without it (TCP) is left out"
+        );
+        let b = be(http, "10.244.1.1");
+        assert!(b.ready && !b.terminating);
+        assert_eq!(b.node.as_deref(), Some("n1"));
+        assert_eq!(b.pod, Some(ObjectKey::new("x", "ready")));
+        assert!(!be(http, "10.244.1.2").ready, "not Ready");
+        let b = be(http, "10.244.1.3");
+        assert!(!b.ready && b.terminating, "being deleted");
+        assert_eq!(
+            addrs(port("admin")),
+            [
+                "10.244.1.1:9000/TCP",
+                "10.244.1.2:9000/TCP",
+                "10.244.1.3:9000/TCP",
+                "10.244.1.4:9000/TCP"
+            ]
+        );
+        assert_eq!(
+            addrs(port("plain"))[0],
+            "10.244.1.1:82/TCP",
+            "targetPort unset: port"
+        );
+        let manual = p.iter().find(|p| p.service.name == "manual").unwrap();
+        assert!(manual.backends.is_empty(), "no selector: endpoints by hand");
+
+        let (p, _) = ports(
+            PODS,
+            &ModelOptions {
+                endpoints_from_pods: false,
+                ..Default::default()
+            },
+        );
+        assert!(
+            p.iter().all(|p| p.backends.is_empty()),
+            "against an API server, pods are never endpoints by themselves"
+        );
+    }
+
+    #[test]
+    fn named_ports_match_name_and_protocol() {
+        let st = state(PODS);
+        let pod = &st.pods[&ObjectKey::new("x", "no-named-port")];
+        assert_eq!(named_port(pod, "http", UDP), Some(8080));
+        assert_eq!(named_port(pod, "http", TCP), None);
+        assert_eq!(named_port(pod, "grpc", UDP), None);
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_or_plain_seconds() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 2s "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        for bad in ["", "s", "1h", "1.5s", "-1s", "ms500"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+}
