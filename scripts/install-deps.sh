@@ -10,11 +10,13 @@ fi
 
 # Toolchain for the kernel-side programs (C, see docs/design.md), bindgen's libclang,
 # network lab tools, BIRD (BGP for nodes and lab routers), reference CNI plugins,
+# libcni (Go) for the runtime test,
 # kube-proxy-style baselines, Ceph.
 PKGS=(
   clang-19 llvm-19 libclang-19-dev libbpf-dev linux-libc-dev bpftool pkg-config
   iproute2 ethtool iptables nftables iputils-ping tcpdump netcat-openbsd socat psmisc procps
   bird2 iperf3 sockperf containernetworking-plugins
+  golang-go golang-github-appc-cni-dev
   protobuf-compiler
   ceph-mon ceph-mgr ceph-osd ceph-common rbd-fuse librbd-dev librados-dev fio xfsprogs e2fsprogs cryptsetup-bin
   python3 python3-matplotlib
