@@ -219,7 +219,6 @@ pub fn endpoint(host: &Link, pod_mac: [u8; 6], id: u32) -> endpoint_info {
         pod_mac,
         host_mac: host.mac,
         endpoint_id: id,
-        identity: 0,
     }
 }
 
@@ -256,10 +255,8 @@ impl TestService {
 impl TestNet {
     /// Writes node settings: this node is NODE_IP on up0, NodePorts answer there.
     pub fn lb_node(&mut self) -> Result<()> {
-        let up0 = self.topo.up0.index;
         self.dp.lb.set_config(strake_datapath::shared::lb_config {
             node_addr: u32::from_ne_bytes(NODE_IP.octets()),
-            uplink_ifindex: up0,
             hash_seed: 7,
             snat_port_min: 20000,
             snat_port_max: 29999,

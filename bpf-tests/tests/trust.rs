@@ -97,7 +97,7 @@ fn ipip_is_unwrapped_only_from_cluster_nodes_for_their_dsr_targets_and_leaves_no
             );
         }
         assert_eq!(
-            net.dp.lb.rnat_entries(),
+            net.dp.ct.reply_entries(),
             0,
             "no reverse-NAT state from any of them"
         );
@@ -109,7 +109,7 @@ fn ipip_is_unwrapped_only_from_cluster_nodes_for_their_dsr_targets_and_leaves_no
         let out = net.run("from_wire", up0, &good)?;
         assert_eq!(out.retval, TC_ACT_REDIRECT);
         assert_eq!(addrs(&out.data), (OUTSIDE_CLIENT, 50010, POD2, 8080));
-        assert_eq!(net.dp.lb.rnat_entries(), 1);
+        assert_eq!(net.dp.ct.reply_entries(), 1);
         // A NodePort: the client sent to the balancing node's address.
         net.dp
             .trust
@@ -131,7 +131,7 @@ fn ipip_is_unwrapped_only_from_cluster_nodes_for_their_dsr_targets_and_leaves_no
             TC_ACT_SHOT,
             "a NodePort on an address that is no node"
         );
-        assert_eq!(net.dp.lb.rnat_entries(), 2);
+        assert_eq!(net.dp.ct.reply_entries(), 2);
         Ok(())
     })
     .unwrap();
@@ -539,7 +539,10 @@ fn a_health_check_reply_to_a_port_that_is_also_a_nodeport_reaches_the_prober() {
             (XDP_PASS, &reply),
             "up to the agent's socket, untouched"
         );
-        assert_eq!((net.dp.lb.ct_entries(), net.dp.lb.rnat_entries()), (0, 0));
+        assert_eq!(
+            (net.dp.ct.service_entries(), net.dp.ct.reply_entries()),
+            (0, 0)
+        );
         // From another port of the backend it is no reply to a probe: the
         // NodePort takes it, as it takes a client's connection.
         for p in [

@@ -4,7 +4,8 @@
  * kernel's helpers, which keep skb checksum state right (CHECKSUM_PARTIAL
  * from local senders, CHECKSUM_COMPLETE from NICs). Every helper invalidates
  * packet pointers, so callers address the packet by offset.
- * Include exactly one of ctx_skb.h / ctx_xdp.h before lb.h.
+ * Include exactly one of ctx_skb.h / ctx_xdp.h before the headers written
+ * over ctx_t (nat.h, lb.h, forward.h, encap.h).
  */
 #ifndef STRAKE_CTX_H
 #define STRAKE_CTX_H
@@ -12,6 +13,7 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include "skb.h"
 
 #define STRAKE_CTX_SKB 1
 
@@ -19,6 +21,8 @@ typedef struct __sk_buff ctx_t;
 
 #define CTX_PASS TC_ACT_OK
 #define CTX_DROP TC_ACT_SHOT
+/* tc can hand a packet to the kernel to resolve its next hop's neighbour. */
+#define CTX_REDIRECT_NEIGH 1
 
 static __always_inline void *ctx_data(ctx_t *ctx)
 {
@@ -54,6 +58,23 @@ static __always_inline int ctx_l3_csum_replace(ctx_t *ctx, __u32 off, __u32 from
 static __always_inline int ctx_l4_csum_replace(ctx_t *ctx, __u32 off, __u32 from, __u32 to, __u64 flags)
 {
 	return bpf_l4_csum_replace(ctx, off, from, to, flags);
+}
+
+static __always_inline int ctx_parse_ipv4(ctx_t *ctx, struct packet *p)
+{
+	return skb_parse_ipv4(ctx, p);
+}
+
+/* The interface the packet arrived on (0: made by this node's stack). */
+static __always_inline __u32 ctx_ingress_ifindex(ctx_t *ctx)
+{
+	return ctx->ingress_ifindex;
+}
+
+/* Out of `ifindex` (its egress), the frame's MACs already set. */
+static __always_inline int ctx_redirect(ctx_t *ctx, __u32 ifindex)
+{
+	return bpf_redirect(ifindex, 0);
 }
 
 #endif

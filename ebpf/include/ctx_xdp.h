@@ -2,7 +2,8 @@
 /*
  * The packet context at XDP (struct xdp_md): direct writes and checksum
  * arithmetic (csum.h); frames here carry complete checksums.
- * Include exactly one of ctx_skb.h / ctx_xdp.h before lb.h.
+ * Include exactly one of ctx_skb.h / ctx_xdp.h before the headers written
+ * over ctx_t (nat.h, lb.h, forward.h, encap.h).
  */
 #ifndef STRAKE_CTX_H
 #define STRAKE_CTX_H
@@ -10,6 +11,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "csum.h"
+#include "parse.h"
 
 #define STRAKE_CTX_XDP 1
 
@@ -17,6 +19,8 @@ typedef struct xdp_md ctx_t;
 
 #define CTX_PASS XDP_PASS
 #define CTX_DROP XDP_DROP
+/* XDP cannot resolve a neighbour: such packets go up to the stack. */
+#define CTX_REDIRECT_NEIGH 0
 
 static __always_inline void *ctx_data(ctx_t *ctx)
 {
@@ -90,6 +94,25 @@ static __always_inline int ctx_l4_csum_replace(ctx_t *ctx, __u32 off, __u32 from
 	if ((flags & BPF_F_MARK_MANGLED_0) && *f == 0)
 		*f = 0xffff;
 	return 0;
+}
+
+static __always_inline int ctx_parse_ipv4(ctx_t *ctx, struct packet *p)
+{
+	return parse_ipv4(ctx_data(ctx), ctx_data_end(ctx), p);
+}
+
+static __always_inline __u32 ctx_ingress_ifindex(ctx_t *ctx)
+{
+	return ctx->ingress_ifindex;
+}
+
+/* Out of `ifindex`, the frame's MACs already set: back out of the port it
+ * came in on is XDP_TX. */
+static __always_inline int ctx_redirect(ctx_t *ctx, __u32 ifindex)
+{
+	if (ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
 }
 
 #endif

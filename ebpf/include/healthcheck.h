@@ -36,16 +36,12 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "consts.h"
 #include "counters.h"
-#include "csum.h"
 #include "l4.h"
 #include "maps.h"
 #include "parse.h"
 #include "trust.h"
-
-#ifndef IP_DF
-#define IP_DF 0x4000
-#endif
 
 /* Whether `port` (network order) is one of the agents' probe source ports. */
 static __always_inline int hc_port(__be16 port)
@@ -96,6 +92,7 @@ static __always_inline int hc_answer(const struct flow_key *f)
 }
 
 #ifdef STRAKE_CTX_SKB
+#include "encap.h"
 #include "skb.h"
 
 /*
@@ -152,7 +149,6 @@ static __always_inline int hc_wrap(struct __sk_buff *skb)
 	const struct trust_config *tc = trust_config();
 	__u32 zero = 0;
 	const struct lb_config *lc = bpf_map_lookup_elem(&st_lb_config, &zero);
-	struct iphdr outer = {};
 	struct packet p;
 	struct l4 l4;
 	__u64 now;
@@ -175,20 +171,12 @@ static __always_inline int hc_wrap(struct __sk_buff *skb)
 		now = bpf_ktime_get_ns();
 		bpf_map_update_elem(&st_hc_probes, &reply, &now, BPF_ANY);
 	}
-	outer.version = 4;
-	outer.ihl = 5;
-	outer.tos = p.ip->tos;
-	outer.tot_len = bpf_htons(bpf_ntohs(p.ip->tot_len) + sizeof(struct iphdr));
-	outer.frag_off = bpf_htons(IP_DF);
-	outer.ttl = 64;
-	outer.protocol = IPPROTO_IPIP;
-	outer.saddr = p.ip->saddr;
-	outer.daddr = p.ip->daddr;
-	outer.check = ipv4_header_csum((__u16 *)&outer);
-	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+	switch (encap_ipip(skb, p.ip->saddr, p.ip->daddr, 0)) {
+	case -1:
 		return 0; /* untouched: leaves plain, and policy judges it there */
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0))
+	case -2:
 		return -1;
+	}
 	count(STRAKE_CNT_HC_ENCAP, skb->len);
 	return 0;
 }

@@ -1,16 +1,20 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Service load balancing, written once for tc and XDP over the context in
- * ctx_skb.h / ctx_xdp.h (include one of them first).
+ * Service load balancing on the packet path, written once for tc and XDP
+ * over the context in ctx_skb.h / ctx_xdp.h (include one of them first).
+ * Which backend a flow goes to is service.h's (lb_select, shared with the
+ * socket hooks); this is what each hook does with the packet:
  *
- *   frontend lookup   (addr, port, proto) in st_services; NodePort frontends
- *                     match any of this node's addresses (key addr 0)
- *   flow pinning      st_ct keeps every flow on the backend it started with,
- *                     so table changes never move established flows
- *   new flows         ClientIP affinity first, then the set's Maglev table
- *                     (or a random slot)
- *   rewrites          by offset, checksums through the context's helpers;
- *                     st_rnat remembers how to turn replies back
+ *   lb_from_pod      east-west: a pod sends to a frontend
+ *   lb_from_outside  north-south: a client outside sends to an external
+ *                    frontend (NodePort, LoadBalancer, externalIP)
+ *   lb_from_dsr      direct return: the client's packet, unwrapped at the
+ *                    backend's node
+ *   lb_reverse       a reply of a translated flow, wherever it passes
+ *
+ * A translated flow leaves two entries in the connection table: its service
+ * entry (the flow as the client sent it) and its reply entry (the reply as
+ * it leaves the backend), which says what to put back.
  */
 #ifndef STRAKE_LB_H
 #define STRAKE_LB_H
@@ -21,192 +25,73 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "conntrack.h"
 #include "counters.h"
-#include "hash.h"
+#include "encap.h"
 #include "l4.h"
-#include "maps.h"
-#include "node.h"
+#include "nat.h"
+#include "service.h"
 
-#define IP_OFF ETH_HLEN
-#define IP_CHECK_OFF (IP_OFF + __builtin_offsetof(struct iphdr, check))
-#define IP_SADDR_OFF (IP_OFF + __builtin_offsetof(struct iphdr, saddr))
-#define IP_DADDR_OFF (IP_OFF + __builtin_offsetof(struct iphdr, daddr))
+enum lb_verdict {
+	LB_NONE = 0, /* not service traffic: carry on */
+	LB_DONE,     /* translated for delivery on this node: re-parse before touching the packet again */
+	LB_FORWARD,  /* translated (or wrapped) for another node: re-parse and route it */
+	LB_DROP,
+};
 
-static __always_inline const struct lb_config *lb_config(void)
+static __always_inline void flow_of(const struct packet *p, const struct l4 *l4, struct flow_key *fk)
 {
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&st_lb_config, &zero);
+	fk->saddr = p->ip->saddr;
+	fk->daddr = p->ip->daddr;
+	fk->sport = l4->sport;
+	fk->dport = l4->dport;
+	fk->proto = l4->proto;
+	fk->pad[0] = fk->pad[1] = fk->pad[2] = 0;
 }
 
-static __always_inline struct svc_info *lb_frontend(__be32 daddr, __be16 dport, __u8 proto)
+/* The reply entry of flow `fk` (as the client sent it) to backend `be`: the
+ * reply leaves the backend for `reply_daddr`:`reply_dport`. */
+static __always_inline void lb_reply_of(const struct flow_key *fk, const struct backend_info *be,
+					const struct ct_entry *ct, __be32 reply_daddr, __be16 reply_dport,
+					struct ct_key *rk, struct ct_entry *re)
 {
-	struct svc_key k = { .addr = daddr, .port = dport, .proto = proto };
-	struct svc_info *svc = bpf_map_lookup_elem(&st_services, &k);
-
-	if (svc)
-		return svc;
-	if (!is_node_addr(daddr))
-		return 0;
-	k.addr = 0; /* NodePort */
-	return bpf_map_lookup_elem(&st_services, &k);
-}
-
-static __always_inline void lb_account(__u32 frontend_id, __u32 backend_id, __u32 bytes, int new_flow)
-{
-	struct lb_stats *s = bpf_map_lookup_elem(&st_fe_stats, &frontend_id);
-
-	if (s) {
-		s->packets++;
-		s->bytes += bytes;
-		s->new_flows += new_flow;
-	}
-	s = bpf_map_lookup_elem(&st_be_stats, &backend_id);
-	if (s) {
-		s->packets++;
-		s->bytes += bytes;
-		s->new_flows += new_flow;
-	}
-}
-
-/* A backend for a new flow of `svc`. */
-static __always_inline int lb_pick(const struct svc_info *svc, const struct flow_key *fk, __u32 *backend_id)
-{
-	const struct lb_config *cfg = lb_config();
-	struct affinity_key ak = { .client = fk->saddr, .frontend_id = svc->frontend_id };
-	__u64 now = 0;
-	__u32 *b;
-
-	if (svc->count == 0)
-		return -1;
-	if (svc->affinity_timeout) {
-		struct affinity_entry *a = bpf_map_lookup_elem(&st_affinity, &ak);
-
-		now = bpf_ktime_get_ns();
-		if (a && now - a->last_used_ns < (__u64)svc->affinity_timeout * 1000000000ULL) {
-			struct backend_info *be = bpf_map_lookup_elem(&st_backends, &a->backend_id);
-
-			if (be && (be->flags & STRAKE_BE_F_ACTIVE)) {
-				a->last_used_ns = now;
-				*backend_id = a->backend_id;
-				return 0;
-			}
-		}
-	}
-	b = 0;
-	if (svc->table_size) {
-		void *table = bpf_map_lookup_elem(&st_maglev, &svc->set_id);
-		__u32 hash = flow_hash(fk->saddr, fk->daddr, ((__u32)fk->sport << 16) | fk->dport,
-				       fk->proto, cfg ? cfg->hash_seed : 0);
-		__u32 idx = hash % svc->table_size;
-
-		if (table)
-			b = bpf_map_lookup_elem(table, &idx);
-	}
-	/* The random scheduler; or a Maglev set whose table is not in yet, or
-	 * was just swapped for one of another size (the agent installs tables
-	 * before it updates the service): pick among the set's slots. */
-	if (!b && svc->count) {
-		struct slot_key sk = { .set_id = svc->set_id, .slot = bpf_get_prandom_u32() % svc->count };
-
-		b = bpf_map_lookup_elem(&st_slots, &sk);
-	}
-	if (!b)
-		return -1;
-	*backend_id = *b;
-	if (svc->affinity_timeout) {
-		struct affinity_entry ne = { .backend_id = *b, .last_used_ns = now };
-
-		bpf_map_update_elem(&st_affinity, &ak, &ne, BPF_ANY);
-	}
-	return 0;
-}
-
-/* The backend a flow is pinned to; picks and reports `created` for a new one
- * (or when the pinned backend is gone). */
-static __always_inline const struct backend_info *lb_flow(const struct flow_key *fk, const struct svc_info *svc,
-							  struct ct_entry *ct, int *created)
-{
-	struct ct_entry *e = bpf_map_lookup_elem(&st_ct, fk);
-	const struct backend_info *be;
-	__u32 bid;
-
-	*created = 0;
-	if (e) {
-		be = bpf_map_lookup_elem(&st_backends, &e->backend_id);
-		if (be) {
-			*ct = *e;
-			return be;
-		}
-	}
-	if (lb_pick(svc, fk, &bid))
-		return 0;
-	be = bpf_map_lookup_elem(&st_backends, &bid);
-	if (!be)
-		return 0;
-	ct->backend_id = bid;
-	ct->frontend_id = svc->frontend_id;
-	ct->flags = 0;
-	ct->nat_port = 0;
-	ct->pad = 0;
-	*created = 1;
-	return be;
-}
-
-/* Rewrites the destination (or source) address and port, fixing the IPv4
- * and transport checksums. */
-static __always_inline int lb_rewrite(ctx_t *ctx, const struct l4 *l4, int dst, __be32 old_addr, __be32 new_addr,
-				      __be16 old_port, __be16 new_port)
-{
-	__u32 addr_off = dst ? IP_DADDR_OFF : IP_SADDR_OFF;
-	__u32 port_off = l4->off + (dst ? 2 : 0);
-
-	if (old_addr != new_addr) {
-		if (ctx_l4_csum_replace(ctx, l4->csum_off, old_addr, new_addr, l4->csum_flags | BPF_F_PSEUDO_HDR | 4))
-			return -1;
-		if (ctx_l3_csum_replace(ctx, IP_CHECK_OFF, old_addr, new_addr))
-			return -1;
-		if (ctx_store_u32(ctx, addr_off, new_addr))
-			return -1;
-	}
-	if (old_port != new_port) {
-		if (ctx_l4_csum_replace(ctx, l4->csum_off, old_port, new_port, l4->csum_flags | 2))
-			return -1;
-		if (ctx_store_u16(ctx, port_off, new_port))
-			return -1;
-	}
-	return 0;
-}
-
-/* Records how replies of a translated flow are turned back. */
-static __always_inline void lb_remember_reply(const struct flow_key *fk, const struct backend_info *be,
-					      const struct ct_entry *ct, __be32 reply_daddr, __be16 reply_dport)
-{
-	struct flow_key rk = {
+	struct flow_key r = {
 		.saddr = be->addr,
 		.daddr = reply_daddr,
 		.sport = be->port,
 		.dport = reply_dport,
 		.proto = fk->proto,
 	};
-	struct rnat_entry re = {
-		.vip = fk->daddr,
-		.vport = fk->dport,
-		.client = fk->saddr,
-		.cport = fk->sport,
-		.frontend_id = ct->frontend_id,
-		.backend_id = ct->backend_id,
-		.flags = ct->flags,
-	};
 
-	bpf_map_update_elem(&st_rnat, &rk, &re, BPF_ANY);
+	ct_key_of(rk, &r, STRAKE_CT_REPLY, 0);
+	__builtin_memset(re, 0, sizeof(*re));
+	re->vip = fk->daddr;
+	re->vport = fk->dport;
+	re->client = fk->saddr;
+	re->cport = fk->sport;
+	re->frontend_id = ct->frontend_id;
+	re->backend_id = ct->backend_id;
+	re->flags = ct->flags;
 }
 
-enum lb_verdict {
-	LB_NONE = 0, /* not service traffic: carry on */
-	LB_DONE,     /* translated: re-parse before touching the packet again */
-	LB_DROP,
-};
+/* Records how replies of a translated flow are turned back. */
+static __always_inline void lb_remember_reply(const struct flow_key *fk, const struct backend_info *be,
+					      const struct ct_entry *ct, __be32 reply_daddr, __be16 reply_dport)
+{
+	struct ct_key rk;
+	struct ct_entry re;
+
+	lb_reply_of(fk, be, ct, reply_daddr, reply_dport, &rk, &re);
+	ct_insert(&rk, &re, BPF_ANY);
+}
+
+static __always_inline void lb_pin(const struct flow_key *fk, struct ct_entry *ct)
+{
+	struct ct_key k;
+
+	ct_key_of(&k, fk, STRAKE_CT_SERVICE, 0);
+	ct_insert(&k, ct, BPF_ANY);
+}
 
 /*
  * East-west: a pod sends to a service. DNAT to the flow's backend; the reply
@@ -216,21 +101,14 @@ enum lb_verdict {
  */
 static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struct l4 *l4)
 {
-	struct flow_key fk = {
-		.saddr = p->ip->saddr,
-		.daddr = p->ip->daddr,
-		.sport = l4->sport,
-		.dport = l4->dport,
-		.proto = l4->proto,
-	};
-	const struct backend_info *be;
+	struct flow_key fk;
+	struct lb_choice c;
 	struct svc_info *svc;
-	struct ct_entry ct;
 	__u32 bytes = ctx_len(ctx);
 	__be32 baddr;
 	__be16 bport;
-	int created;
 
+	flow_of(p, l4, &fk);
 	svc = lb_frontend(fk.daddr, fk.dport, fk.proto);
 	if (!svc)
 		return LB_NONE;
@@ -238,29 +116,134 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 		count(STRAKE_CNT_LB_FRAGMENT, bytes);
 		return LB_DROP;
 	}
-	be = lb_flow(&fk, svc, &ct, &created);
-	if (!be) {
+	if (lb_select(svc, &fk, LB_SEL_PINNED, &c)) {
 		count(STRAKE_CNT_LB_NO_BACKEND, bytes);
 		return LB_DROP;
 	}
-	baddr = be->addr;
-	bport = be->port;
+	baddr = c.be->addr;
+	bport = c.be->port;
 	if (baddr == fk.saddr)
-		ct.flags |= STRAKE_CT_F_HAIRPIN;
-	if (created) {
-		bpf_map_update_elem(&st_ct, &fk, &ct, BPF_ANY);
-		if (ct.flags & STRAKE_CT_F_HAIRPIN)
-			lb_remember_reply(&fk, be, &ct, bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST), fk.sport);
+		c.ct.flags |= STRAKE_CT_F_HAIRPIN;
+	if (c.created) {
+		lb_pin(&fk, &c.ct);
+		if (c.ct.flags & STRAKE_CT_F_HAIRPIN)
+			lb_remember_reply(&fk, c.be, &c.ct, bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST), fk.sport);
 		else
-			lb_remember_reply(&fk, be, &ct, fk.saddr, fk.sport);
+			lb_remember_reply(&fk, c.be, &c.ct, fk.saddr, fk.sport);
 	}
-	lb_account(ct.frontend_id, ct.backend_id, bytes, created);
-	if (lb_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport))
+	lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
+	if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport))
 		return LB_DROP;
-	if ((ct.flags & STRAKE_CT_F_HAIRPIN) &&
-	    lb_rewrite(ctx, l4, 0, fk.saddr, bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST), fk.sport, fk.sport))
+	if ((c.ct.flags & STRAKE_CT_F_HAIRPIN) &&
+	    nat_rewrite(ctx, l4, 0, fk.saddr, bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST), fk.sport, fk.sport))
 		return LB_DROP;
 	count(STRAKE_CNT_LB_TRANSLATED, bytes);
+	return LB_DONE;
+}
+
+/* SNAT of a new north-south flow to a remote backend: a port on this node's
+ * address, unique for the backend, claimed with the flow's reply entry. */
+static __always_inline int lb_snat(const struct lb_config *cfg, const struct flow_key *fk, struct lb_choice *c)
+{
+	__u32 h = flow_hash(fk->saddr, fk->daddr, ((__u32)fk->sport << 16) | fk->dport, fk->proto, cfg->hash_seed);
+	struct ct_key rk;
+	struct ct_entry re;
+
+	c->ct.flags |= STRAKE_CT_F_SNAT;
+	lb_reply_of(fk, c->be, &c->ct, cfg->node_addr, 0, &rk, &re);
+	return nat_claim_port(cfg->snat_port_min, cfg->snat_port_max, h, &rk, &re, &c->ct.nat_port);
+}
+
+/*
+ * North-south, at the uplink: a client outside sends to an external
+ * frontend.
+ *   local backend   DNAT; LB_DONE: delivered here (the reply passes this
+ *                   node and is turned back)
+ *   remote, DSR     IPIP to the backend; LB_FORWARD
+ *   remote, SNAT    DNAT + SNAT to this node; LB_FORWARD; the reply comes
+ *                   back here and is turned back
+ */
+static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const struct l4 *l4)
+{
+	const struct lb_config *cfg = lb_config();
+	struct flow_key fk;
+	struct lb_choice c;
+	struct svc_info *svc;
+	__u32 bytes = ctx_len(ctx);
+	__be32 baddr;
+	__be16 bport;
+
+	flow_of(p, l4, &fk);
+	svc = lb_frontend(fk.daddr, fk.dport, fk.proto);
+	if (!svc || !(svc->flags & STRAKE_SVC_F_EXTERNAL) || !cfg)
+		return LB_NONE;
+	if (p->fragment) {
+		count(STRAKE_CNT_LB_FRAGMENT, bytes);
+		return LB_DROP;
+	}
+	if (lb_select(svc, &fk, LB_SEL_PINNED, &c)) {
+		count(STRAKE_CNT_LB_NO_BACKEND, bytes);
+		return LB_DROP;
+	}
+	baddr = c.be->addr;
+	bport = c.be->port;
+
+	if (c.be->flags & STRAKE_BE_F_LOCAL) {
+		if (c.created) {
+			lb_pin(&fk, &c.ct);
+			lb_remember_reply(&fk, c.be, &c.ct, fk.saddr, fk.sport);
+		}
+		lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
+		if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport))
+			return LB_DROP;
+		count(STRAKE_CNT_LB_TRANSLATED, bytes);
+		return LB_DONE;
+	}
+
+	if (svc->flags & STRAKE_SVC_F_DSR) {
+		if (c.created) {
+			c.ct.flags |= STRAKE_CT_F_DSR;
+			lb_pin(&fk, &c.ct);
+		}
+		lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
+		if (encap_ipip(ctx, cfg->node_addr, baddr, bport))
+			return LB_DROP;
+		count(STRAKE_CNT_LB_ENCAP, bytes);
+		return LB_FORWARD;
+	}
+
+	if (c.created) {
+		if (lb_snat(cfg, &fk, &c)) {
+			count(STRAKE_CNT_LB_SNAT_FULL, bytes);
+			return LB_DROP;
+		}
+		lb_pin(&fk, &c.ct);
+	}
+	lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
+	if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport) ||
+	    nat_rewrite(ctx, l4, 0, fk.saddr, cfg->node_addr, fk.sport, c.ct.nat_port))
+		return LB_DROP;
+	count(STRAKE_CNT_LB_TRANSLATED, bytes);
+	return LB_FORWARD;
+}
+
+/*
+ * Direct return, at the backend's node: the client's packet, unwrapped from
+ * the balancing node's IPIP (the caller checked it may be), for local
+ * backend `backend`:`bport`. DNAT to it; the reply leaves from here
+ * straight to the client, as the service.
+ */
+static __always_inline int lb_from_dsr(ctx_t *ctx, struct packet *p, const struct l4 *l4, __be32 backend,
+				       __be16 bport)
+{
+	struct ct_entry ct = { .flags = STRAKE_CT_F_DSR };
+	struct backend_info be = { .addr = backend, .port = bport };
+	struct flow_key fk;
+
+	flow_of(p, l4, &fk);
+	lb_remember_reply(&fk, &be, &ct, fk.saddr, fk.sport);
+	if (nat_rewrite(ctx, l4, 1, fk.daddr, be.addr, fk.dport, be.port))
+		return LB_DROP;
 	return LB_DONE;
 }
 
@@ -271,24 +254,21 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
  */
 static __always_inline int lb_reverse(ctx_t *ctx, struct packet *p, const struct l4 *l4)
 {
-	struct flow_key rk = {
-		.saddr = p->ip->saddr,
-		.daddr = p->ip->daddr,
-		.sport = l4->sport,
-		.dport = l4->dport,
-		.proto = l4->proto,
-	};
-	struct rnat_entry *r = bpf_map_lookup_elem(&st_rnat, &rk);
-	struct rnat_entry re;
+	struct flow_key f;
+	struct ct_key rk;
+	struct ct_entry *r, re;
 	__u32 bytes = ctx_len(ctx);
 
+	flow_of(p, l4, &f);
+	ct_key_of(&rk, &f, STRAKE_CT_REPLY, 0);
+	r = ct_lookup(&rk);
 	if (!r)
 		return LB_NONE;
 	re = *r;
-	if (lb_rewrite(ctx, l4, 0, rk.saddr, re.vip, rk.sport, re.vport))
+	if (nat_rewrite(ctx, l4, 0, f.saddr, re.vip, f.sport, re.vport))
 		return LB_DROP;
 	if ((re.flags & (STRAKE_CT_F_SNAT | STRAKE_CT_F_HAIRPIN)) &&
-	    lb_rewrite(ctx, l4, 1, rk.daddr, re.client, rk.dport, re.cport))
+	    nat_rewrite(ctx, l4, 1, f.daddr, re.client, f.dport, re.cport))
 		return LB_DROP;
 	lb_account(re.frontend_id, re.backend_id, bytes, 0);
 	count(STRAKE_CNT_LB_REVERSED, bytes);

@@ -51,14 +51,6 @@ struct {
 } st_policy SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, STRAKE_CT_SIZE);
-	__type(key, struct pol_ct_key);
-	__type(value, struct pol_ct_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} st_pol_ct SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -66,10 +58,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_pol_config SEC(".maps");
 
-/* Policy drops per endpoint: index endpoint_id * 2 + direction. */
+/* Policy drops per endpoint (index: shared.h, STRAKE_POL_DROP_SLOTS). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STRAKE_MAX_ENDPOINT_IDS * 2);
+	__uint(max_entries, STRAKE_MAX_ENDPOINT_IDS * STRAKE_POL_DROP_SLOTS);
 	__type(key, __u32);
 	__type(value, struct counter_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -123,21 +115,7 @@ struct {
 	__array(values, struct maglev_table);
 } st_maglev SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, STRAKE_CT_SIZE);
-	__type(key, struct flow_key);
-	__type(value, struct ct_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} st_ct SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, STRAKE_CT_SIZE);
-	__type(key, struct flow_key);
-	__type(value, struct rnat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} st_rnat SEC(".maps");
+/* The connection table st_ct is conntrack.h's. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

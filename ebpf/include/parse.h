@@ -14,14 +14,13 @@
 #include <linux/in.h>
 #include <bpf/bpf_endian.h>
 
+#include "consts.h"
+
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_IPV4,  /* not ours to judge: ARP, IPv6, VLAN, ... */
 	PARSE_MALFORMED, /* truncated or invalid: drop */
 };
-
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1fff
 
 struct packet {
 	struct ethhdr *eth;

@@ -13,7 +13,8 @@
  *      ports alone), if the endpoint is not isolated for this direction, or
  *      if st_policy allows (endpoint, class of the real remote address,
  *      direction, protocol, real port); remembered if so.
- * Remembered flows carry the policy generation that judged them; after any
+ * Remembered flows (conntrack.h, kind STRAKE_CT_POLICY + direction, owned by
+ * the endpoint) carry the policy generation that judged them; after any
  * policy change (the agent bumps the generation) a flow is judged again at
  * its next packet and, if no longer allowed, kept as revoked: dropped both
  * ways until a later change allows it again. The work per
@@ -29,19 +30,14 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "consts.h"
+#include "conntrack.h"
 #include "counters.h"
 #include "l4.h"
 #include "maps.h"
 #include "node.h"
 #include "parse.h"
 #include "trust.h"
-
-/* linux/icmp.h pulls in libc headers that do not build for BPF. */
-#define ICMP_ECHOREPLY 0
-#define ICMP_DEST_UNREACH 3
-#define ICMP_ECHO 8
-#define ICMP_TIME_EXCEEDED 11
-#define ICMP_PARAMETERPROB 12
 
 struct icmp_head {
 	__u8 type;
@@ -187,7 +183,7 @@ static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __
 
 static __always_inline void policy_count_drop(const struct endpoint_info *ep, __u8 dir, __u32 bytes)
 {
-	__u32 idx = (ep->endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2 + dir;
+	__u32 idx = (ep->endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * STRAKE_POL_DROP_SLOTS + dir;
 	struct counter_value *v = bpf_map_lookup_elem(&st_pol_drops, &idx);
 
 	if (v) {
@@ -199,8 +195,8 @@ static __always_inline void policy_count_drop(const struct endpoint_info *ep, __
 
 /* A remembered flow, judged again if policies changed since it was last
  * judged. A revoked flow stays revoked until a later change allows it. */
-static __always_inline int policy_revalidate(const struct endpoint_info *ep, struct pol_ct_key *k,
-					     struct pol_ct_entry *e, __be32 self, __u32 gen)
+static __always_inline int policy_revalidate(const struct endpoint_info *ep, const struct ct_key *k,
+					     struct ct_entry *e, __be32 self, __u32 gen)
 {
 	struct pol_judge j = {
 		.remote = e->judged_remote,
@@ -214,7 +210,7 @@ static __always_inline int policy_revalidate(const struct endpoint_info *ep, str
 	/* Exempt flows owe nothing to the rules [Exemptions]. */
 	if (e->exempt || e->generation == gen)
 		return !e->revoked;
-	ok = policy_rules_allow(ep, k->direction, self, &j, &rule);
+	ok = policy_rules_allow(ep, k->kind - STRAKE_CT_POLICY, self, &j, &rule);
 	if (!ok && !e->revoked)
 		count(STRAKE_CNT_POLICY_REVOKED, 0);
 	e->generation = gen;
@@ -243,8 +239,8 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 					const struct endpoint_info *ep, __u8 dir, __be32 self, __u32 bytes,
 					int origin)
 {
-	struct pol_ct_key k = { .endpoint_id = ep->endpoint_id };
-	struct pol_ct_entry *e, ne = {};
+	struct ct_key k = { .owner = ep->endpoint_id };
+	struct ct_entry *e, ne = {};
 	__u32 gen = policy_generation();
 	__u32 rule = 0;
 	int ok;
@@ -252,20 +248,20 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 	/* 1. An ICMP error about a flow this endpoint has. */
 	if (t->is_related) {
 		k.flow = t->related;
-		k.direction = !dir;
-		e = bpf_map_lookup_elem(&st_pol_ct, &k);
+		k.kind = STRAKE_CT_POLICY + !dir;
+		e = ct_lookup(&k);
 		if (e && policy_revalidate(ep, &k, e, self, gen))
 			return POLICY_ALLOW;
 	}
 	/* 2. A reply of a flow allowed the other way. */
 	flow_reverse(&t->flow, &k.flow);
-	k.direction = !dir;
-	e = bpf_map_lookup_elem(&st_pol_ct, &k);
+	k.kind = STRAKE_CT_POLICY + !dir;
+	e = ct_lookup(&k);
 	if (!e) {
 		/* 3. A flow already allowed this way. */
 		k.flow = t->flow;
-		k.direction = dir;
-		e = bpf_map_lookup_elem(&st_pol_ct, &k);
+		k.kind = STRAKE_CT_POLICY + dir;
+		e = ct_lookup(&k);
 	}
 	if (e) {
 		ok = policy_revalidate(ep, &k, e, self, gen);
@@ -279,7 +275,7 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 			ne.rule_id = ne.exempt ? 0 : rule;
 			ne.judged_remote = j->remote;
 			ne.judged_port = j->port;
-			bpf_map_update_elem(&st_pol_ct, &k, &ne, BPF_ANY);
+			ct_insert(&k, &ne, BPF_ANY);
 		}
 	}
 	if (!ok) {

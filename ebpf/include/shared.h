@@ -13,7 +13,31 @@
 
 #include <linux/types.h>
 
-#define STRAKE_MAP_LAYOUT_VERSION 1
+#define STRAKE_MAP_LAYOUT_VERSION 2
+
+/* Map names, as maps.h defines them (a test checks both agree): userspace
+ * opens and sizes the pinned maps by these, never by retyped strings. */
+#define STRAKE_MAP_ENDPOINTS "st_endpoints"
+#define STRAKE_MAP_COUNTERS "st_counters"
+#define STRAKE_MAP_IPCACHE "st_ipcache"
+#define STRAKE_MAP_POLICY "st_policy"
+#define STRAKE_MAP_POL_CONFIG "st_pol_config"
+#define STRAKE_MAP_POL_DROPS "st_pol_drops"
+#define STRAKE_MAP_SERVICES "st_services"
+#define STRAKE_MAP_BACKENDS "st_backends"
+#define STRAKE_MAP_SLOTS "st_slots"
+#define STRAKE_MAP_MAGLEV "st_maglev"
+#define STRAKE_MAP_CT "st_ct"
+#define STRAKE_MAP_AFFINITY "st_affinity"
+#define STRAKE_MAP_NODE_ADDRS "st_node_addrs"
+#define STRAKE_MAP_CLUSTER_NODES "st_cluster_nodes"
+#define STRAKE_MAP_LB_CONFIG "st_lb_config"
+#define STRAKE_MAP_FE_STATS "st_fe_stats"
+#define STRAKE_MAP_BE_STATS "st_be_stats"
+#define STRAKE_MAP_TRUST "st_trust"
+#define STRAKE_MAP_DSR_TARGETS "st_dsr_targets"
+#define STRAKE_MAP_HC_FLOWS "st_hc_flows"
+#define STRAKE_MAP_HC_PROBES "st_hc_probes"
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
@@ -22,7 +46,7 @@
 #define STRAKE_MAX_BACKENDS 65536
 #define STRAKE_MAX_BACKEND_SETS 65536
 #define STRAKE_MAX_SLOTS (STRAKE_MAX_BACKEND_SETS * 4)
-#define STRAKE_CT_SIZE 262144
+#define STRAKE_CT_SIZE 524288 /* st_ct: service, reply and policy entries together */
 #define STRAKE_MAGLEV_DEFAULT_SIZE 16381
 #define STRAKE_MAX_IPCACHE 131072
 #define STRAKE_MAX_POLICY 1048576
@@ -36,7 +60,6 @@ struct endpoint_info {
 	__u8 pod_mac[6]; /* the pod's eth0: destination MAC on delivery */
 	__u8 host_mac[6];/* the host-side veth: source MAC on delivery */
 	__u32 endpoint_id;  /* compact per-node id, stable for the endpoint's life */
-	__u32 identity;     /* security identity (policy) */
 };
 
 /* The endpoint's source address was checked at attach time; spoofed sources
@@ -97,36 +120,68 @@ struct flow_key {
 	__u8 pad[3];
 };
 
-/* st_ct: the backend a flow is pinned to (session persistence, and hot
- * updates that never move an established flow). */
+/*
+ * st_ct: the one connection table (conntrack.h). Load balancing, NAT and
+ * policy each keep their entries here, told apart by `kind` (and, for
+ * policy, the endpoint that owns them): one table to size, one LRU order,
+ * one sweep.
+ */
+enum strake_ct_kind {
+	STRAKE_CT_SERVICE = 0,  /* a flow to a frontend, as the client sent it: its backend */
+	STRAKE_CT_REPLY = 1,    /* that flow's reply as it leaves the backend: what to put back */
+	STRAKE_CT_POLICY = 2,   /* + direction: a flow an endpoint's policy let through */
+};
+
+struct ct_key {
+	struct flow_key flow;
+	__u32 owner; /* STRAKE_CT_POLICY: the endpoint id; 0 otherwise */
+	__u8 kind;   /* enum strake_ct_kind (+ direction for policy) */
+	__u8 pad[3];
+};
+
 struct ct_entry {
-	__u32 backend_id;
-	__u32 frontend_id;
+	__u32 last_seen; /* CLOCK_MONOTONIC seconds of the last packet (coarse) */
 	__u32 flags;     /* STRAKE_CT_F_* */
-	__be16 nat_port; /* SNAT: the node port the flow was given */
-	__u16 pad;
+	__u8 tcp;        /* STRAKE_CT_TCP_*: TCP flags seen on the flow */
+	/* Policy: a flow judged no longer allowed stays as a tombstone. */
+	__u8 revoked;
+	/* Policy: admitted by an exemption (docs/threat-model.md,
+	 * "Exemptions"), not by a rule: judging it again needs no rule. */
+	__u8 exempt;
+	__u8 pad;
+	/* Service and reply entries. */
+	__u32 frontend_id;
+	__u32 backend_id;
+	__be32 vip;       /* reply: the address the client sent to */
+	__be32 client;    /* reply, SNAT and hairpin: the client's address */
+	__be16 vport;     /* reply: the port the client sent to */
+	__be16 cport;     /* reply, SNAT and hairpin: the client's port */
+	__be16 nat_port;  /* service, SNAT: the node port the flow was given */
+	/* Policy entries: the generation that judged the flow last, the rule
+	 * that allowed it, and what it was judged on (the real remote address
+	 * and destination port, after service translation). */
+	__be16 judged_port;
+	__be32 judged_remote;
+	__u32 generation;
+	__u32 rule_id;
 };
 
 #define STRAKE_CT_F_SNAT (1U << 0) /* source rewritten to the node's address */
 #define STRAKE_CT_F_DSR (1U << 1)  /* sent by IPIP to the backend's node */
 #define STRAKE_CT_F_HAIRPIN (1U << 2) /* a pod reaching itself: source rewritten to STRAKE_HAIRPIN_ADDR */
 
+/* TCP flags a flow has shown, in either direction. */
+#define STRAKE_CT_TCP_SYN (1U << 0)
+#define STRAKE_CT_TCP_SYNACK (1U << 1)
+#define STRAKE_CT_TCP_ESTABLISHED (1U << 2)
+#define STRAKE_CT_TCP_FIN_FWD (1U << 3)
+#define STRAKE_CT_TCP_FIN_REV (1U << 4)
+#define STRAKE_CT_TCP_RST (1U << 5)
+
 /* Source address of hairpinned flows (a pod reaching itself through a
  * Service): the reply must leave the pod to be translated back. Link-local,
  * as Cilium's 169.254.42.1. Network order is built by the programs. */
 #define STRAKE_HAIRPIN_ADDR_HOST 0xa9fe2a01 /* 169.254.42.1 */
-
-/* st_rnat: keyed by the reply as it leaves the backend (saddr = backend,
- * daddr = client or node for SNAT); what to put back. */
-struct rnat_entry {
-	__be32 vip;       /* the address the client sent to */
-	__be32 client;    /* SNAT: the client's address */
-	__be16 vport;     /* the port the client sent to */
-	__be16 cport;     /* SNAT: the client's port */
-	__u32 frontend_id;
-	__u32 backend_id;
-	__u32 flags;      /* STRAKE_CT_F_* */
-};
 
 /* st_affinity: ClientIP session affinity. */
 struct affinity_key {
@@ -149,7 +204,6 @@ struct lb_stats {
 /* st_lb_config[0]: node-wide settings the programs need. */
 struct lb_config {
 	__be32 node_addr;      /* this node's InternalIP: SNAT source, DSR outer source */
-	__u32 uplink_ifindex;
 	__u32 hash_seed;       /* identical on every node so all pick alike */
 	__u16 snat_port_min;   /* host order */
 	__u16 snat_port_max;
@@ -195,32 +249,10 @@ struct policy_verdict {
 	__u32 rule_id;
 };
 
-/* st_pol_ct: flows a policy check let through, per endpoint and direction,
- * so replies (and ICMP errors about them) pass. `generation` is the policy
- * generation that judged it last: after any policy change the flow is judged
- * again at its next packet. A flow judged no longer allowed stays as a
- * tombstone (`revoked`), so its packets are dropped both ways: were it
- * forgotten, the peer's next packet would open it afresh the other way. */
-struct pol_ct_key {
-	struct flow_key flow;
-	__u32 endpoint_id;
-	__u8 direction;
-	__u8 pad[3];
-};
-
-struct pol_ct_entry {
-	__u32 generation;
-	__u32 rule_id;
-	/* What the flow was judged on, for judging it again: the real remote
-	 * address and destination port (after service translation). */
-	__be32 judged_remote;
-	__be16 judged_port;
-	__u8 revoked;
-	/* Admitted by an exemption (docs/threat-model.md, "Exemptions"), not by
-	 * a rule: judging it again needs no rule. Was padding: old entries read
-	 * 0, no layout change. */
-	__u8 exempt;
-};
+/* st_pol_drops: packets a policy dropped, STRAKE_POL_DROP_SLOTS per
+ * endpoint: index (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) *
+ * STRAKE_POL_DROP_SLOTS + direction. */
+#define STRAKE_POL_DROP_SLOTS 2
 
 struct pol_config {
 	__u32 generation;

@@ -6,10 +6,8 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include "consts.h"
 #include "parse.h"
-
-/* Room for Ethernet, an IPv4 header with options and an L4 header. */
-#define STRAKE_PULL_LEN (14 + 60 + 60)
 
 /*
  * Parse an skb's headers. Headers normally sit in the linear area; when they

@@ -12,16 +12,9 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "forward.h"
+#include "consts.h"
 #include "maps.h"
 #include "node.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-
-/* The pods' link-local gateway (strake-api's POD_GATEWAY). */
-#define STRAKE_POD_GATEWAY_HOST 0xa9fe0101 /* 169.254.1.1 */
 
 /* Who handed a packet to a policy check. */
 enum strake_origin {

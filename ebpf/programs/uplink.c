@@ -40,29 +40,18 @@ static __always_inline int untrusted_encap(struct __sk_buff *skb)
 /* Direct return [DSR]: the client's packet, unwrapped, for `backend` (the
  * outer destination) on `bport` (the outer IP ID). It may only name a
  * frontend this node knows with that backend among its local ones, so the
- * reverse-NAT entry it leaves holds nothing the sender chose but the
- * client's own address and port. */
+ * reply entry it leaves holds nothing the sender chose but the client's own
+ * address and port. */
 static __always_inline int dsr_deliver(struct __sk_buff *skb, struct packet *p, const struct l4 *l4,
 				       __be32 backend, __be16 bport)
 {
 	const struct endpoint_info *ep;
-	struct flow_key fk;
-	struct ct_entry ct = { .flags = STRAKE_CT_F_DSR };
-	struct backend_info be = { .addr = backend, .port = bport };
 
 	if (wire_source_impossible(p->ip->saddr) ||
 	    !dsr_target_known(p->ip->daddr, l4->dport, l4->proto, backend, bport))
 		return untrusted_encap(skb);
 	count(STRAKE_CNT_LB_DECAP, skb->len);
-	fk.saddr = p->ip->saddr;
-	fk.daddr = p->ip->daddr;
-	fk.sport = l4->sport;
-	fk.dport = l4->dport;
-	fk.proto = l4->proto;
-	__builtin_memset(fk.pad, 0, sizeof(fk.pad));
-	/* The reply leaves from here straight to the client, as the service. */
-	lb_remember_reply(&fk, &be, &ct, fk.saddr, fk.sport);
-	if (lb_rewrite(skb, l4, 1, fk.daddr, be.addr, fk.dport, be.port) || skb_parse_ipv4(skb, p) != PARSE_OK)
+	if (lb_from_dsr(skb, p, l4, backend, bport) != LB_DONE || skb_parse_ipv4(skb, p) != PARSE_OK)
 		return TC_ACT_SHOT;
 	ep = lookup_endpoint(p->ip->daddr);
 	if (!ep || policy_ingress(p, (void *)(long)skb->data_end, ep, skb->len, ORIGIN_WIRE) == POLICY_DROP)

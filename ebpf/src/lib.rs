@@ -18,8 +18,8 @@ pub mod shared {
     unsafe impl aya::Pod for backend_info {}
     unsafe impl aya::Pod for slot_key {}
     unsafe impl aya::Pod for flow_key {}
+    unsafe impl aya::Pod for ct_key {}
     unsafe impl aya::Pod for ct_entry {}
-    unsafe impl aya::Pod for rnat_entry {}
     unsafe impl aya::Pod for affinity_key {}
     unsafe impl aya::Pod for affinity_entry {}
     unsafe impl aya::Pod for lb_stats {}
@@ -28,8 +28,6 @@ pub mod shared {
     unsafe impl aya::Pod for policy_key {}
     unsafe impl aya::Pod for policy_key_data {}
     unsafe impl aya::Pod for policy_verdict {}
-    unsafe impl aya::Pod for pol_ct_key {}
-    unsafe impl aya::Pod for pol_ct_entry {}
     unsafe impl aya::Pod for pol_config {}
     unsafe impl aya::Pod for trust_config {}
     unsafe impl aya::Pod for dsr_target_key {}

@@ -148,7 +148,6 @@ impl Agent {
             pod_mac,
             host_mac: link.mac,
             endpoint_id: alloc.record.endpoint_id,
-            identity: 0,
         };
         {
             let mut dp = self.dp();
@@ -207,8 +206,8 @@ impl Agent {
         if let Some(a) = &alloc {
             // The id will be reused: its next owner starts clean.
             let mut dp = self.dp();
-            dp.policy
-                .forget_flows(a.record.endpoint_id)
+            dp.ct
+                .forget_policy_flows(a.record.endpoint_id)
                 .map_err(internal_ctx)?;
             dp.policy
                 .reset_drops(a.record.endpoint_id)

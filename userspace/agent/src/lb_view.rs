@@ -126,7 +126,7 @@ impl Agent {
             node: self.node().to_string(),
             services,
             ct_entries: self.ct_fill.load(Ordering::Relaxed),
-            ct_capacity: dp.lb.ct_capacity as u64,
+            ct_capacity: dp.ct.capacity as u64,
             rnat_entries: 0,
             problems: lb.problems(),
         })

@@ -6,9 +6,13 @@ use aya::maps::{Array, HashMap as BpfHashMap, HashOfMaps, MapData, MapError, Per
 use aya::Ebpf;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
+
+use crate::map_name;
 use strake_ebpf::shared::{
-    affinity_entry, affinity_key, backend_info, ct_entry, flow_key, lb_config, lb_stats,
-    rnat_entry, slot_key, svc_info, svc_key,
+    affinity_entry, affinity_key, backend_info, lb_config, lb_stats, slot_key, svc_info, svc_key,
+    STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS, STRAKE_MAP_FE_STATS,
+    STRAKE_MAP_LB_CONFIG, STRAKE_MAP_MAGLEV, STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES,
+    STRAKE_MAP_SLOTS,
 };
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -94,10 +98,7 @@ pub struct LbMaps {
     config: Array<MapData, lb_config>,
     fe_stats: PerCpuArray<MapData, lb_stats>,
     be_stats: PerCpuArray<MapData, lb_stats>,
-    ct: BpfHashMap<MapData, flow_key, ct_entry>,
-    rnat: BpfHashMap<MapData, flow_key, rnat_entry>,
     affinity: BpfHashMap<MapData, affinity_key, affinity_entry>,
-    pub ct_capacity: u32,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -126,31 +127,29 @@ pub fn addr_of(k: u32) -> Ipv4Addr {
 }
 
 impl LbMaps {
-    pub(crate) fn take(ebpf: &mut Ebpf, ct_capacity: u32) -> Result<Self> {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let maglev_name = map_name(STRAKE_MAP_MAGLEV);
         Ok(LbMaps {
-            services: take(ebpf, "st_services")?,
-            backends: take(ebpf, "st_backends")?,
-            slots: take(ebpf, "st_slots")?,
+            services: take(ebpf, map_name(STRAKE_MAP_SERVICES))?,
+            backends: take(ebpf, map_name(STRAKE_MAP_BACKENDS))?,
+            slots: take(ebpf, map_name(STRAKE_MAP_SLOTS))?,
             maglev_fd: {
                 let m = ebpf
-                    .map("st_maglev")
-                    .ok_or_else(|| anyhow!("map st_maglev missing from the object"))?;
+                    .map(maglev_name)
+                    .ok_or_else(|| anyhow!("map {maglev_name} missing from the object"))?;
                 let aya::maps::Map::HashOfMaps(d) = m else {
                     return Err(anyhow!("map st_maglev is not a hash of maps"));
                 };
                 d.fd().as_fd().try_clone_to_owned()?
             },
-            maglev: take(ebpf, "st_maglev")?,
+            maglev: take(ebpf, maglev_name)?,
             staged_tables: Vec::new(),
             staged_removals: Vec::new(),
-            node_addrs: take(ebpf, "st_node_addrs")?,
-            config: take(ebpf, "st_lb_config")?,
-            fe_stats: take(ebpf, "st_fe_stats")?,
-            be_stats: take(ebpf, "st_be_stats")?,
-            ct: take(ebpf, "st_ct")?,
-            rnat: take(ebpf, "st_rnat")?,
-            affinity: take(ebpf, "st_affinity")?,
-            ct_capacity,
+            node_addrs: take(ebpf, map_name(STRAKE_MAP_NODE_ADDRS))?,
+            config: take(ebpf, map_name(STRAKE_MAP_LB_CONFIG))?,
+            fe_stats: take(ebpf, map_name(STRAKE_MAP_FE_STATS))?,
+            be_stats: take(ebpf, map_name(STRAKE_MAP_BE_STATS))?,
+            affinity: take(ebpf, map_name(STRAKE_MAP_AFFINITY))?,
         })
     }
 
@@ -370,15 +369,6 @@ impl LbMaps {
             zero(&mut self.be_stats, b)?;
         }
         Ok(())
-    }
-
-    /// Entries in the connection table (walks it: call from a slow path).
-    pub fn ct_entries(&self) -> u64 {
-        self.ct.keys().filter(|k| k.is_ok()).count() as u64
-    }
-
-    pub fn rnat_entries(&self) -> u64 {
-        self.rnat.keys().filter(|k| k.is_ok()).count() as u64
     }
 
     /// Forgets ClientIP affinity pinning `backend` for `frontend`, when the

@@ -9,6 +9,7 @@
 //! atomic: no packet sees a missing program, so established flows never notice.
 
 mod bpffs;
+pub mod conntrack;
 pub mod lb;
 pub mod policy;
 pub mod trust;
@@ -37,7 +38,8 @@ pub struct DatapathConfig {
     pub bpffs_root: PathBuf,
     /// Capacity of the local endpoint map.
     pub max_endpoints: u32,
-    /// Capacity of the load balancer's connection and reverse-NAT tables.
+    /// Capacity of the connection table (service, reply and policy entries)
+    /// and of the affinity table.
     pub ct_size: u32,
     /// Capacity of the backend-set member table: the sum over Service ports
     /// of their backends.
@@ -49,7 +51,7 @@ impl DatapathConfig {
         DatapathConfig {
             bpffs_root: bpffs_root.into(),
             max_endpoints: 16384,
-            ct_size: 262144,
+            ct_size: shared::STRAKE_CT_SIZE,
             lb_max_slots: shared::STRAKE_MAX_SLOTS,
         }
     }
@@ -134,6 +136,7 @@ pub struct Datapath {
     pod: Ebpf,
     uplink: Ebpf,
     xdp: Ebpf,
+    pub ct: conntrack::Conntrack,
     pub lb: lb::LbMaps,
     pub policy: policy::PolicyMaps,
     pub trust: trust::TrustMaps,
@@ -157,12 +160,10 @@ impl Datapath {
         let load = |bytes: &[u8], what: &str| -> Result<Ebpf> {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
-                .map_max_entries("st_endpoints", cfg.max_endpoints)
-                .map_max_entries("st_ct", cfg.ct_size)
-                .map_max_entries("st_rnat", cfg.ct_size)
-                .map_max_entries("st_affinity", cfg.ct_size)
-                .map_max_entries("st_pol_ct", cfg.ct_size)
-                .map_max_entries("st_slots", cfg.lb_max_slots)
+                .map_max_entries(map_name(shared::STRAKE_MAP_ENDPOINTS), cfg.max_endpoints)
+                .map_max_entries(map_name(shared::STRAKE_MAP_CT), cfg.ct_size)
+                .map_max_entries(map_name(shared::STRAKE_MAP_AFFINITY), cfg.ct_size)
+                .map_max_entries(map_name(shared::STRAKE_MAP_SLOTS), cfg.lb_max_slots)
                 .load(bytes)
                 .with_context(|| {
                     format!(
@@ -194,15 +195,10 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected program {}", spec.name))?;
         }
-        let endpoints = BpfHashMap::try_from(
-            pod.take_map("st_endpoints")
-                .ok_or_else(|| anyhow!("map st_endpoints missing"))?,
-        )?;
-        let counters = PerCpuArray::try_from(
-            pod.take_map("st_counters")
-                .ok_or_else(|| anyhow!("map st_counters missing"))?,
-        )?;
-        let lb = lb::LbMaps::take(&mut pod, cfg.ct_size)?;
+        let endpoints = policy::take(&mut pod, map_name(shared::STRAKE_MAP_ENDPOINTS))?;
+        let counters = policy::take(&mut pod, map_name(shared::STRAKE_MAP_COUNTERS))?;
+        let ct = conntrack::Conntrack::take(&mut pod, cfg.ct_size)?;
+        let lb = lb::LbMaps::take(&mut pod)?;
         let policy = policy::PolicyMaps::take(&mut pod)?;
         let trust = trust::TrustMaps::take(&mut pod)?;
         Ok(Datapath {
@@ -210,6 +206,7 @@ impl Datapath {
             pod,
             uplink,
             xdp,
+            ct,
             lb,
             policy,
             trust,
@@ -435,7 +432,7 @@ impl Datapath {
 
     pub fn map_fill(&self) -> Result<Vec<MapFill>> {
         Ok(vec![MapFill {
-            name: "st_endpoints".into(),
+            name: map_name(shared::STRAKE_MAP_ENDPOINTS).into(),
             entries: self.endpoints.keys().count() as u64,
             capacity: self.max_endpoints as u64,
         }])
@@ -575,7 +572,7 @@ pub fn attach_xdp_pass(ifname: &str, pin: &Path) -> Result<()> {
 /// than bumping the whole map layout: the programs still attached keep the
 /// old array until their links are swapped a moment later.
 fn replace_outgrown_counters(maps_dir: &Path) -> Result<()> {
-    let pin = maps_dir.join("st_counters");
+    let pin = maps_dir.join(map_name(shared::STRAKE_MAP_COUNTERS));
     let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
         return Ok(());
     };
@@ -593,6 +590,14 @@ fn maps_dir(root: &Path) -> PathBuf {
 
 fn links_dir(root: &Path) -> PathBuf {
     root.join("links")
+}
+
+/// A map name from shared.h (bindgen makes C strings of them).
+pub fn map_name(c: &'static [u8]) -> &'static str {
+    std::ffi::CStr::from_bytes_with_nul(c)
+        .ok()
+        .and_then(|c| c.to_str().ok())
+        .expect("shared.h map names are NUL-terminated ASCII")
 }
 
 /// bpffs rejects dots in names (docs/kernel-notes.md).

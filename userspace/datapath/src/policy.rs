@@ -1,20 +1,22 @@
-//! The NetworkPolicy maps, typed: address classes, verdicts, the flows the
-//! policy let through, the generation, drops per endpoint.
+//! The NetworkPolicy maps, typed: address classes, verdicts, the generation,
+//! drops per endpoint. The flows the policy let through are in the
+//! connection table (conntrack.rs).
 
+use crate::map_name;
 use anyhow::{anyhow, Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 use std::net::Ipv4Addr;
 use strake_ebpf::shared::{
-    counter_value, pol_config, pol_ct_entry, pol_ct_key, policy_key_data, policy_verdict,
-    STRAKE_MAX_ENDPOINT_IDS, STRAKE_POLICY_ANY_PROTO_BITS,
+    counter_value, pol_config, policy_key_data, policy_verdict, STRAKE_MAP_CLUSTER_NODES,
+    STRAKE_MAP_IPCACHE, STRAKE_MAP_POLICY, STRAKE_MAP_POL_CONFIG, STRAKE_MAP_POL_DROPS,
+    STRAKE_MAX_ENDPOINT_IDS, STRAKE_POLICY_ANY_PROTO_BITS, STRAKE_POL_DROP_SLOTS,
 };
 
 pub struct PolicyMaps {
     ipcache: LpmTrie<MapData, u32, u32>,
     verdicts: LpmTrie<MapData, policy_key_data, policy_verdict>,
-    ct: BpfHashMap<MapData, pol_ct_key, pol_ct_entry>,
     config: Array<MapData, pol_config>,
     drops: PerCpuArray<MapData, counter_value>,
     cluster_nodes: BpfHashMap<MapData, u32, u32>,
@@ -73,12 +75,11 @@ impl VerdictKey {
 impl PolicyMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(PolicyMaps {
-            ipcache: take(ebpf, "st_ipcache")?,
-            verdicts: take(ebpf, "st_policy")?,
-            ct: take(ebpf, "st_pol_ct")?,
-            config: take(ebpf, "st_pol_config")?,
-            drops: take(ebpf, "st_pol_drops")?,
-            cluster_nodes: take(ebpf, "st_cluster_nodes")?,
+            ipcache: take(ebpf, map_name(STRAKE_MAP_IPCACHE))?,
+            verdicts: take(ebpf, map_name(STRAKE_MAP_POLICY))?,
+            config: take(ebpf, map_name(STRAKE_MAP_POL_CONFIG))?,
+            drops: take(ebpf, map_name(STRAKE_MAP_POL_DROPS))?,
+            cluster_nodes: take(ebpf, map_name(STRAKE_MAP_CLUSTER_NODES))?,
         })
     }
 
@@ -192,14 +193,14 @@ impl PolicyMaps {
                 .map(|v| v.iter().map(|c| c.packets).sum())
                 .unwrap_or(0)
         };
-        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2;
+        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * STRAKE_POL_DROP_SLOTS;
         (sum(base), sum(base + 1))
     }
 
     /// Zeroes an endpoint's drop counters (its id is being reused).
     pub fn reset_drops(&mut self, endpoint_id: u32) -> Result<()> {
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * 2;
+        let base = (endpoint_id % STRAKE_MAX_ENDPOINT_IDS) * STRAKE_POL_DROP_SLOTS;
         for i in [base, base + 1] {
             self.drops.set(
                 i,
@@ -208,19 +209,5 @@ impl PolicyMaps {
             )?;
         }
         Ok(())
-    }
-
-    /// Forgets an endpoint's remembered flows (its id is being reused).
-    pub fn forget_flows(&mut self, endpoint_id: u32) -> Result<usize> {
-        let keys: Vec<pol_ct_key> = self
-            .ct
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.endpoint_id == endpoint_id)
-            .collect();
-        for k in &keys {
-            missing_ok(self.ct.remove(k))?;
-        }
-        Ok(keys.len())
     }
 }

@@ -2,6 +2,7 @@
 //! and the uplink's legitimate sources from forgeries, and which direct
 //! return they accept (docs/threat-model.md).
 
+use crate::map_name;
 use crate::policy::take;
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
@@ -9,7 +10,8 @@ use aya::Ebpf;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use strake_ebpf::shared::{
-    dsr_target_key, flow_key, trust_config, STRAKE_RPF_LOOSE, STRAKE_RPF_OFF, STRAKE_RPF_STRICT,
+    dsr_target_key, flow_key, trust_config, STRAKE_MAP_DSR_TARGETS, STRAKE_MAP_HC_FLOWS,
+    STRAKE_MAP_HC_PROBES, STRAKE_MAP_TRUST, STRAKE_RPF_LOOSE, STRAKE_RPF_OFF, STRAKE_RPF_STRICT,
 };
 
 /// The reverse-path check of sources arriving on the uplink for local pods.
@@ -76,10 +78,10 @@ pub struct TrustMaps {
 impl TrustMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(TrustMaps {
-            config: take(ebpf, "st_trust")?,
-            dsr_targets: take(ebpf, "st_dsr_targets")?,
-            hc_flows: take(ebpf, "st_hc_flows")?,
-            hc_probes: take(ebpf, "st_hc_probes")?,
+            config: take(ebpf, map_name(STRAKE_MAP_TRUST))?,
+            dsr_targets: take(ebpf, map_name(STRAKE_MAP_DSR_TARGETS))?,
+            hc_flows: take(ebpf, map_name(STRAKE_MAP_HC_FLOWS))?,
+            hc_probes: take(ebpf, map_name(STRAKE_MAP_HC_PROBES))?,
         })
     }
 

@@ -172,7 +172,7 @@ pub async fn run(
                 runner.resync();
                 // The slow path also counts the connection table (a map walk).
                 let a = agent.clone();
-                let n = tokio::task::spawn_blocking(move || a.dp().lb.ct_entries()).await?;
+                let n = tokio::task::spawn_blocking(move || a.dp().ct.service_entries()).await?;
                 agent.ct_fill.store(n, std::sync::atomic::Ordering::Relaxed);
             }
         }

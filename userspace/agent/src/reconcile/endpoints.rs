@@ -83,7 +83,6 @@ pub fn repair<K: EndpointKernel>(k: &mut K, attach_all: bool) -> Result<Repair> 
                     pod_mac,
                     host_mac,
                     endpoint_id: r.record.endpoint_id,
-                    identity: have.map_or(0, |e| e.identity),
                 };
                 if have != Some(want) {
                     k.upsert(r.ip, want)?;

@@ -20,7 +20,9 @@ pub trait NodeKernel: Send {
     /// Attaches the uplink programs (tc, and XDP when configured).
     fn attach_uplink(&self, ifname: &str) -> Result<()>;
     /// The uplink's ifindex and the node's addresses (pod veths excluded).
-    fn addresses(&self, uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)>;
+    /// This node's addresses (every interface but loopback and pod veths);
+    /// fails if the uplink vanished.
+    fn addresses(&self, uplink: &str) -> Result<Vec<Ipv4Addr>>;
     fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()>;
 }
 
@@ -78,7 +80,7 @@ impl<K: NodeKernel> Phase for NodePhase<K> {
                 u
             }
         };
-        let (ifindex, local) = self.kernel.addresses(&uplink)?;
+        let local = self.kernel.addresses(&uplink)?;
         let node_addr = internal_ip
             .or_else(|| local.first().copied())
             .context("no address for this node: neither an InternalIP nor one on the uplink")?;
@@ -86,7 +88,6 @@ impl<K: NodeKernel> Phase for NodePhase<K> {
         self.kernel.configure_lb(
             lb_config {
                 node_addr: strake_datapath::lb::addr_key(node_addr),
-                uplink_ifindex: ifindex,
                 hash_seed: self.settings.hash_seed,
                 snat_port_min: lo,
                 snat_port_max: hi,
@@ -127,10 +128,9 @@ impl NodeKernel for KernelNode {
         attach_uplink(&self.dp, ifname, self.xdp)
     }
 
-    fn addresses(&self, uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)> {
+    fn addresses(&self, uplink: &str) -> Result<Vec<Ipv4Addr>> {
         self.rt.block_on(async {
-            let link = self
-                .nl
+            self.nl
                 .link_by_name(uplink)
                 .await?
                 .with_context(|| format!("uplink {uplink} vanished"))?;
@@ -147,7 +147,7 @@ impl NodeKernel for KernelNode {
                         .map(|(a, _)| a),
                 );
             }
-            Ok((link.index, local))
+            Ok(local)
         })
     }
 
@@ -190,16 +190,14 @@ mod tests {
             self.attached.lock().unwrap().push(ifname.into());
             Ok(())
         }
-        fn addresses(&self, _uplink: &str) -> Result<(u32, Vec<Ipv4Addr>)> {
-            Ok((
-                7,
-                self.interfaces
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.1)
-                    .collect(),
-            ))
+        fn addresses(&self, _uplink: &str) -> Result<Vec<Ipv4Addr>> {
+            Ok(self
+                .interfaces
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|x| x.1)
+                .collect())
         }
         fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()> {
             *self.config.lock().unwrap() = Some((cfg, local.to_vec()));
@@ -242,7 +240,6 @@ mod tests {
         ));
         assert_eq!(*k.attached.lock().unwrap(), vec!["eth0".to_string()]);
         let (cfg, local) = k.config.lock().unwrap().clone().unwrap();
-        assert_eq!(cfg.uplink_ifindex, 7);
         assert_eq!(cfg.snat_port_min, 20000);
         assert_eq!(local, vec!["10.0.0.1".parse::<Ipv4Addr>().unwrap()]);
         // Attached once.

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Address translation: rewriting a packet's addresses and ports (over the
+ * context of ctx_skb.h / ctx_xdp.h: include one first), and allocating SNAT
+ * ports. A SNAT port is claimed by inserting the reply entry it implies
+ * into the connection table with BPF_NOEXIST: the table is the allocator,
+ * so a port is free again exactly when its reply entry is gone.
+ */
+#ifndef STRAKE_NAT_H
+#define STRAKE_NAT_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "conntrack.h"
+#include "l4.h"
+
+/* Rewrites the destination (`dst`) or source address and port, fixing the
+ * IPv4 and transport checksums. */
+static __always_inline int nat_rewrite(ctx_t *ctx, const struct l4 *l4, int dst, __be32 old_addr, __be32 new_addr,
+				       __be16 old_port, __be16 new_port)
+{
+	__u32 addr_off = dst ? IP_DADDR_OFF : IP_SADDR_OFF;
+	__u32 port_off = l4->off + (dst ? 2 : 0);
+
+	if (old_addr != new_addr) {
+		if (ctx_l4_csum_replace(ctx, l4->csum_off, old_addr, new_addr, l4->csum_flags | BPF_F_PSEUDO_HDR | 4))
+			return -1;
+		if (ctx_l3_csum_replace(ctx, IP_CHECK_OFF, old_addr, new_addr))
+			return -1;
+		if (ctx_store_u32(ctx, addr_off, new_addr))
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (ctx_l4_csum_replace(ctx, l4->csum_off, old_port, new_port, l4->csum_flags | 2))
+			return -1;
+		if (ctx_store_u16(ctx, port_off, new_port))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Claims a port in [min, max] (host order) for a translated flow: the port
+ * becomes `rk`'s destination port and `re` is inserted under it. `hash`
+ * picks where to start, so a flow tries the same ports on every node.
+ * Returns the port (network order) through `port`; -1 if every try was taken.
+ */
+static __always_inline int nat_claim_port(__u16 min, __u16 max, __u32 hash, struct ct_key *rk,
+					  struct ct_entry *re, __be16 *port)
+{
+	__u32 range = (__u32)max - min + 1;
+
+	if (max < min || range > 65535)
+		return -1;
+#pragma unroll
+	for (int i = 0; i < STRAKE_SNAT_TRIES; i++) {
+		__u16 candidate = min + (hash + i * STRAKE_SNAT_STRIDE) % range;
+
+		rk->flow.dport = bpf_htons(candidate);
+		if (ct_insert(rk, re, BPF_NOEXIST) == 0) {
+			*port = rk->flow.dport;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+#endif
