@@ -140,10 +140,11 @@ pub struct Config {
     #[arg(long, default_value_t = 16384, env = "STRAKE_MAX_ENDPOINTS")]
     pub max_endpoints: u32,
 
-    /// Capacity of the load balancer's connection table (and of its
-    /// reverse-NAT and affinity tables): LRU maps, so when full the least
-    /// recently used flows are forgotten (watch strake_lb_ct_entries).
-    #[arg(long, default_value_t = 262144, env = "STRAKE_CT_SIZE")]
+    /// Capacity of the connection table (st_ct: service, reply and policy
+    /// entries together; a translated flow takes two) and of the affinity
+    /// table: LRU maps, so when full the least recently used flows are
+    /// forgotten (watch strake_lb_ct_entries).
+    #[arg(long, default_value_t = strake_datapath::shared::STRAKE_CT_SIZE, env = "STRAKE_CT_SIZE")]
     pub ct_size: u32,
 
     /// Capacity of the load balancer's backend-set table: at least the sum,
