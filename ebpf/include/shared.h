@@ -38,6 +38,10 @@
 #define STRAKE_MAP_DSR_TARGETS "st_dsr_targets"
 #define STRAKE_MAP_HC_FLOWS "st_hc_flows"
 #define STRAKE_MAP_HC_PROBES "st_hc_probes"
+#define STRAKE_MAP_SOCK_REV "st_sock_rev"
+#define STRAKE_MAP_SOCK_FWD "st_sock_fwd"
+#define STRAKE_MAP_SOCK_OPTOUT "st_sock_optout"
+#define STRAKE_MAP_FE_SOCK_STATS "st_fe_sock_stat"
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
@@ -328,6 +332,46 @@ enum strake_counter {
 struct counter_value {
 	__u64 packets;
 	__u64 bytes;
+};
+
+
+/* ---- Socket-level load balancing (programs/sock.c) ----------------------- */
+
+/* st_sock_rev: how a socket's peer is shown to it again. Keyed by the
+ * socket (its cookie) and the backend it was sent to; recvmsg4 and
+ * getpeername4 turn that backend back into the frontend the application
+ * asked for, so replies appear to come from the VIP. */
+struct sock_rev_key {
+	__u64 cookie;     /* bpf_get_socket_cookie */
+	__be32 backend;
+	__be16 bport;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct sock_rev_entry {
+	__be32 vip;
+	__be16 vport;
+	__u16 pad;
+	__u32 frontend_id;
+	__u32 backend_id;
+};
+
+/* st_sock_fwd: an unconnected UDP socket keeps one backend per frontend
+ * (every sendto is translated afresh, and must land on the same backend). */
+struct sock_fwd_key {
+	__u64 cookie;
+	__be32 vip;
+	__be16 vport;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* st_fe_sock_stat: per frontend, what the socket hooks did. */
+struct sock_lb_stats {
+	__u64 connects;  /* connect() translated to a backend (TCP and UDP) */
+	__u64 datagrams; /* unconnected sendto()/sendmsg() translated */
+	__u64 refused;   /* no eligible backend: the call failed with ECONNREFUSED */
 };
 
 #endif

@@ -31,6 +31,10 @@ pub mod shared {
     unsafe impl aya::Pod for pol_config {}
     unsafe impl aya::Pod for trust_config {}
     unsafe impl aya::Pod for dsr_target_key {}
+    unsafe impl aya::Pod for sock_rev_key {}
+    unsafe impl aya::Pod for sock_rev_entry {}
+    unsafe impl aya::Pod for sock_fwd_key {}
+    unsafe impl aya::Pod for sock_lb_stats {}
 }
 
 /// Programs on the host side of each pod's veth: `from_pod` (ingress) and
@@ -45,6 +49,11 @@ pub static XDP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 
 /// `xdp_pass`, for veth peers that must take XDP_TX frames (lab fabric ports).
 pub static XDP_PASS_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass.o"));
+
+/// Socket-level load balancing, cgroup sock_addr hooks at the agent's
+/// `--cgroup-root`: `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`,
+/// `sock_getpeername4`.
+pub static SOCK_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.o"));
 
 /// Names of the per-CPU counters, indexed like `st_counters`.
 pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [

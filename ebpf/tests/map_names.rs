@@ -20,6 +20,7 @@ fn object_maps() -> BTreeSet<String> {
         strake_ebpf::POD_OBJECT,
         strake_ebpf::UPLINK_OBJECT,
         strake_ebpf::XDP_OBJECT,
+        strake_ebpf::SOCK_OBJECT,
     ] {
         let obj = aya_obj::Object::parse(bytes).expect("a program object parses");
         out.extend(obj.maps.keys().filter(|n| n.starts_with("st_")).cloned());

@@ -206,6 +206,18 @@ pub struct Config {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_LB_XDP")]
     pub lb_xdp: bool,
 
+    /// Socket-level load balancing: Services translated at connect() and
+    /// sendto() by cgroup hooks, for host-network processes and pods alike.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_SOCKET_LB")]
+    pub socket_lb: bool,
+
+    /// cgroup v2 directory the socket hooks attach to; they apply to every
+    /// process below it. `auto`: the cgroup2 mount (found in
+    /// /proc/self/mountinfo: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    /// hybrid host).
+    #[arg(long, default_value = "auto", env = "STRAKE_CGROUP_ROOT")]
+    pub cgroup_root: String,
+
     /// Full pass period: every phase recomputes everything and observes the
     /// kernel (strays removed, drift repaired). Changes in between are
     /// applied as they come, each costing what it touches.

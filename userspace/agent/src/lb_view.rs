@@ -4,7 +4,8 @@ use crate::agent::Agent;
 use crate::reconcile::lb::{bkey, fkey};
 use std::sync::atomic::Ordering;
 use strake_api::{
-    ApiError, LbBackendView, LbCountersView, LbFrontendView, LbServiceView, LbStatus,
+    ApiError, LbBackendView, LbCountersView, LbFrontendView, LbServiceView, LbSocketCountersView,
+    LbStatus,
 };
 use strake_datapath::lb::LbCounters;
 use strake_lb::model::{ExternalMode, FrontendKind, Scheduler};
@@ -56,6 +57,14 @@ impl Agent {
                         counters: counters(
                             id.map(|i| dp.lb.frontend_counters(i)).unwrap_or_default(),
                         ),
+                        socket: {
+                            let c = id.map(|i| dp.sock.frontend_counters(i)).unwrap_or_default();
+                            LbSocketCountersView {
+                                connects: c.connects,
+                                datagrams: c.datagrams,
+                                refused: c.refused,
+                            }
+                        },
                     }
                 })
                 .collect();

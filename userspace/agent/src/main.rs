@@ -89,6 +89,19 @@ async fn run(cfg: Config) -> Result<()> {
         .set_health_check_ports(Some(cfg.health_check_ports))?;
     dp.trust
         .set_config(cfg.health_check_mark, cfg.uplink_rpf.datapath())?;
+    if cfg.socket_lb {
+        let root = match cfg.cgroup_root.as_str() {
+            "auto" => strake_datapath::sock::cgroup2_mount()?,
+            p => std::path::PathBuf::from(p),
+        };
+        dp.attach_cgroup(&root).with_context(|| {
+            format!(
+                "socket load balancing at cgroup {} (--cgroup-root; --socket-lb=false turns it off)",
+                root.display()
+            )
+        })?;
+        tracing::info!(cgroup = %root.display(), "socket load balancing attached");
+    }
     if let Some(eph) = ephemeral_ports() {
         for r in cfg.ephemeral_overlaps(eph) {
             tracing::warn!(range = %r, ephemeral = ?eph, "a port range of the agent overlaps the kernel's ephemeral ports (net.ipv4.ip_local_port_range): local connections may be handed one of its ports; move it, or reserve it in net.ipv4.ip_local_reserved_ports");

@@ -208,6 +208,42 @@ impl Collector for DatapathCollector {
                     }
                 }
             }
+            let so = |m: &strake_api::LbSocketCountersView, i: usize| {
+                [m.connects, m.datagrams, m.refused][i]
+            };
+            for (i, (name, help)) in [
+                (
+                    "strake_lb_frontend_socket_connects",
+                    "connect() calls the socket load balancer gave a backend",
+                ),
+                (
+                    "strake_lb_frontend_socket_datagrams",
+                    "Unconnected UDP sends the socket load balancer gave a backend",
+                ),
+                (
+                    "strake_lb_frontend_socket_refused",
+                    "Socket calls refused (ECONNREFUSED): no eligible backend",
+                ),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut m =
+                    enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+                for s in &lb.services {
+                    for f in &s.frontends {
+                        let labels = vec![
+                            ("service".to_string(), s.service.clone()),
+                            ("kind".to_string(), f.kind.clone()),
+                            (
+                                "frontend".to_string(),
+                                format!("{}:{}/{}", f.address, f.port, s.protocol),
+                            ),
+                        ];
+                        ConstCounter::new(so(&f.socket, i)).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
             for (i, (name, help)) in [
                 ("strake_lb_backend_packets", "Packets sent to each backend"),
                 ("strake_lb_backend_bytes", "Bytes sent to each backend"),

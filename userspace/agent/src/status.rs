@@ -92,6 +92,7 @@ impl Agent {
                 attachments: match p.name.as_str() {
                     "from_wire" | "to_wire" => usize::from(self.uplink().is_some()),
                     "xdp_lb" => usize::from(self.uplink().is_some() && self.cfg.lb_xdp),
+                    n if n.starts_with("sock_") => 1,
                     _ => links,
                 },
                 name: p.name,
@@ -126,6 +127,7 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs(),
             pod_cidr,
             uplink: self.uplink(),
+            socket_lb: dp.sock.cgroup().map(|p| p.display().to_string()),
             bpffs_root: dp.bpffs_root().display().to_string(),
             synced,
             source_revision,

@@ -239,6 +239,9 @@ pub struct AgentStatus {
     /// How this node reaches every other node's pods.
     #[serde(default)]
     pub routing: RoutingView,
+    /// The cgroup the socket load balancer is attached below (None: off).
+    #[serde(default)]
+    pub socket_lb: Option<String>,
 }
 
 /// The node's routing mode and, per other node, what its pods' block is
@@ -444,6 +447,21 @@ pub struct LbFrontendView {
     /// cluster or local (traffic policy).
     pub scope: String,
     pub counters: LbCountersView,
+    /// What the socket-level load balancer did for this frontend.
+    #[serde(default)]
+    pub socket: LbSocketCountersView,
+}
+
+/// Per frontend, the socket hooks' work (programs/sock.c): no packet of
+/// these is translated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LbSocketCountersView {
+    /// connect() calls given a backend (TCP and UDP).
+    pub connects: u64,
+    /// Unconnected UDP sends given a backend.
+    pub datagrams: u64,
+    /// Calls refused with ECONNREFUSED: no eligible backend.
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

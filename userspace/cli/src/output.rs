@@ -35,6 +35,14 @@ pub fn status(s: &AgentStatus) -> String {
     );
     let _ = writeln!(
         o,
+        "  socket load balancing {}",
+        s.socket_lb
+            .as_deref()
+            .map(|c| format!("attached at cgroup {c}"))
+            .unwrap_or_else(|| "off (Services by per-packet translation only)".into())
+    );
+    let _ = writeln!(
+        o,
         "  desired state: {} (revision {}){}",
         if s.synced { "loaded" } else { "NOT loaded" },
         s.source_revision,

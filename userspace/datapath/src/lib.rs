@@ -12,6 +12,7 @@ mod bpffs;
 pub mod conntrack;
 pub mod lb;
 pub mod policy;
+pub mod sock;
 pub mod trust;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -137,6 +138,8 @@ pub struct Datapath {
     uplink: Ebpf,
     xdp: Ebpf,
     pub ct: conntrack::Conntrack,
+    /// The socket-level load balancer (cgroup hooks).
+    pub sock: sock::SockLb,
     pub lb: lb::LbMaps,
     pub policy: policy::PolicyMaps,
     pub trust: trust::TrustMaps,
@@ -164,6 +167,9 @@ impl Datapath {
                 .map_max_entries(map_name(shared::STRAKE_MAP_CT), cfg.ct_size)
                 .map_max_entries(map_name(shared::STRAKE_MAP_AFFINITY), cfg.ct_size)
                 .map_max_entries(map_name(shared::STRAKE_MAP_SLOTS), cfg.lb_max_slots)
+                .map_max_entries(map_name(shared::STRAKE_MAP_SOCK_REV), cfg.ct_size)
+                .map_max_entries(map_name(shared::STRAKE_MAP_SOCK_FWD), cfg.ct_size)
+                .map_max_entries(map_name(shared::STRAKE_MAP_SOCK_OPTOUT), cfg.max_endpoints)
                 .load(bytes)
                 .with_context(|| {
                     format!(
@@ -176,6 +182,7 @@ impl Datapath {
         let mut pod = load(strake_ebpf::POD_OBJECT, "pod")?;
         let mut uplink = load(strake_ebpf::UPLINK_OBJECT, "uplink")?;
         let mut xdp = load(strake_ebpf::XDP_OBJECT, "XDP")?;
+        let sock = sock::SockLb::new(load(strake_ebpf::SOCK_OBJECT, "socket")?)?;
         {
             let prog: &mut Xdp = xdp
                 .program_mut("xdp_lb")
@@ -207,6 +214,7 @@ impl Datapath {
             uplink,
             xdp,
             ct,
+            sock,
             lb,
             policy,
             trust,
@@ -381,6 +389,13 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the socket-level load balancer below the cgroup v2
+    /// directory `cgroup` (see [`sock::SockLb::attach`]).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let links = links_dir(&self.root);
+        self.sock.attach(cgroup, &links)
+    }
+
     fn link_pin(&self, ifname: &str, dir: &str) -> PathBuf {
         links_dir(&self.root).join(format!("ep_{}_{dir}", pin_safe(ifname)))
     }
@@ -461,6 +476,19 @@ impl Datapath {
                 id: info.id(),
                 tag: format!("{:016x}", info.tag()),
             });
+        }
+        if let Some(cg) = self.sock.cgroup() {
+            for (name, what) in sock::PROGRAMS {
+                let prog: &aya::programs::CgroupSockAddr =
+                    self.sock.ebpf.program(name).expect("loaded").try_into()?;
+                let info = prog.info()?;
+                out.push(ProgramStatus {
+                    name: name.to_string(),
+                    attach_point: format!("{what} at {}", cg.display()),
+                    id: info.id(),
+                    tag: format!("{:016x}", info.tag()),
+                });
+            }
         }
         Ok(out)
     }

@@ -73,6 +73,7 @@ pub struct PodRecord {
 enum Made {
     Netns { name: String },
     Bpffs { path: PathBuf },
+    Cgroup { path: PathBuf },
 }
 
 pub struct Lab {
@@ -177,6 +178,32 @@ impl Lab {
         PathBuf::from("/sys/fs/bpf/strake-lab")
             .join(&self.name)
             .join(node)
+    }
+    /// The lab's cgroup v2 subtree: `<cgroup2 mount>/strake-lab-<lab>`.
+    /// Each node has a cgroup below it holding its agent, its host-network
+    /// processes and its pods' processes; the node's socket load balancer
+    /// attaches there, never to the machine's root cgroup.
+    pub fn cgroup_base(&self) -> Result<PathBuf> {
+        Ok(strake_datapath::sock::cgroup2_mount()?.join(format!("strake-lab-{}", self.name)))
+    }
+    pub fn node_cgroup(&self, node: &str) -> Result<PathBuf> {
+        Ok(self.cgroup_base()?.join(node))
+    }
+    /// Remembers which cgroup the processes of a namespace run in, for
+    /// `strake lab exec` (which knows only the namespace).
+    fn record_cgroup(&self, netns_name: &str, cgroup: &Path) -> Result<()> {
+        let d = self.root.join("cgroups");
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join(netns_name), cgroup.display().to_string())?;
+        Ok(())
+    }
+    /// Runs a command in a lab target (`namespace/pod`, `node/<name>`,
+    /// `ext/<name>`, `router/<name>`): in its network namespace and, for
+    /// nodes and pods, in its node's cgroup, as `strake lab exec` does.
+    pub fn exec(&self, target: &str, program: &str, args: &[&str]) -> Result<std::process::Output> {
+        let (ns, name) = target_netns(target)?;
+        let cg = cgroup_of_netns(&name);
+        procs::run_in(&ns, cg.as_deref(), program, args)
     }
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node)
@@ -321,6 +348,15 @@ impl Lab {
         }
         for e in &self.spec.externals {
             self.up_external(e)?;
+        }
+        for n in &self.spec.nodes {
+            let cg = self.node_cgroup(&n.name)?;
+            self.journal(Made::Cgroup {
+                path: self.cgroup_base()?,
+            })?;
+            std::fs::create_dir_all(&cg)
+                .with_context(|| format!("creating cgroup {}", cg.display()))?;
+            self.record_cgroup(&Self::node_netns_name(&n.name), &cg)?;
         }
         for n in &self.spec.nodes {
             self.start_agent(&n.name)?;
@@ -630,14 +666,17 @@ impl Lab {
             self.node_dir(node).join("bird.conf").display().to_string(),
             "--lb-xdp".into(),
             self.spec.xdp.to_string(),
+            "--cgroup-root".into(),
+            self.node_cgroup(node)?.display().to_string(),
             "--log-file".into(),
             self.agent_log(node).display().to_string(),
         ];
         if let Some(e) = &self.spec.encapsulation {
             args.extend(["--encapsulation".into(), e.clone()]);
         }
-        let pid = procs::spawn_in_netns(
+        let pid = procs::spawn_in(
             &self.node_netns(node),
+            Some(&self.node_cgroup(node)?),
             &procs::bin("strake-agent")?,
             &args,
             &self.agent_log(node),
@@ -702,6 +741,10 @@ impl Lab {
             .runtime(&p.node)
             .add(&self.conflist, &self.attachment(&p.namespace, &p.name))
             .with_context(|| format!("CNI ADD for pod {}", p.key()))?;
+        self.record_cgroup(
+            &Self::pod_netns_name(&p.namespace, &p.name),
+            &self.node_cgroup(&p.node)?,
+        )?;
         let ip: Ipv4Addr = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())
@@ -748,7 +791,8 @@ impl Lab {
             .join("pods")
             .join(format!("{}_{}.log", p.namespace, p.name));
         let ns = self.pod_netns(&p.namespace, &p.name);
-        procs::spawn_in_netns(&ns, &procs::bin("strake-lab")?, &args, &log)?;
+        let cg = self.node_cgroup(&p.node)?;
+        procs::spawn_in(&ns, Some(&cg), &procs::bin("strake-lab")?, &args, &log)?;
         // Listening before returning (the Ready that follows must be true).
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(port) = p.tcp_ports.first() {
@@ -961,6 +1005,27 @@ impl Lab {
                 let _ = strake_datapath::Datapath::purge(&path);
             }
         }
+        // The cgroups last: nothing runs in them once the namespaces are
+        // gone, but a process that escaped the namespace sweep (or was
+        // started into a node's cgroup by hand) is stopped here.
+        let mut cgroups: Vec<PathBuf> = self
+            .journaled()
+            .into_iter()
+            .filter_map(|m| match m {
+                Made::Cgroup { path } => Some(path),
+                _ => None,
+            })
+            .collect();
+        if let Ok(base) = self.cgroup_base() {
+            cgroups.push(base);
+        }
+        cgroups.sort();
+        cgroups.dedup();
+        for cg in &cgroups {
+            if let Err(e) = procs::remove_cgroup(cg) {
+                problems.push(format!("{e:#}"));
+            }
+        }
         let lab_bpffs = PathBuf::from("/sys/fs/bpf/strake-lab").join(&self.name);
         let _ = strake_datapath::Datapath::purge(&lab_bpffs);
         let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/bpf/strake-lab"));
@@ -988,6 +1053,36 @@ impl Lab {
     {
         netns::with_netlink_in(&self.node_netns(node), f)
     }
+}
+
+/// `namespace/pod`, `node/<name>`, `ext/<name>` or `router/<name>`: the
+/// namespace's path and name.
+pub fn target_netns(target: &str) -> Result<(PathBuf, String)> {
+    let (a, b) = target.split_once('/').ok_or_else(|| {
+        anyhow!("{target}: expected namespace/pod, node/<name>, ext/<name> or router/<name>")
+    })?;
+    let name = match a {
+        "node" => Lab::node_netns_name(b),
+        "ext" => Lab::ext_netns_name(b),
+        "router" => Lab::router_netns_name(b),
+        _ => Lab::pod_netns_name(a, b),
+    };
+    let p = netns::path(&name);
+    if !p.exists() {
+        bail!("no network namespace {name} (is the lab up?)");
+    }
+    Ok((p, name))
+}
+
+/// The cgroup a lab runs the processes of a namespace in (nodes' and pods'
+/// namespaces; None for externals and routers, which are not nodes).
+pub fn cgroup_of_netns(netns_name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(LABS_ROOT)
+        .ok()?
+        .flatten()
+        .find_map(|lab| std::fs::read_to_string(lab.path().join("cgroups").join(netns_name)).ok())
+        .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| p.exists())
 }
 
 /// Names of a node's link into the fabric: (fabric end, node end before it

@@ -2,7 +2,7 @@
 //! by strake's real binaries. `strake lab ...` runs this; it is its own
 //! binary so that the node CLI does not carry the lab.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use strake_lab::Lab;
-use strake_netlink::netns;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +61,20 @@ enum LabCmd {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
+    /// Exchanges with an address from this process, one JSON line per
+    /// attempt (answer, getpeername, UDP source, errno); run it with
+    /// `strake lab exec` to see what a node's or pod's application sees.
+    #[command(hide = true)]
+    Client {
+        to: SocketAddrV4,
+        /// tcp, udp (connected) or udp-sendto (unconnected).
+        #[arg(long, default_value = "tcp")]
+        mode: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Serve a pod's ports (what the lab runs inside each pod).
     #[command(hide = true)]
     Serve {
@@ -87,20 +100,7 @@ fn main() -> ExitCode {
 /// `namespace/pod`, `node/<name>`, `ext/<name>` or `router/<name>` to a
 /// namespace path.
 fn netns_of(target: &str) -> Result<PathBuf> {
-    let (a, b) = target.split_once('/').ok_or_else(|| {
-        anyhow!("{target}: expected namespace/pod, node/<name>, ext/<name> or router/<name>")
-    })?;
-    let name = match a {
-        "node" => Lab::node_netns_name(b),
-        "ext" => Lab::ext_netns_name(b),
-        "router" => Lab::router_netns_name(b),
-        _ => Lab::pod_netns_name(a, b),
-    };
-    let p = netns::path(&name);
-    if !p.exists() {
-        bail!("no network namespace {name} (is the lab up?)");
-    }
-    Ok(p)
+    Ok(strake_lab::target_netns(target)?.0)
 }
 
 fn run(cmd: LabCmd) -> Result<()> {
@@ -143,9 +143,13 @@ fn run(cmd: LabCmd) -> Result<()> {
             eprintln!("agent of node {node} running again (pid {pid})");
         }
         LabCmd::Exec { target, command } => {
-            let ns = netns_of(&target)?;
+            // In the target's namespace and, for a node or a pod, in its
+            // node's cgroup: what runs there sees that node's socket load
+            // balancer, as a host-network process or a container would.
+            let (ns, name) = strake_lab::target_netns(&target)?;
+            let cg = strake_lab::cgroup_of_netns(&name);
             let args: Vec<&str> = command[1..].iter().map(|s| s.as_str()).collect();
-            let out = strake_lab::procs::run_in_netns(&ns, &command[0], &args)?;
+            let out = strake_lab::procs::run_in(&ns, cg.as_deref(), &command[0], &args)?;
             use std::io::Write;
             std::io::stdout().write_all(&out.stdout)?;
             std::io::stderr().write_all(&out.stderr)?;
@@ -177,6 +181,17 @@ fn run(cmd: LabCmd) -> Result<()> {
                 lab.spec.nodes.len(),
                 t0.elapsed().as_millis()
             );
+        }
+        LabCmd::Client {
+            to,
+            mode,
+            count,
+            timeout_ms,
+        } => {
+            let t = Duration::from_millis(timeout_ms);
+            for a in strake_lab::probe::client(to, &mode, count, t)? {
+                println!("{}", serde_json::to_string(&a)?);
+            }
         }
         LabCmd::Serve { name, tcp, udp } => strake_lab::serve::serve(&name, &tcp, &udp)?,
     }

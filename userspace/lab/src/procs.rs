@@ -42,7 +42,21 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 /// A thread reaps it when it exits, so a killed process does not linger as a
 /// zombie of a long-lived caller (a test).
 pub fn spawn_in_netns(netns: &Path, program: &Path, args: &[String], log: &Path) -> Result<u32> {
+    spawn_in(netns, None, program, args, log)
+}
+
+/// [`spawn_in_netns`], also moving the process into the cgroup v2
+/// directory `cgroup` before it runs anything (so every socket it makes
+/// is under that cgroup's hooks).
+pub fn spawn_in(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<u32> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let cg = open_cgroup_procs(cgroup)?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -51,9 +65,10 @@ pub fn spawn_in_netns(netns: &Path, program: &Path, args: &[String], log: &Path)
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setns and setsid are async-signal-safe.
+    // SAFETY: setns, setsid and write are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            join_cgroup(cg.as_ref())?;
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -130,15 +145,103 @@ pub fn stop(pids: &[u32], grace: Duration) {
 
 /// Runs a command in a namespace and waits for it.
 pub fn run_in_netns(netns: &Path, program: &str, args: &[&str]) -> Result<std::process::Output> {
+    run_in(netns, None, program, args)
+}
+
+/// [`run_in_netns`], in the cgroup v2 directory `cgroup` when given.
+pub fn run_in(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    program: &str,
+    args: &[&str],
+) -> Result<std::process::Output> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let cg = open_cgroup_procs(cgroup)?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
-    // SAFETY: setns is async-signal-safe.
+    // SAFETY: setns and write are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            join_cgroup(cg.as_ref())?;
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)
         });
     }
     cmd.output().with_context(|| format!("running {program}"))
+}
+
+/// `cgroup.procs` of a cgroup, opened before the fork (the child may only
+/// write after it).
+fn open_cgroup_procs(cgroup: Option<&Path>) -> Result<Option<File>> {
+    cgroup
+        .map(|c| {
+            let p = c.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .with_context(|| format!("opening {}", p.display()))
+        })
+        .transpose()
+}
+
+/// In the child, before exec: "0" moves the writing process itself.
+fn join_cgroup(procs: Option<&File>) -> std::io::Result<()> {
+    if let Some(f) = procs {
+        use std::os::fd::AsRawFd;
+        // SAFETY: write(2) of a static buffer to an open descriptor.
+        if unsafe { libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// PIDs in a cgroup v2 directory and all below it.
+pub fn pids_in_cgroup(cgroup: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(cgroup) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(pids_in_cgroup(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Removes a cgroup v2 directory and everything below it, stopping what
+/// still runs there first (a cgroup with processes cannot be removed).
+pub fn remove_cgroup(cgroup: &Path) -> Result<()> {
+    if !cgroup.exists() {
+        return Ok(());
+    }
+    let me = std::process::id();
+    let pids: Vec<u32> = pids_in_cgroup(cgroup)
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect();
+    stop(&pids, Duration::from_secs(3));
+    remove_cgroup_dirs(cgroup).with_context(|| format!("removing cgroup {}", cgroup.display()))
+}
+
+fn remove_cgroup_dirs(cgroup: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(cgroup)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_dirs(&e.path())?;
+        }
+    }
+    // A process just reaped may linger in cgroup.procs a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::remove_dir(cgroup) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e),
+        }
+    }
 }

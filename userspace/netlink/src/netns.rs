@@ -141,6 +141,41 @@ where
     .map_err(|_| anyhow::anyhow!("thread inside a network namespace panicked"))?
 }
 
+/// The kernel's cookie of the network namespace at `netns`
+/// (SO_NETNS_COOKIE of a socket made inside it): what BPF programs see as
+/// `bpf_get_netns_cookie`. Stable for the namespace's life.
+pub fn cookie(netns: &Path) -> Result<u64> {
+    run_in(netns, current_cookie)
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn current_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket, closed below; getsockopt writes at most
+    // `len` bytes into `v`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket() for SO_NETNS_COOKIE");
+        }
+        let mut v: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r != 0 {
+            return Err(err).context("getsockopt(SO_NETNS_COOKIE) (kernel 5.14 or later)");
+        }
+        Ok(v)
+    }
+}
+
 /// Runs an async closure with a netlink connection inside the namespace at
 /// `netns`, on a dedicated thread with its own single-threaded runtime.
 pub fn with_netlink_in<F, Fut, R>(netns: &Path, f: F) -> Result<R>

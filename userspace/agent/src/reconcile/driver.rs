@@ -10,6 +10,7 @@ use super::lb::{DatapathLb, LbPhase};
 use super::node::{KernelNode, LbNodeSettings, NodePhase};
 use super::policy::PolicyPhase;
 use super::routes::{NetlinkRoutes, RoutesPhase, TunnelOptions};
+use super::socket_lb::{KernelSock, SocketLbPhase};
 use super::{Backoff, LocalEvent, Phase, Round, Runner};
 use crate::agent::Agent;
 use crate::config::{Encapsulation, SourceKind};
@@ -104,6 +105,10 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
             kernel: agent.endpoint_kernel(),
             lock: agent.endpoints_lock.clone(),
         }),
+        Box::new(SocketLbPhase::new(KernelSock {
+            ipam: agent.ipam.clone(),
+            dp: agent.dp.clone(),
+        })),
     ]
 }
 

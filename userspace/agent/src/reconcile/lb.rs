@@ -70,7 +70,11 @@ impl LbKernel for DatapathLb {
         self.dp().lb.remove_backend(id)
     }
     fn reset_counters(&mut self, frontend: Option<u32>, backend: Option<u32>) -> Result<()> {
-        self.dp().lb.reset_counters(frontend, backend)
+        let mut dp = self.dp();
+        if let Some(f) = frontend {
+            dp.sock.reset_counters(f)?;
+        }
+        dp.lb.reset_counters(frontend, backend)
     }
     fn set_slots(&mut self, set: u32, ids: &[u32], old_len: u32) -> Result<()> {
         self.dp().lb.set_slots(set, ids, old_len)

@@ -16,6 +16,7 @@ pub mod lb;
 pub mod node;
 pub mod policy;
 pub mod routes;
+pub mod socket_lb;
 
 use std::time::{Duration, Instant};
 use strake_source::{Change, ClusterState, Kind, KindSet};
