@@ -355,11 +355,14 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         let text = std::fs::read_to_string(root.join("strake/agent.yaml")).unwrap();
         let mut args = None;
+        let mut env = None;
         let mut conflist = None;
+        let mut bootstrap = None;
         for o in strake_source::dir::parse_documents(&text) {
             if let strake_source::dir::Document::Other { kind, value, .. } = o.unwrap() {
                 if kind == "DaemonSet" {
                     let c = &value["spec"]["template"]["spec"]["containers"][0];
+                    env = Some(c["env"].clone());
                     args = Some(
                         c["args"]
                             .as_sequence()
@@ -368,6 +371,8 @@ mod tests {
                             .map(|a| a.as_str().unwrap().to_string())
                             .collect::<Vec<_>>(),
                     );
+                } else if kind == "ConfigMap" && value["metadata"]["name"] == "strake-bootstrap" {
+                    bootstrap = Some(value["data"].clone());
                 } else if kind == "ConfigMap" {
                     conflist = value["data"]["10-strake.conflist"]
                         .as_str()
@@ -387,6 +392,32 @@ mod tests {
         let installed: serde_json::Value =
             serde_json::from_str(&conflist.expect("the CNI ConfigMap")).unwrap();
         assert_eq!(installed, shipped);
+        // Bootstrap: the API server's real address, from strake-bootstrap,
+        // overrides the kubelet's KUBERNETES_SERVICE_* (a ClusterIP).
+        let env = env.expect("the agent's env");
+        let data = bootstrap.expect("the strake-bootstrap ConfigMap");
+        for (var, key) in [
+            ("KUBERNETES_SERVICE_HOST", "apiServerHost"),
+            ("KUBERNETES_SERVICE_PORT", "apiServerPort"),
+        ] {
+            let e = env
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == var)
+                .unwrap_or_else(|| panic!("{var} not set in the DaemonSet"));
+            let r = &e["valueFrom"]["configMapKeyRef"];
+            assert_eq!(r["name"], "strake-bootstrap", "{var}");
+            assert_eq!(r["key"], key, "{var}");
+            assert!(
+                data[key].as_str().is_some(),
+                "strake-bootstrap has no {key}"
+            );
+        }
+        assert_ne!(
+            c.cgroup_root, "auto",
+            "the container's own cgroup is not the node's"
+        );
     }
 
     #[test]
