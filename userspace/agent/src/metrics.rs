@@ -176,58 +176,41 @@ impl Collector for DatapathCollector {
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
         if let Ok(lb) = agent.lb_status() {
-            let fe =
-                |m: &strake_api::LbCountersView, i: usize| [m.packets, m.bytes, m.new_flows][i];
-            for (i, (name, help)) in [
+            // One family per frontend counter, packet path and socket path alike.
+            type FrontendValue = fn(&strake_api::LbFrontendView) -> u64;
+            let families: [(&str, &str, FrontendValue); 6] = [
                 (
                     "strake_lb_frontend_packets",
                     "Packets to each service frontend",
+                    |f| f.counters.packets,
                 ),
-                ("strake_lb_frontend_bytes", "Bytes to each service frontend"),
+                (
+                    "strake_lb_frontend_bytes",
+                    "Bytes to each service frontend",
+                    |f| f.counters.bytes,
+                ),
                 (
                     "strake_lb_frontend_new_flows",
                     "New flows to each service frontend",
+                    |f| f.counters.new_flows,
                 ),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let mut m =
-                    enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-                for s in &lb.services {
-                    for f in &s.frontends {
-                        let labels = vec![
-                            ("service".to_string(), s.service.clone()),
-                            ("kind".to_string(), f.kind.clone()),
-                            (
-                                "frontend".to_string(),
-                                format!("{}:{}/{}", f.address, f.port, s.protocol),
-                            ),
-                        ];
-                        ConstCounter::new(fe(&f.counters, i)).encode(m.encode_family(&labels)?)?;
-                    }
-                }
-            }
-            let so = |m: &strake_api::LbSocketCountersView, i: usize| {
-                [m.connects, m.datagrams, m.refused][i]
-            };
-            for (i, (name, help)) in [
                 (
                     "strake_lb_frontend_socket_connects",
                     "connect() calls the socket load balancer gave a backend",
+                    |f| f.socket.connects,
                 ),
                 (
                     "strake_lb_frontend_socket_datagrams",
                     "Unconnected UDP sends the socket load balancer gave a backend",
+                    |f| f.socket.datagrams,
                 ),
                 (
                     "strake_lb_frontend_socket_refused",
                     "Socket calls refused (ECONNREFUSED): no eligible backend",
+                    |f| f.socket.refused,
                 ),
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            ];
+            for (name, help, value) in families {
                 let mut m =
                     enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
                 for s in &lb.services {
@@ -240,7 +223,7 @@ impl Collector for DatapathCollector {
                                 format!("{}:{}/{}", f.address, f.port, s.protocol),
                             ),
                         ];
-                        ConstCounter::new(so(&f.socket, i)).encode(m.encode_family(&labels)?)?;
+                        ConstCounter::new(value(f)).encode(m.encode_family(&labels)?)?;
                     }
                 }
             }
@@ -263,7 +246,9 @@ impl Collector for DatapathCollector {
                             ("service".to_string(), s.service.clone()),
                             ("backend".to_string(), format!("{}:{}", b.address, b.port)),
                         ];
-                        ConstCounter::new(fe(&b.counters, i)).encode(m.encode_family(&labels)?)?;
+                        let c = &b.counters;
+                        ConstCounter::new([c.packets, c.bytes, c.new_flows][i])
+                            .encode(m.encode_family(&labels)?)?;
                     }
                 }
             }
