@@ -123,7 +123,10 @@ fn matrix(lab: &Lab, p: &str) -> Vec<String> {
 /// packets matching `filter` (one line each).
 fn capture(netns: &str, iface: &str, filter: &str, traffic: impl FnOnce()) -> Vec<String> {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "tcpdump", "-n", "-l", "-i", iface])
+        // --immediate-mode: without it packets wait in a ring-buffer block
+        // for up to a second and a capture stopped sooner loses them.
+        .args(["netns", "exec", netns, "tcpdump", "-n", "-l", "--immediate-mode"])
+        .args(["-i", iface])
         .args(filter.split_whitespace())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
