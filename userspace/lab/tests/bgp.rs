@@ -125,7 +125,15 @@ fn capture(netns: &str, iface: &str, filter: &str, traffic: impl FnOnce()) -> Ve
     let mut child = Command::new("ip")
         // --immediate-mode: without it packets wait in a ring-buffer block
         // for up to a second and a capture stopped sooner loses them.
-        .args(["netns", "exec", netns, "tcpdump", "-n", "-l", "--immediate-mode"])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "tcpdump",
+            "-n",
+            "-l",
+            "--immediate-mode",
+        ])
         .args(["-i", iface])
         .args(filter.split_whitespace())
         .stdout(Stdio::piped())
@@ -412,8 +420,19 @@ fn without_router_peering_cross_rack_pods_use_vxlan_same_rack_stays_plain_and_1_
     let mut metrics = scrape();
     let up =
         "strake_bgp_session_up{peer=\"10.0.1.1\",peer_as=\"65001\",origin=\"BGPPeer tor-a\"} 1";
-    let deadline = Instant::now() + Duration::from_secs(12);
-    while !metrics.lines().any(|l| l == up) && Instant::now() < deadline {
+    // The session can be up a sweep before its prefix count is: wait for both.
+    let received_of = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| {
+                l.starts_with("strake_bgp_prefixes_received{") && l.contains("peer=\"10.0.1.1\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(metrics.lines().any(|l| l == up) && received_of(&metrics) >= 1)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(250));
         metrics = scrape();
     }
