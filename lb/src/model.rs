@@ -87,8 +87,13 @@ pub struct Backend {
     pub weight: u32,
     /// Takes new flows (EndpointSlice `ready`).
     pub ready: bool,
-    /// Going away: keeps its flows, takes no new ones.
+    /// Going away: keeps its flows, takes no new ones while the Service
+    /// has a ready endpoint.
     pub terminating: bool,
+    /// Still answers (EndpointSlice `serving`): a terminating endpoint
+    /// that serves takes new flows when no endpoint is ready, as
+    /// kube-proxy's graceful-termination fallback does.
+    pub serving: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,6 +472,8 @@ fn backends_from_slices(
             // Unset `ready` means ready (the API's default). Terminating and
             // not-ready endpoints stay, for the flows they already have.
             let ready = c.ready.unwrap_or(true) && !terminating;
+            // `serving` unset: the same as `ready` (the API's definition).
+            let serving = c.serving.or(c.ready).unwrap_or(true);
             let pod_key = e
                 .target_ref
                 .as_ref()
@@ -498,6 +505,7 @@ fn backends_from_slices(
                     weight: pod_weight(pod),
                     ready,
                     terminating,
+                    serving,
                 });
             }
         }
@@ -560,6 +568,7 @@ fn backends_from_pods(
             weight: pod_weight(Some(pod)),
             ready: running && ready_cond && !terminating,
             terminating,
+            serving: running && ready_cond,
         });
     }
     out.sort_by_key(|b| b.addr);

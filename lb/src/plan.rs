@@ -149,15 +149,27 @@ fn service_plan(
     for (pi, sp) in ports.iter().enumerate() {
         let mut cluster = Vec::new();
         let mut local = Vec::new();
+        // kube-proxy's graceful-termination fallback, per scope: with no
+        // ready endpoint (cluster-wide, or on this node for Local), new
+        // flows go to the terminating endpoints that still serve.
+        let usable = |b: &crate::model::Backend| b.ready && !b.terminating && healthy(&b.addr);
+        let fallback = |b: &crate::model::Backend| b.terminating && b.serving && healthy(&b.addr);
+        let is_local = |b: &crate::model::Backend| b.node.as_deref() == Some(node);
+        let cluster_fallback = !sp.backends.iter().any(usable);
+        let local_fallback = !sp.backends.iter().any(|b| usable(b) && is_local(b));
         for b in &sp.backends {
-            let is_local = b.node.as_deref() == Some(node);
-            let active = b.ready && !b.terminating && healthy(&b.addr);
+            let is_local = is_local(b);
+            let in_cluster = usable(b) || (cluster_fallback && fallback(b));
+            let in_local = is_local && (usable(b) || (local_fallback && fallback(b)));
+            // The local set matters only where a traffic policy is Local.
+            let uses_local = sp.external_local || sp.internal_local;
+            let active = in_cluster || (uses_local && in_local);
             sp_out.backends.push((b.addr, is_local, active));
-            if active {
+            if in_cluster {
                 cluster.push((b.addr, b.weight));
-                if is_local {
-                    local.push((b.addr, b.weight));
-                }
+            }
+            if in_local {
+                local.push((b.addr, b.weight));
             }
             // A TCP probe of a UDP port means nothing: UDP backends are
             // checked only on an explicit health-check port.
@@ -590,6 +602,42 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
             2,
             "the terminating one stays for existing flows"
         );
+    }
+
+    #[test]
+    fn with_no_ready_endpoint_new_flows_go_to_the_terminating_ones_that_still_serve() {
+        let slice = |extra: &str| {
+            state(&format!(
+                "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web}}\nspec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: x, name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- {{addresses: [10.244.1.5], nodeName: n1, conditions: {{ready: false, serving: true, terminating: true}}}}\n- {{addresses: [10.244.2.9], nodeName: n2, conditions: {{ready: false, serving: true, terminating: true}}}}\n- {{addresses: [10.244.2.10], nodeName: n2, conditions: {{ready: false, serving: false, terminating: true}}}}\n{extra}"
+            ))
+        };
+        let members = |st: &ClusterState| {
+            let (sps, _) = services(st, &ModelOptions::default());
+            let p = plan(&sps, "n1", |_| true);
+            let mut m: Vec<String> = p.sets["x/web:http/cluster"]
+                .members
+                .iter()
+                .map(|(b, _)| b.ip.to_string())
+                .collect();
+            m.sort();
+            (m, p.backends.values().filter(|b| b.active).count())
+        };
+        let (m, active) = members(&slice(""));
+        assert_eq!(
+            m,
+            ["10.244.1.5", "10.244.2.9"],
+            "the serving ones, not the one that stopped serving"
+        );
+        assert_eq!(active, 2);
+        let (m, active) = members(&slice(
+            "- {addresses: [10.244.1.7], nodeName: n1, conditions: {ready: true}}\n",
+        ));
+        assert_eq!(
+            m,
+            ["10.244.1.7"],
+            "once one is ready, only it takes new flows"
+        );
+        assert_eq!(active, 1);
     }
 
     #[test]

@@ -390,3 +390,71 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
     assert!(a > 50, "the prober ran ({a} attempts)");
     assert_eq!(f, 0, "{f} of {a} new connections failed during the rollout");
 }
+
+/// kube-proxy's graceful-termination fallback: a Service whose every
+/// endpoint is terminating but still serving keeps taking connections;
+/// once one is ready, only it gets new ones.
+#[test]
+fn with_every_endpoint_terminating_new_connections_still_succeed_until_one_is_ready() {
+    let mut files = base("gt");
+    files.push(("svc.yaml", service("gt", "web", VIP, "web", "", "")));
+    let lab = yaml_lab("gt", &files);
+    let client = lab.pod_netns("gt", "client");
+    let t5 = Duration::from_secs(5);
+    let active = |pod: &str| {
+        let pod = format!("gt/{pod}");
+        move |s: &LbStatus| {
+            s.services
+                .iter()
+                .filter(|x| x.service == "gt/web:http")
+                .flat_map(|x| &x.backends)
+                .any(|b| b.pod.as_deref() == Some(pod.as_str()) && b.active && b.terminating)
+        }
+    };
+    for (w, node) in [("w1", "gta"), ("w2", "gta"), ("w3", "gtb")] {
+        std::fs::write(
+            lab.dir.join(format!("{w}.yaml")),
+            pod_yaml("gt", w, node, "web", true),
+        )
+        .unwrap();
+    }
+    for w in ["w1", "w2", "w3"] {
+        lab.wait_lb("every backend terminating, serving", t5, active(w))
+            .unwrap();
+    }
+    let counts = tcp_spread(&client, addr(VIP, 80), 60);
+    assert!(!counts.contains_key("!error"), "{counts:?}");
+    assert_eq!(
+        counts.len(),
+        3,
+        "all three terminating ones serve: {counts:?}"
+    );
+    // A ready one arrives: it alone takes new connections.
+    std::fs::write(
+        lab.dir.join("w9.yaml"),
+        pod_yaml("gt", "w9", "gtb", "web", false),
+    )
+    .unwrap();
+    lab.add_pod(&pod_spec("gt", "w9", "gtb", "web")).unwrap();
+    lab.wait_lb(
+        "the ready one is the only active one",
+        t5,
+        |s: &LbStatus| {
+            s.services
+                .iter()
+                .filter(|x| x.service == "gt/web:http")
+                .all(|x| {
+                    x.backends
+                        .iter()
+                        .all(|b| b.active == (b.pod.as_deref() == Some("gt/w9")))
+                })
+        },
+    )
+    .unwrap();
+    let counts = tcp_spread(&client, addr(VIP, 80), 30);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["gt/w9"],
+        "only the ready one: {counts:?}"
+    );
+}
