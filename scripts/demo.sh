@@ -59,6 +59,15 @@ run strake lab probe web/web-1 10.96.0.10:53 --proto udp
 for _ in 1 2 3; do run strake lab probe ext/client 203.0.113.10:80; done
 run strake lab probe ext/client 10.0.0.2:30080
 
+step "Services from the node itself (socket LB: connect() picks the backend in a cgroup hook, no packet is rewritten, the app sees the VIP as its peer)"
+# `strake lab exec` runs the client in node a's cgroup subtree, where a's agent
+# attached its hooks; NodePorts answer on every node address and on 127.0.0.1.
+run strake lab exec node/a strake-lab client 10.96.0.10:80 --count 3
+run strake lab exec node/a strake-lab client 10.96.0.10:53 --mode udp-sendto --count 2
+run strake lab exec node/a strake-lab client 10.0.0.2:30080 --count 1
+run strake lab exec node/a strake-lab client 127.0.0.1:30080 --count 1
+run strake lb list --lab "$LAB" --node a
+
 step "NetworkPolicy shop/db-from-cart: only the cart reaches the database, on TCP 80"
 run strake lab probe shop/cart "$DB:80"
 printf '$ strake lab probe web/web-1 %s:80   (expected to fail)\n' "$DB"

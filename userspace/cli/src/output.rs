@@ -217,9 +217,20 @@ pub fn lb(s: &strake_api::LbStatus) -> String {
             } else {
                 f.address.to_string()
             };
+            // The socket path translates no packet, so its work is counted
+            // apart; shown only where it did any, to keep the table narrow.
+            let sock = &f.socket;
+            let socket = if sock.connects + sock.datagrams + sock.refused > 0 {
+                format!(
+                    "  socket: {} connects {} datagrams {} refused",
+                    sock.connects, sock.datagrams, sock.refused
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
-                "    {:<12} {:>21}  {:<7}  {:>10} pkts {:>10} flows",
+                "    {:<12} {:>21}  {:<7}  {:>10} pkts {:>10} flows{socket}",
                 f.kind,
                 format!("{addr}:{}", f.port),
                 f.scope,
