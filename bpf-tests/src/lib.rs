@@ -219,6 +219,8 @@ pub fn endpoint(host: &Link, pod_mac: [u8; 6], id: u32) -> endpoint_info {
         pod_mac,
         host_mac: host.mac,
         endpoint_id: id,
+        // One identity per endpoint: tests key verdicts by the endpoint.
+        identity: id,
     }
 }
 

@@ -23,7 +23,7 @@ fn isolate(net: &mut TestNet, pod: Ipv4Addr, ingress: bool, egress: bool) {
 }
 
 fn allow(
-    endpoint_id: u32,
+    identity: u32,
     class_id: u32,
     direction: u8,
     proto: Option<u8>,
@@ -31,7 +31,7 @@ fn allow(
     port_bits: u8,
 ) -> VerdictKey {
     VerdictKey {
-        endpoint_id,
+        identity,
         class_id,
         direction,
         proto,

@@ -11,8 +11,8 @@
  *   4. anything else is new: allowed if an exemption covers it (trust.h:
  *      decided by who handed the packet over, never by its addresses or
  *      ports alone), if the endpoint is not isolated for this direction, or
- *      if st_policy allows (endpoint, class of the real remote address,
- *      direction, protocol, real port); remembered if so.
+ *      if st_policy allows (the endpoint's identity, class of the real
+ *      remote address, direction, protocol, real port); remembered if so.
  * Remembered flows (conntrack.h, kind STRAKE_CT_POLICY + direction, owned by
  * the endpoint) carry the policy generation that judged them; after any
  * policy change (the agent bumps the generation) a flow is judged again at
@@ -162,7 +162,7 @@ static __always_inline int policy_rules_allow(const struct endpoint_info *ep, __
 	struct policy_key k = {
 		.prefixlen = STRAKE_POLICY_KEY_BITS,
 		.data = {
-			.endpoint_id = ep->endpoint_id,
+			.identity = ep->identity,
 			.direction = dir,
 			.proto = j->proto,
 			.port = j->port,

@@ -13,7 +13,7 @@
 
 #include <linux/types.h>
 
-#define STRAKE_MAP_LAYOUT_VERSION 2
+#define STRAKE_MAP_LAYOUT_VERSION 3
 
 /* Map names, as maps.h defines them (a test checks both agree): userspace
  * opens and sizes the pinned maps by these, never by retyped strings. */
@@ -64,6 +64,7 @@ struct endpoint_info {
 	__u8 pod_mac[6]; /* the pod's eth0: destination MAC on delivery */
 	__u8 host_mac[6];/* the host-side veth: source MAC on delivery */
 	__u32 endpoint_id;  /* compact per-node id, stable for the endpoint's life */
+	__u32 identity;     /* policy identity: what st_policy is keyed by */
 };
 
 /* The endpoint's source address was checked at attach time; spoofed sources
@@ -229,11 +230,13 @@ enum strake_direction {
 	STRAKE_DIR_EGRESS = 1,
 };
 
-/* st_policy (LPM): what an endpoint may exchange with a class, by protocol
- * and port. Fixed fields first; the port is matched by prefix, so an endPort
- * range is a handful of entries; a rule without ports stops before `proto`. */
+/* st_policy (LPM): what an identity (the endpoint's `identity`: its pods
+ * share one when the same policies select them) may exchange with a class,
+ * by protocol and port. Fixed fields first; the port is matched by prefix,
+ * so an endPort range is a handful of entries; a rule without ports stops
+ * before `proto`. */
 struct policy_key_data {
-	__u32 endpoint_id;
+	__u32 identity;
 	__u32 class_id;
 	__u8 direction;
 	__u8 proto;
@@ -245,8 +248,8 @@ struct policy_key {
 	struct policy_key_data data;
 };
 
-#define STRAKE_POLICY_KEY_BITS 96       /* endpoint_id + class_id + direction + proto + port */
-#define STRAKE_POLICY_ANY_PROTO_BITS 72 /* endpoint_id + class_id + direction */
+#define STRAKE_POLICY_KEY_BITS 96       /* identity + class_id + direction + proto + port */
+#define STRAKE_POLICY_ANY_PROTO_BITS 72 /* identity + class_id + direction */
 
 /* Which rule allowed: for counters and explanations. */
 struct policy_verdict {

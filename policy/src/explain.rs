@@ -112,7 +112,7 @@ fn decide(
         return dec;
     }
     dec.isolated = true;
-    if remote_ip == local.ip {
+    if Some(remote_ip) == local.ip {
         dec.reason = "a pod reaching itself is never blocked".into();
         return dec;
     }
@@ -158,7 +158,8 @@ pub fn explain(
                 let p = model
                     .pod(k)
                     .ok_or_else(|| format!("no pod {k} with an address"))?;
-                Ok((Some(p.clone()), p.ip, k.to_string()))
+                let ip = p.ip.ok_or_else(|| format!("pod {k} has no address yet"))?;
+                Ok((Some(p.clone()), ip, k.to_string()))
             }
             Endpoint::Addr(ip) => {
                 let p = model.pod_by_ip(*ip).cloned();

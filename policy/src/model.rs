@@ -56,15 +56,66 @@ impl Direction {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodInfo {
     pub key: ObjectKey,
-    pub ip: Ipv4Addr,
+    /// Its address, once known (status, or the node's own endpoint record).
+    pub ip: Option<Ipv4Addr>,
     pub labels: Labels,
     pub ns_labels: Labels,
     pub node: Option<String>,
     /// Container ports by (name, protocol).
     pub named_ports: BTreeMap<(String, u8), u16>,
+}
+
+impl PodInfo {
+    /// What policy reads of a pod; `None` for host-network pods (their
+    /// address is the node's: policy does not apply to them).
+    pub fn from_pod(
+        key: &ObjectKey,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        ns_labels: Labels,
+        known_ip: Option<Ipv4Addr>,
+    ) -> Option<PodInfo> {
+        let spec = pod.spec.as_ref();
+        if spec.and_then(|s| s.host_network) == Some(true) {
+            return None;
+        }
+        // A pod that has run to completion holds no address: a new pod
+        // may already have its IP, and must not be judged by the dead
+        // one's labels (the load balancer skips these too).
+        if matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|i| i.parse().ok())
+            .or(known_ip);
+        let mut named_ports = BTreeMap::new();
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+            for p in c.ports.iter().flatten() {
+                if let (Some(n), Some(proto)) = (
+                    &p.name,
+                    proto_number(p.protocol.as_deref().unwrap_or("TCP")),
+                ) {
+                    named_ports.insert((n.clone(), proto), p.container_port as u16);
+                }
+            }
+        }
+        Some(PodInfo {
+            key: key.clone(),
+            ip,
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ns_labels,
+            node: spec.and_then(|s| s.node_name.clone()),
+            named_ports,
+        })
+    }
 }
 
 /// An IPv4 prefix.
@@ -112,7 +163,35 @@ impl Peer {
                         .as_ref()
                         .is_none_or(|s| matches(s, &pod.labels))
             }
-            Peer::Block { .. } => self.matches_prefix((pod.ip, 32)),
+            Peer::Block { .. } => pod.ip.is_some_and(|ip| self.matches_prefix((ip, 32))),
+        }
+    }
+
+    /// A canonical text of the peer: equal peers, equal keys (peers are
+    /// interned by it; selectors have no order of their own).
+    pub fn key(&self) -> String {
+        match self {
+            Peer::Pods {
+                policy_ns,
+                namespace_selector,
+                pod_selector,
+            } => {
+                let j = |s: &Option<LabelSelector>| {
+                    s.as_ref()
+                        .map(|s| serde_json::to_string(s).unwrap_or_default())
+                        .unwrap_or_else(|| "-".into())
+                };
+                // Without a namespace selector the policy's namespace counts.
+                let ns = match namespace_selector {
+                    Some(_) => j(namespace_selector),
+                    None => format!("ns={policy_ns}"),
+                };
+                format!("pods {ns} {}", j(pod_selector))
+            }
+            Peer::Block { cidr, except } => {
+                let x: Vec<String> = except.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+                format!("block {}/{} except {}", cidr.0, cidr.1, x.join(","))
+            }
         }
     }
 
@@ -141,7 +220,7 @@ pub struct PortSpec {
     pub port: PortSel,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Indices into `Model::peers`; `None` matches every peer.
     pub peers: Option<Vec<usize>>,
@@ -149,7 +228,7 @@ pub struct Rule {
     pub ports: Option<Vec<PortSpec>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub key: ObjectKey,
     pub pod_selector: LabelSelector,
@@ -173,10 +252,74 @@ impl Policy {
 
 #[derive(Debug, Clone, Default)]
 pub struct Model {
-    pub pods: Vec<PodInfo>,
+    pub pods: BTreeMap<ObjectKey, PodInfo>,
     pub peers: Vec<Peer>,
     pub policies: Vec<Policy>,
     pub problems: Vec<String>,
+}
+
+/// The `policyTypes` of a policy, defaulted as the API does.
+fn policy_types(spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> Vec<String> {
+    match &spec.policy_types {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ => {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                t.push("Egress".into());
+            }
+            t
+        }
+    }
+}
+
+/// A NetworkPolicy in the compiler's terms. `intern` gives each peer the
+/// id rules refer to it by; problems (bad CIDRs, unknown protocols) are
+/// reported and the offending peer or port skipped.
+pub fn read_policy(
+    key: &ObjectKey,
+    np: &NetworkPolicy,
+    intern: &mut dyn FnMut(Peer) -> usize,
+    problems: &mut Vec<String>,
+) -> Option<Policy> {
+    let spec = np.spec.as_ref()?;
+    let types = policy_types(spec);
+    let mut rules = |dir: Direction| -> Option<Vec<Rule>> {
+        let name = if dir == Direction::Ingress {
+            "Ingress"
+        } else {
+            "Egress"
+        };
+        if !types.iter().any(|t| t == name) {
+            return None;
+        }
+        let raw: Vec<(Option<Vec<_>>, Option<Vec<_>>)> = match dir {
+            Direction::Ingress => spec
+                .ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.clone(), r.ports.clone()))
+                .collect(),
+            Direction::Egress => spec
+                .egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.clone(), r.ports.clone()))
+                .collect(),
+        };
+        Some(
+            raw.into_iter()
+                .map(|(peers, ports)| read_rule(key, peers, ports, intern, problems))
+                .collect(),
+        )
+    };
+    let ingress = rules(Direction::Ingress);
+    let egress = rules(Direction::Egress);
+    Some(Policy {
+        key: key.clone(),
+        pod_selector: spec.pod_selector.clone().unwrap_or_default(),
+        ingress,
+        egress,
+    })
 }
 
 impl Model {
@@ -185,181 +328,38 @@ impl Model {
     pub fn build(state: &ClusterState, known_ips: &[(ObjectKey, Ipv4Addr)]) -> Model {
         let mut m = Model::default();
         for (key, pod) in &state.pods {
-            let spec = pod.spec.as_ref();
-            if spec.and_then(|s| s.host_network) == Some(true) {
-                continue;
+            let known = known_ips.iter().find(|(k, _)| k == key).map(|(_, ip)| *ip);
+            if let Some(p) =
+                PodInfo::from_pod(key, pod, state.namespace_labels(&key.namespace), known)
+            {
+                m.pods.insert(key.clone(), p);
             }
-            // A pod that has run to completion holds no address: a new pod
-            // may already have its IP, and must not be judged by the dead
-            // one's labels (the load balancer skips these too).
-            if matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            ) {
-                continue;
-            }
-            let ip = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_ref())
-                .and_then(|i| i.parse().ok())
-                .or_else(|| known_ips.iter().find(|(k, _)| k == key).map(|(_, ip)| *ip));
-            let Some(ip) = ip else { continue };
-            let mut named_ports = BTreeMap::new();
-            for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-                for p in c.ports.iter().flatten() {
-                    if let (Some(n), Some(proto)) = (
-                        &p.name,
-                        proto_number(p.protocol.as_deref().unwrap_or("TCP")),
-                    ) {
-                        named_ports.insert((n.clone(), proto), p.container_port as u16);
-                    }
-                }
-            }
-            m.pods.push(PodInfo {
-                key: key.clone(),
-                ip,
-                labels: pod.metadata.labels.clone().unwrap_or_default(),
-                ns_labels: state.namespace_labels(&key.namespace),
-                node: spec.and_then(|s| s.node_name.clone()),
-                named_ports,
-            });
         }
         for (key, np) in &state.network_policies {
-            let Some(spec) = &np.spec else { continue };
-            let types: Vec<String> = match &spec.policy_types {
-                Some(t) if !t.is_empty() => t.clone(),
-                _ => {
-                    let mut t = vec!["Ingress".to_string()];
-                    if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
-                        t.push("Egress".into());
-                    }
-                    t
+            let mut peers = std::mem::take(&mut m.peers);
+            let mut problems = std::mem::take(&mut m.problems);
+            let mut intern = |p: Peer| {
+                if let Some(i) = peers.iter().position(|x| *x == p) {
+                    return i;
                 }
+                peers.push(p);
+                peers.len() - 1
             };
-            let mut rules = |dir: Direction| -> Option<Vec<Rule>> {
-                if !types.iter().any(|t| {
-                    t == if dir == Direction::Ingress {
-                        "Ingress"
-                    } else {
-                        "Egress"
-                    }
-                }) {
-                    return None;
-                }
-                let raw: Vec<(Option<Vec<_>>, Option<Vec<_>>)> = match dir {
-                    Direction::Ingress => spec
-                        .ingress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.from.clone(), r.ports.clone()))
-                        .collect(),
-                    Direction::Egress => spec
-                        .egress
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.to.clone(), r.ports.clone()))
-                        .collect(),
-                };
-                Some(
-                    raw.into_iter()
-                        .map(|(peers, ports)| m.rule(key, np, peers, ports))
-                        .collect(),
-                )
-            };
-            let ingress = rules(Direction::Ingress);
-            let egress = rules(Direction::Egress);
-            m.policies.push(Policy {
-                key: key.clone(),
-                pod_selector: spec.pod_selector.clone().unwrap_or_default(),
-                ingress,
-                egress,
-            });
+            if let Some(p) = read_policy(key, np, &mut intern, &mut problems) {
+                m.policies.push(p);
+            }
+            m.peers = peers;
+            m.problems = problems;
         }
         m
     }
 
-    fn rule(
-        &mut self,
-        key: &ObjectKey,
-        _np: &NetworkPolicy,
-        peers: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
-        ports: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>,
-    ) -> Rule {
-        let peers = peers.filter(|p| !p.is_empty()).map(|ps| {
-            ps.into_iter()
-                .filter_map(|p| {
-                    let peer = match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
-                        (Some(b), None, None) => {
-                            let Some(cidr) = parse_cidr(&b.cidr) else {
-                                self.problems.push(format!("NetworkPolicy {key}: ipBlock cidr {:?} is not IPv4; ignored", b.cidr));
-                                return None;
-                            };
-                            let except = b.except.iter().flatten().filter_map(|e| parse_cidr(e)).collect();
-                            Peer::Block { cidr: (mask(cidr), cidr.1), except }
-                        }
-                        (None, None, None) => {
-                            self.problems.push(format!("NetworkPolicy {key}: a peer with no selector nor ipBlock; ignored"));
-                            return None;
-                        }
-                        (Some(_), _, _) => {
-                            self.problems.push(format!("NetworkPolicy {key}: ipBlock cannot be combined with selectors; ignored"));
-                            return None;
-                        }
-                        (None, ns, pod) => Peer::Pods {
-                            policy_ns: key.namespace.clone(),
-                            namespace_selector: ns.clone(),
-                            pod_selector: pod.clone(),
-                        },
-                    };
-                    Some(self.intern_peer(peer))
-                })
-                .collect()
-        });
-        let ports = ports.filter(|p| !p.is_empty()).map(|ps| {
-            ps.into_iter()
-                .filter_map(|p| {
-                    let proto = p.protocol.as_deref().unwrap_or("TCP");
-                    let Some(proto) = proto_number(proto) else {
-                        self.problems.push(format!(
-                            "NetworkPolicy {key}: protocol {proto} unknown; port ignored"
-                        ));
-                        return None;
-                    };
-                    let port = match (&p.port, p.end_port) {
-                        (None, _) => PortSel::Any,
-                        (Some(IntOrString::Int(n)), None) => PortSel::Range(*n as u16, *n as u16),
-                        (Some(IntOrString::Int(n)), Some(e)) if e >= *n => {
-                            PortSel::Range(*n as u16, e as u16)
-                        }
-                        (Some(IntOrString::Int(_)), Some(_)) => {
-                            self.problems
-                                .push(format!("NetworkPolicy {key}: endPort below port; ignored"));
-                            return None;
-                        }
-                        (Some(IntOrString::String(name)), _) => PortSel::Named(name.clone()),
-                    };
-                    Some(PortSpec { proto, port })
-                })
-                .collect()
-        });
-        Rule { peers, ports }
-    }
-
-    fn intern_peer(&mut self, p: Peer) -> usize {
-        if let Some(i) = self.peers.iter().position(|x| *x == p) {
-            return i;
-        }
-        self.peers.push(p);
-        self.peers.len() - 1
-    }
-
     pub fn pod(&self, key: &ObjectKey) -> Option<&PodInfo> {
-        self.pods.iter().find(|p| p.key == *key)
+        self.pods.get(key)
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodInfo> {
-        self.pods.iter().find(|p| p.ip == ip)
+        self.pods.values().find(|p| p.ip == Some(ip))
     }
 
     /// Policies selecting `pod` that affect direction `d`, with their index.
@@ -373,6 +373,88 @@ impl Model {
             .enumerate()
             .filter(move |(_, p)| p.rules(d).is_some() && p.selects(pod))
     }
+}
+
+fn read_rule(
+    key: &ObjectKey,
+    peers: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+    ports: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>,
+    intern: &mut dyn FnMut(Peer) -> usize,
+    problems: &mut Vec<String>,
+) -> Rule {
+    let peers = peers.filter(|p| !p.is_empty()).map(|ps| {
+        ps.into_iter()
+            .filter_map(|p| {
+                let peer = match (&p.ip_block, &p.namespace_selector, &p.pod_selector) {
+                    (Some(b), None, None) => {
+                        let Some(cidr) = parse_cidr(&b.cidr) else {
+                            problems.push(format!(
+                                "NetworkPolicy {key}: ipBlock cidr {:?} is not IPv4; ignored",
+                                b.cidr
+                            ));
+                            return None;
+                        };
+                        let except = b
+                            .except
+                            .iter()
+                            .flatten()
+                            .filter_map(|e| parse_cidr(e))
+                            .map(|x| (mask(x), x.1))
+                            .collect();
+                        Peer::Block {
+                            cidr: (mask(cidr), cidr.1),
+                            except,
+                        }
+                    }
+                    (None, None, None) => {
+                        problems.push(format!(
+                            "NetworkPolicy {key}: a peer with no selector nor ipBlock; ignored"
+                        ));
+                        return None;
+                    }
+                    (Some(_), _, _) => {
+                        problems.push(format!(
+                            "NetworkPolicy {key}: ipBlock cannot be combined with selectors; ignored"
+                        ));
+                        return None;
+                    }
+                    (None, ns, pod) => Peer::Pods {
+                        policy_ns: key.namespace.clone(),
+                        namespace_selector: ns.clone(),
+                        pod_selector: pod.clone(),
+                    },
+                };
+                Some(intern(peer))
+            })
+            .collect()
+    });
+    let ports = ports.filter(|p| !p.is_empty()).map(|ps| {
+        ps.into_iter()
+            .filter_map(|p| {
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
+                let Some(proto) = proto_number(proto) else {
+                    problems.push(format!(
+                        "NetworkPolicy {key}: protocol {proto} unknown; port ignored"
+                    ));
+                    return None;
+                };
+                let port = match (&p.port, p.end_port) {
+                    (None, _) => PortSel::Any,
+                    (Some(IntOrString::Int(n)), None) => PortSel::Range(*n as u16, *n as u16),
+                    (Some(IntOrString::Int(n)), Some(e)) if e >= *n => {
+                        PortSel::Range(*n as u16, e as u16)
+                    }
+                    (Some(IntOrString::Int(_)), Some(_)) => {
+                        problems.push(format!("NetworkPolicy {key}: endPort below port; ignored"));
+                        return None;
+                    }
+                    (Some(IntOrString::String(name)), _) => PortSel::Named(name.clone()),
+                };
+                Some(PortSpec { proto, port })
+            })
+            .collect()
+    });
+    Rule { peers, ports }
 }
 
 fn mask(p: Prefix) -> Ipv4Addr {

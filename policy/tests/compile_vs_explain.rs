@@ -2,7 +2,7 @@
 //! give the API's answers.
 
 use std::net::Ipv4Addr;
-use strake_policy::compile::{compile, LocalEndpoint};
+use strake_policy::compile::compile;
 use strake_policy::explain::{explain, Endpoint};
 use strake_policy::model::{Direction, Model, TCP, UDP};
 use strake_source::{ClusterState, ObjectKey};
@@ -30,38 +30,27 @@ fn pods() -> Vec<ObjectKey> {
         .collect()
 }
 
-/// Reachability by the compiled entries, as the programs decide it.
+/// Reachability by the compiled entries, as the programs decide it: every
+/// pod is taken as local, with its identity's isolation and entries.
 fn compiled_matrix(st: &ClusterState, port: u16, proto: u8) -> Vec<(String, String, bool)> {
     let model = Model::build(st, &[]);
-    let local: Vec<LocalEndpoint> = model
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| LocalEndpoint {
-            pod: Some(p.key.clone()),
-            endpoint_id: i as u32 + 1,
-            ip: p.ip,
-        })
-        .collect();
-    let c = compile(&model, &local);
-    let id = |k: &ObjectKey| local.iter().find(|l| l.pod.as_ref() == Some(k)).unwrap();
+    let c = compile(&model, &pods());
+    let ip = |k: &ObjectKey| model.pod(k).unwrap().ip.unwrap();
+    let allowed_dir = |pod: &ObjectKey, dir: Direction, remote: Ipv4Addr| {
+        let id = c.identity_of(pod).expect("every pod has an identity");
+        let iso = c.isolation(id);
+        let isolated = if dir == Direction::Ingress {
+            iso.0
+        } else {
+            iso.1
+        };
+        !isolated || remote == ip(pod) || c.lookup(id, remote, dir, proto, port).is_some()
+    };
     let mut out = vec![];
     for s in pods() {
         for d in pods() {
-            let (se, de) = (id(&s), id(&d));
-            let allowed_dir = |ep: &LocalEndpoint, dir: Direction, remote: Ipv4Addr| {
-                let iso = c.isolation[&ep.endpoint_id];
-                let isolated = if dir == Direction::Ingress {
-                    iso.0
-                } else {
-                    iso.1
-                };
-                !isolated
-                    || remote == ep.ip
-                    || c.lookup(ep.endpoint_id, remote, dir, proto, port).is_some()
-            };
-            let ok = allowed_dir(se, Direction::Egress, de.ip)
-                && allowed_dir(de, Direction::Ingress, se.ip);
+            let ok = allowed_dir(&s, Direction::Egress, ip(&d))
+                && allowed_dir(&d, Direction::Ingress, ip(&s));
             out.push((s.to_string(), d.to_string(), ok));
         }
     }

@@ -4,7 +4,7 @@
 //! identities").
 
 use std::net::Ipv4Addr;
-use strake_policy::compile::{compile, Compiled, LocalEndpoint};
+use strake_policy::compile::{compile, Compiled};
 use strake_policy::model::{Direction, Model, TCP};
 use strake_source::{ClusterState, ObjectKey};
 
@@ -25,24 +25,37 @@ fn policy(ns: &str, name: &str, spec: &str) -> String {
 const NEW: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 20);
 const FROM: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
 
-/// Compiles with one local endpoint (id 1) for `ns/name` at NEW, whose Pod
-/// object may or may not be in `yaml`.
-fn compiled(yaml: &str, ns: &str, name: &str) -> Compiled {
+/// What an endpoint attached for `ns/name` at NEW is judged by, whose Pod
+/// object may or may not be in `yaml`: the compiled policy and the identity
+/// the endpoint gets (`None`: nothing isolates it).
+struct Attached {
+    c: Compiled,
+    identity: Option<u32>,
+}
+
+fn compiled(yaml: &str, ns: &str, name: &str) -> Attached {
     let st = state(yaml);
     let key = ObjectKey::new(ns, name);
     let model = Model::build(&st, &[(key.clone(), NEW)]);
-    compile(
-        &model,
-        &[LocalEndpoint {
-            pod: Some(key),
-            endpoint_id: 1,
-            ip: NEW,
-        }],
-    )
+    let c = compile(&model, std::slice::from_ref(&key));
+    let identity = c.identity_for(Some(&key));
+    Attached { c, identity }
 }
 
-fn ingress_allowed(c: &Compiled, from: Ipv4Addr, port: u16) -> bool {
-    !c.isolation[&1].0 || c.lookup(1, from, Direction::Ingress, TCP, port).is_some()
+impl Attached {
+    fn isolation(&self) -> (bool, bool) {
+        self.identity
+            .map(|i| self.c.isolation(i))
+            .unwrap_or_default()
+    }
+}
+
+fn ingress_allowed(a: &Attached, from: Ipv4Addr, port: u16) -> bool {
+    let Some(id) = a.identity else { return true };
+    !a.isolation().0
+        || a.c
+            .lookup(id, from, Direction::Ingress, TCP, port)
+            .is_some()
 }
 
 #[test]
@@ -62,15 +75,15 @@ fn a_pod_attached_before_its_object_arrives_is_isolated_wherever_a_policy_could_
 
     // No policy in its namespace: none can select it, whatever its labels.
     let c = compiled(&client, "shop", "late");
-    assert_eq!(c.isolation[&1], (false, false));
+    assert_eq!(c.isolation(), (false, false));
     // A default deny: isolated, nothing allowed.
     let c = compiled(&format!("{client}{deny_all}"), "shop", "late");
-    assert_eq!(c.isolation[&1], (true, false));
+    assert_eq!(c.isolation(), (true, false));
     assert!(!ingress_allowed(&c, FROM, 80));
     // A policy that selects by labels could select it: isolated, and its
     // rules do not apply before the labels are known (it may not select it).
     let c = compiled(&format!("{client}{db_only}"), "shop", "late");
-    assert_eq!(c.isolation[&1], (true, false));
+    assert_eq!(c.isolation(), (true, false));
     assert!(!ingress_allowed(&c, FROM, 80));
     // A policy that selects every pod certainly selects it: its rules apply
     // (named ports wait for the pod's container ports).
@@ -94,7 +107,7 @@ fn a_pod_attached_before_its_object_arrives_is_isolated_wherever_a_policy_could_
         "shop",
         "late",
     );
-    assert_eq!(c.isolation[&1], (true, false));
+    assert_eq!(c.isolation(), (true, false));
     assert!(ingress_allowed(&c, FROM, 80));
     // Policies of other namespaces never select it.
     let c = compiled(
@@ -109,7 +122,7 @@ fn a_pod_attached_before_its_object_arrives_is_isolated_wherever_a_policy_could_
         "shop",
         "late",
     );
-    assert_eq!(c.isolation[&1], (false, false));
+    assert_eq!(c.isolation(), (false, false));
 }
 
 #[test]
@@ -148,14 +161,12 @@ fn a_completed_pod_holds_no_identity_for_the_ip_a_new_pod_got() {
             model.pod(&ObjectKey::new("zbatch", "old")).is_none(),
             "{phase}: no identity"
         );
-        let db_ep = LocalEndpoint {
-            pod: Some(ObjectKey::new("shop", "db")),
-            endpoint_id: 1,
-            ip: Ipv4Addr::new(10, 244, 1, 30),
-        };
-        let c = compile(&model, &[db_ep]);
+        let db = ObjectKey::new("shop", "db");
+        let c = compile(&model, std::slice::from_ref(&db));
+        let id = c.identity_of(&db).expect("db is known");
+        assert!(c.isolation(id).0, "{phase}: db is isolated");
         assert!(
-            c.lookup(1, NEW, Direction::Ingress, TCP, 80).is_none(),
+            c.lookup(id, NEW, Direction::Ingress, TCP, 80).is_none(),
             "{phase}: the new pod is judged by its own labels"
         );
     }

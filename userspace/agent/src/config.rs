@@ -149,7 +149,7 @@ pub struct Config {
 
     /// Capacity of the load balancer's backend-set table: at least the sum,
     /// over all Service ports, of their backends. Changing it on a node that
-    /// already pinned the table needs that table removed (maps_v1/st_slots).
+    /// already pinned the table needs that table removed (maps_v2/st_slots).
     #[arg(long, default_value_t = strake_datapath::shared::STRAKE_MAX_SLOTS, env = "STRAKE_LB_MAX_SLOTS")]
     pub lb_max_slots: u32,
 

@@ -129,25 +129,17 @@ impl Agent {
                 )
             })?;
         // NetworkPolicy first: a pod a policy isolates must be isolated from
-        // its very first packet, so its rules and flags are in place before
-        // it enters the data plane.
-        let isolation = {
-            let st = self.state();
-            let mut ps = self.policy.lock().unwrap();
-            crate::reconcile::policy::sync(&mut self.policy_kernel(), &mut ps, &st, false)
-                .map_err(internal_ctx)?;
-            ps.applied
-                .isolation
-                .get(&alloc.record.endpoint_id)
-                .copied()
-                .unwrap_or_default()
-        };
+        // its very first packet. Its identity (compiled by the policy phase
+        // from its Pod object) carries its rules: one entry to write.
+        let pod = alloc.record.pod.as_ref().map(pod_key);
+        let (identity, flags) = self.policy.lock().unwrap().endpoint_policy(pod.as_ref());
         let info = endpoint_info {
             ifindex: link.index,
-            flags: crate::reconcile::policy::flags(isolation),
+            flags,
             pod_mac,
             host_mac: link.mac,
             endpoint_id: alloc.record.endpoint_id,
+            identity,
         };
         {
             let mut dp = self.dp();

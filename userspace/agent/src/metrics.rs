@@ -158,7 +158,7 @@ impl Collector for DatapathCollector {
         }
         let (entries, classes) = {
             let p = agent.policy.lock().unwrap();
-            (p.applied.entries.len(), p.applied.classes.len())
+            (p.entries(), p.classes())
         };
         for (name, help, v) in [
             (

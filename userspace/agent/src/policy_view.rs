@@ -27,12 +27,17 @@ impl Agent {
         let proto = strake_policy::model::proto_number(&protocol.to_ascii_uppercase())
             .ok_or_else(|| bad(format!("protocol {protocol:?}: use tcp, udp or sctp")))?;
         let (src, dst) = (parse(from)?, parse(to)?);
-        let ps = self.policy.lock().unwrap();
-        // The destination node's own addresses are always let in.
+        // The explainer reads the policies as the API states them, from the
+        // current desired state and the node's own endpoint addresses.
         let st = self.state();
+        let known: Vec<(ObjectKey, Ipv4Addr)> = crate::endpoints::local_endpoints(&self.ipam)
+            .into_iter()
+            .filter_map(|l| Some((l.pod?, l.ip)))
+            .collect();
+        let model = strake_policy::model::Model::build(&st, &known);
+        // The destination node's own addresses are always let in.
         let dst_node_ip: Vec<Ipv4Addr> = match &dst {
-            Endpoint::Pod(k) => ps
-                .model
+            Endpoint::Pod(k) => model
                 .pod(k)
                 .and_then(|p| p.node.as_ref())
                 .and_then(|n| st.node_internal_ip(n))
@@ -40,7 +45,7 @@ impl Agent {
                 .collect(),
             Endpoint::Addr(_) => vec![],
         };
-        let t = explain(&ps.model, &src, &dst, port, proto, &dst_node_ip)
+        let t = explain(&model, &src, &dst, port, proto, &dst_node_ip)
             .map_err(|e| ApiError::new(ErrorKind::NotFound, e))?;
         let view = |d: strake_policy::explain::Decision| PolicyDecisionView {
             pod: d.pod,

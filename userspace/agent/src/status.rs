@@ -58,7 +58,7 @@ impl Agent {
         // Lock order: policy, ipam, dp.
         let (policy_entries, policy_classes) = {
             let p = self.policy.lock().unwrap();
-            (p.applied.entries.len(), p.applied.classes.len())
+            (p.entries(), p.classes())
         };
         let (pod_cidr, synced, source_revision, source_position, source_errors) = {
             let st = self.state();

@@ -419,6 +419,15 @@ impl Datapath {
         }
     }
 
+    /// One endpoint's entry.
+    pub fn endpoint_entry(&self, ip: Ipv4Addr) -> Result<Option<endpoint_info>> {
+        match self.endpoints.get(&u32::from_ne_bytes(ip.octets()), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(anyhow!(e).context(format!("reading st_endpoints {ip}"))),
+        }
+    }
+
     pub fn endpoint_entries(&self) -> Result<Vec<(Ipv4Addr, endpoint_info)>> {
         let mut out = Vec::new();
         for kv in self.endpoints.iter() {

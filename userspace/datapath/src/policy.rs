@@ -45,7 +45,8 @@ fn missing_ok(r: Result<(), MapError>) -> Result<()> {
 /// A verdict entry in userspace terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VerdictKey {
-    pub endpoint_id: u32,
+    /// The policy identity (`endpoint_info.identity`) it applies to.
+    pub identity: u32,
     pub class_id: u32,
     /// 0 ingress, 1 egress.
     pub direction: u8,
@@ -58,7 +59,7 @@ pub struct VerdictKey {
 impl VerdictKey {
     fn lpm(&self) -> Key<policy_key_data> {
         let data = policy_key_data {
-            endpoint_id: self.endpoint_id,
+            identity: self.identity,
             class_id: self.class_id,
             direction: self.direction,
             proto: self.proto.unwrap_or(0),
@@ -110,31 +111,37 @@ impl PolicyMaps {
         missing_ok(self.verdicts.remove(&k.lpm()))
     }
 
-    /// Every class prefix in st_ipcache.
-    pub fn classes(&self) -> Vec<(Ipv4Addr, u8)> {
+    /// Every class prefix in st_ipcache, with its class.
+    pub fn classes(&self) -> Vec<((Ipv4Addr, u8), u32)> {
         self.ipcache
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| (Ipv4Addr::from(k.data().to_ne_bytes()), k.prefix_len() as u8))
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, c)| {
+                (
+                    (Ipv4Addr::from(k.data().to_ne_bytes()), k.prefix_len() as u8),
+                    c,
+                )
+            })
             .collect()
     }
 
-    /// Every verdict key in st_policy.
-    pub fn verdicts(&self) -> Vec<VerdictKey> {
+    /// Every verdict in st_policy: its key and rule.
+    pub fn verdicts(&self) -> Vec<(VerdictKey, u32)> {
         self.verdicts
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| {
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
                 let d = k.data();
                 let bits = k.prefix_len();
-                VerdictKey {
-                    endpoint_id: d.endpoint_id,
+                let key = VerdictKey {
+                    identity: d.identity,
                     class_id: d.class_id,
                     direction: d.direction,
                     proto: (bits > STRAKE_POLICY_ANY_PROTO_BITS).then_some(d.proto),
                     port: u16::from_be(d.port),
                     port_bits: bits.saturating_sub(STRAKE_POLICY_ANY_PROTO_BITS + 8) as u8,
-                }
+                };
+                (key, v.rule_id)
             })
             .collect()
     }

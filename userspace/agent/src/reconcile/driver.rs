@@ -97,10 +97,11 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
             model_options(cfg),
             cfg.state_dir.join("lb-ids.json"),
         )),
-        Box::new(PolicyPhase {
-            kernel: agent.policy_kernel(),
-            state: agent.policy.clone(),
-        }),
+        Box::new(PolicyPhase::new(
+            agent.policy_kernel(),
+            agent.policy.clone(),
+            &cfg.node_name,
+        )),
         Box::new(EndpointsPhase {
             kernel: agent.endpoint_kernel(),
             lock: agent.endpoints_lock.clone(),

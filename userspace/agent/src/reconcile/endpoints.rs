@@ -5,10 +5,10 @@
 //! links taken over (program swapped atomically), leftovers of crashes swept
 //! (veths, links and map entries of no record).
 //!
-//! The isolation flags of an entry belong to the policy phase: this phase
-//! keeps the ones the entry has (a new entry is isolated by neither
-//! direction until the policy phase says otherwise, which it does in the
-//! same round).
+//! The identity and isolation flags of an entry belong to the policy phase:
+//! this phase keeps the ones the entry has (a new entry is isolated by
+//! neither direction until the policy phase says otherwise, which it does
+//! in the same round).
 
 use super::{Outcome, Pass, Phase};
 use crate::agent::EndpointRecord;
@@ -83,6 +83,7 @@ pub fn repair<K: EndpointKernel>(k: &mut K, attach_all: bool) -> Result<Repair> 
                     pod_mac,
                     host_mac,
                     endpoint_id: r.record.endpoint_id,
+                    identity: have.map_or(0, |e| e.identity),
                 };
                 if have != Some(want) {
                     k.upsert(r.ip, want)?;

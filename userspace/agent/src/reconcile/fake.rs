@@ -239,7 +239,8 @@ pub struct PolicyMaps {
     pub ipcache: BTreeMap<Prefix, u32>,
     pub verdicts: BTreeMap<VerdictKey, u32>,
     pub nodes: Vec<Ipv4Addr>,
-    pub flags: BTreeMap<Ipv4Addr, u32>,
+    /// Endpoint entries: (identity, flags).
+    pub endpoints: BTreeMap<Ipv4Addr, (u32, u32)>,
     pub generation: u32,
 }
 
@@ -274,11 +275,25 @@ impl PolicyKernel for FakePolicy {
         self.maps.lock().unwrap().verdicts.remove(k);
         Ok(())
     }
-    fn classes(&self) -> Result<Vec<Prefix>> {
-        Ok(self.maps.lock().unwrap().ipcache.keys().copied().collect())
+    fn classes(&self) -> Result<Vec<(Prefix, u32)>> {
+        Ok(self
+            .maps
+            .lock()
+            .unwrap()
+            .ipcache
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
-    fn verdicts(&self) -> Result<Vec<VerdictKey>> {
-        Ok(self.maps.lock().unwrap().verdicts.keys().copied().collect())
+    fn verdicts(&self) -> Result<Vec<(VerdictKey, u32)>> {
+        Ok(self
+            .maps
+            .lock()
+            .unwrap()
+            .verdicts
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
     fn set_cluster_nodes(&mut self, nodes: &[Ipv4Addr]) -> Result<usize> {
         let mut m = self.maps.lock().unwrap();
@@ -289,19 +304,23 @@ impl PolicyKernel for FakePolicy {
         m.nodes = nodes.to_vec();
         Ok(1)
     }
-    fn endpoint_flags(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+    fn endpoint_policy(&self) -> Result<Vec<(Ipv4Addr, u32, u32)>> {
         Ok(self
             .maps
             .lock()
             .unwrap()
-            .flags
+            .endpoints
             .iter()
-            .map(|(k, v)| (*k, *v))
+            .map(|(k, (i, f))| (*k, *i, *f))
             .collect())
     }
-    fn set_endpoint_flags(&mut self, ip: Ipv4Addr, flags: u32) -> Result<()> {
+    fn set_endpoint_policy(&mut self, ip: Ipv4Addr, identity: u32, flags: u32) -> Result<()> {
         self.fault.write("st_endpoints")?;
-        self.maps.lock().unwrap().flags.insert(ip, flags);
+        self.maps
+            .lock()
+            .unwrap()
+            .endpoints
+            .insert(ip, (identity, flags));
         Ok(())
     }
     fn bump_generation(&mut self) -> Result<u32> {

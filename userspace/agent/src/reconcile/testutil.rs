@@ -80,3 +80,102 @@ pub fn pod(ns: &str, name: &str, app: &str, node: &str, ip: Option<&str>, ready:
         "status": status,
     })))
 }
+
+/// A Namespace with a `team` label.
+pub fn namespace(name: &str, team: &str) -> Object {
+    Object::Namespace(object(serde_json::json!({
+        "metadata": {"name": name, "labels": {"team": team}},
+    })))
+}
+
+/// A NetworkPolicy of `ns` selecting `app: <app>` (every pod for `None`),
+/// letting in pods `app: <from>` (or namespaces with `team: <from>` when
+/// `from` starts with `team=`) on TCP `port`, and, with `egress_to`,
+/// isolating egress except to that CIDR.
+pub fn policy(
+    ns: &str,
+    name: &str,
+    app: Option<&str>,
+    from: &str,
+    port: u16,
+    egress_to: Option<&str>,
+) -> Object {
+    let sel = match app {
+        Some(a) => serde_json::json!({"matchLabels": {"app": a}}),
+        None => serde_json::json!({}),
+    };
+    let peer = match from.strip_prefix("team=") {
+        Some(t) => serde_json::json!({"namespaceSelector": {"matchLabels": {"team": t}}}),
+        None => serde_json::json!({"podSelector": {"matchLabels": {"app": from}}}),
+    };
+    let mut spec = serde_json::json!({
+        "podSelector": sel,
+        "ingress": [{"from": [peer], "ports": [{"port": port}]}],
+    });
+    if let Some(cidr) = egress_to {
+        spec["policyTypes"] = serde_json::json!(["Ingress", "Egress"]);
+        spec["egress"] = serde_json::json!([{"to": [{"ipBlock": {"cidr": cidr}}]}]);
+    }
+    Object::NetworkPolicy(object(serde_json::json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": spec,
+    })))
+}
+
+/// One random change of any kind the agent reads (Service, EndpointSlice,
+/// Pod, Namespace, NetworkPolicy), or a deletion of something there.
+pub fn random_op(rng: &mut Rng, st: &strake_source::ClusterState) -> strake_source::Op {
+    use strake_source::{Kind, ObjectKey, ObjectRef, Op};
+    let svc = format!("s{}", rng.below(4));
+    let ns = ["x", "y"][rng.below(2) as usize];
+    let app = ["web", "db"][rng.below(2) as usize];
+    match rng.below(16) {
+        0 | 1 => Op::Upsert(service(
+            ns,
+            &svc,
+            &format!("10.96.{}.{}", rng.below(2), rng.below(5) + 1),
+            [None, Some("web"), Some("db")][rng.below(3) as usize],
+        )),
+        2 | 3 => {
+            let eps: Vec<(String, bool)> = (0..rng.below(4))
+                .map(|_| {
+                    (
+                        format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1),
+                        rng.below(4) > 0,
+                    )
+                })
+                .collect();
+            let eps: Vec<(&str, bool)> = eps.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+            Op::Upsert(slice(ns, &svc, &format!("{svc}-{}", rng.below(2)), &eps))
+        }
+        4..=7 => Op::Upsert(pod(
+            ns,
+            &format!("p{}", rng.below(6)),
+            app,
+            ["n1", "n2"][rng.below(2) as usize],
+            (rng.below(5) > 0)
+                .then(|| format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1))
+                .as_deref(),
+            rng.below(4) > 0,
+        )),
+        8 => Op::Upsert(namespace(ns, ["red", "blue"][rng.below(2) as usize])),
+        9..=11 => Op::Upsert(policy(
+            ns,
+            &format!("np{}", rng.below(3)),
+            [None, Some("web"), Some("db")][rng.below(3) as usize],
+            ["web", "db", "team=red", "team=blue"][rng.below(4) as usize],
+            [80, 8080][rng.below(2) as usize],
+            [None, Some("10.244.0.0/24"), Some("0.0.0.0/0")][rng.below(3) as usize],
+        )),
+        _ => {
+            let all: Vec<ObjectRef> = st.references();
+            if all.is_empty() {
+                return Op::Delete(ObjectRef {
+                    kind: Kind::Pod,
+                    key: ObjectKey::new(ns, "p0"),
+                });
+            }
+            Op::Delete(all[rng.below(all.len() as u64) as usize].clone())
+        }
+    }
+}
