@@ -1,7 +1,53 @@
 //! Objects and randomness for the phases' tests.
 
+use super::{Outcome, Pass, Phase};
 use std::sync::Arc;
-use strake_source::Object;
+use strake_source::{ClusterState, Object, Op};
+
+/// One phase and the cluster state it is shown, as the runner would show
+/// it: changes of the kinds it reads, and passes with rising revisions.
+pub struct Driven<P: Phase> {
+    pub phase: P,
+    pub state: ClusterState,
+    pub revision: u64,
+}
+
+impl<P: Phase> Driven<P> {
+    pub fn new(phase: P) -> Self {
+        Driven {
+            phase,
+            state: ClusterState::default(),
+            revision: 0,
+        }
+    }
+
+    /// Applies an operation; the phase notes the change if it reads its kind.
+    pub fn apply(&mut self, op: Op) {
+        if let Some(c) = self.state.apply(op) {
+            if self.phase.kinds().contains(c.kind()) {
+                self.phase.note(&c, &self.state);
+            }
+        }
+    }
+
+    /// One pass at the next revision.
+    pub fn try_pass(&mut self, full: bool) -> anyhow::Result<Outcome> {
+        self.revision += 1;
+        self.phase.reconcile(&Pass {
+            state: &self.state,
+            full,
+            revision: self.revision,
+        })
+    }
+
+    /// One pass that must apply; returns the writes it made.
+    pub fn pass(&mut self, full: bool) -> usize {
+        match self.try_pass(full).unwrap() {
+            Outcome::Applied { changes, .. } => changes,
+            o => panic!("{o:?}"),
+        }
+    }
+}
 
 /// xorshift64*: deterministic per seed, enough to shuffle changes.
 pub struct Rng(pub u64);

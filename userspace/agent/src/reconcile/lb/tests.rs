@@ -4,15 +4,26 @@
 
 use super::*;
 use crate::reconcile::fake::FakeLb;
-use crate::reconcile::testutil::{pod, service, slice, Rng};
-use strake_source::{Object, ObjectRef, Op};
+use crate::reconcile::testutil::{pod, random_op, service, slice, Driven, Rng};
+use strake_source::{ObjectRef, Op};
 
 struct Harness {
     kernel: FakeLb,
-    phase: LbPhase<FakeLb>,
-    state: ClusterState,
+    driven: Driven<LbPhase<FakeLb>>,
     _dir: tempfile::TempDir,
-    revision: u64,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Driven<LbPhase<FakeLb>>;
+    fn deref(&self) -> &Self::Target {
+        &self.driven
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.driven
+    }
 }
 
 fn harness(node: &str) -> Harness {
@@ -31,34 +42,12 @@ fn harness_in(node: &str, dir: tempfile::TempDir, kernel: FakeLb) -> Harness {
     );
     Harness {
         kernel,
-        phase,
-        state: ClusterState::default(),
+        driven: Driven::new(phase),
         _dir: dir,
-        revision: 0,
     }
 }
 
 impl Harness {
-    fn apply(&mut self, op: Op) {
-        if let Some(c) = self.state.apply(op) {
-            self.phase.note(&c, &self.state);
-        }
-    }
-    fn pass(&mut self, full: bool) -> usize {
-        self.revision += 1;
-        match self
-            .phase
-            .reconcile(&Pass {
-                state: &self.state,
-                full,
-                revision: self.revision,
-            })
-            .unwrap()
-        {
-            Outcome::Applied { changes, .. } => changes,
-            o => panic!("{o:?}"),
-        }
-    }
     fn ids(&self) -> Ids {
         self.phase.state.lock().unwrap().ids.clone()
     }
@@ -249,15 +238,7 @@ fn a_failed_write_is_retried_by_a_full_pass_that_finishes_the_job() {
         "a-1",
         &[("10.244.1.1", true), ("10.244.1.2", true)],
     )));
-    h.revision += 1;
-    let e = h
-        .phase
-        .reconcile(&Pass {
-            state: &h.state,
-            full: false,
-            revision: h.revision,
-        })
-        .unwrap_err();
+    let e = h.try_pass(false).unwrap_err();
     assert!(format!("{e:#}").contains("No space left"), "{e:#}");
     h.kernel.fault.set(false);
     h.pass(true);
@@ -265,9 +246,9 @@ fn a_failed_write_is_retried_by_a_full_pass_that_finishes_the_job() {
     assert_eq!(r[&(ip("10.96.0.1"), 80u16.to_be(), 6)].count, 2);
 }
 
-/// Random Service, EndpointSlice and Pod changes, each followed by an
-/// incremental pass: the kernel ends as a fresh agent's full pass over the
-/// final state leaves its own, ids aside.
+/// Random changes of every kind (the phase is shown those it reads), with
+/// incremental passes in between: the kernel ends as a fresh agent's full
+/// pass over the final state leaves its own, ids aside.
 #[test]
 fn incremental_passes_match_a_pass_from_scratch_after_random_changes() {
     for seed in 1..=150u64 {
@@ -275,7 +256,7 @@ fn incremental_passes_match_a_pass_from_scratch_after_random_changes() {
         let mut h = harness("n1");
         h.pass(true);
         for step in 0..40 {
-            let op = random_lb_op(&mut rng, &h.state);
+            let op = random_op(&mut rng, &h.state);
             h.apply(op);
             if rng.below(3) == 0 || step == 39 {
                 h.pass(false);
@@ -297,52 +278,3 @@ fn incremental_passes_match_a_pass_from_scratch_after_random_changes() {
         assert_eq!(pa, pb, "seed {seed}");
     }
 }
-
-fn random_lb_op(rng: &mut Rng, st: &ClusterState) -> Op {
-    let svc = format!("s{}", rng.below(4));
-    let ns = ["x", "y"][rng.below(2) as usize];
-    match rng.below(10) {
-        0 | 1 => Op::Upsert(service(
-            ns,
-            &svc,
-            &format!("10.96.{}.{}", rng.below(2), rng.below(5) + 1),
-            [None, Some("web"), Some("db")][rng.below(3) as usize],
-        )),
-        2 | 3 => {
-            let eps: Vec<(String, bool)> = (0..rng.below(4))
-                .map(|_| {
-                    (
-                        format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1),
-                        rng.below(4) > 0,
-                    )
-                })
-                .collect();
-            let eps: Vec<(&str, bool)> = eps.iter().map(|(a, r)| (a.as_str(), *r)).collect();
-            Op::Upsert(slice(ns, &svc, &format!("{svc}-{}", rng.below(2)), &eps))
-        }
-        4..=6 => Op::Upsert(pod(
-            ns,
-            &format!("p{}", rng.below(6)),
-            ["web", "db"][rng.below(2) as usize],
-            ["n1", "n2"][rng.below(2) as usize],
-            (rng.below(5) > 0)
-                .then(|| format!("10.244.{}.{}", rng.below(2), rng.below(6) + 1))
-                .as_deref(),
-            rng.below(4) > 0,
-        )),
-        _ => {
-            // Delete something that exists, if anything does.
-            let all: Vec<ObjectRef> = st.references();
-            if all.is_empty() {
-                return Op::Delete(ObjectRef {
-                    kind: Kind::Pod,
-                    key: ObjectKey::new(ns, "p0"),
-                });
-            }
-            Op::Delete(all[rng.below(all.len() as u64) as usize].clone())
-        }
-    }
-}
-
-#[allow(dead_code)]
-fn _object_is_used(_: Object) {}

@@ -4,47 +4,36 @@
 
 use super::*;
 use crate::reconcile::fake::FakePolicy;
-use crate::reconcile::testutil::{namespace, pod, policy, random_op, Rng};
+use crate::reconcile::testutil::{namespace, pod, policy, random_op, Driven, Rng};
 use strake_source::Op;
 
 struct Harness {
     kernel: FakePolicy,
-    phase: PolicyPhase<FakePolicy>,
-    state: ClusterState,
-    revision: u64,
+    driven: Driven<PolicyPhase<FakePolicy>>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Driven<PolicyPhase<FakePolicy>>;
+    fn deref(&self) -> &Self::Target {
+        &self.driven
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.driven
+    }
 }
 
 fn harness() -> Harness {
     let kernel = FakePolicy::default();
     Harness {
-        phase: PolicyPhase::new(kernel.clone(), Default::default(), "n1"),
+        driven: Driven::new(PolicyPhase::new(kernel.clone(), Default::default(), "n1")),
         kernel,
-        state: ClusterState::default(),
-        revision: 0,
     }
 }
 
 impl Harness {
-    fn apply(&mut self, op: Op) {
-        if let Some(c) = self.state.apply(op) {
-            self.phase.note(&c, &self.state);
-        }
-    }
-    fn pass(&mut self, full: bool) -> usize {
-        self.revision += 1;
-        match self
-            .phase
-            .reconcile(&Pass {
-                state: &self.state,
-                full,
-                revision: self.revision,
-            })
-            .unwrap()
-        {
-            Outcome::Applied { changes, .. } => changes,
-            o => panic!("{o:?}"),
-        }
-    }
     /// Attaches an endpoint for a pod, as CNI ADD does: its record, and an
     /// entry with the identity policy has for it.
     fn attach(&mut self, ns: &str, name: &str, ip: &str) {
