@@ -395,7 +395,7 @@ fn health_check(ann: &BTreeMap<String, String>, bad: &mut impl FnMut(String)) ->
     }
     let dur = |k: &str, d: Duration, bad: &mut dyn FnMut(String)| match ann.get(k) {
         None => d,
-        Some(v) => parse_duration(v).unwrap_or_else(|| {
+        Some(v) => parse_duration(v).unwrap_or_else(|_| {
             bad(format!("{k}={v:?} is not a duration like 500ms, 2s or 1m"));
             d
         }),
@@ -421,15 +421,18 @@ fn health_check(ann: &BTreeMap<String, String>, bad: &mut impl FnMut(String)) ->
     h
 }
 
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
+/// `500ms`, `30s` (or `30`), `5m`: the one duration syntax of annotations
+/// and the agent's flags.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 30s, 5m");
+    let n: u64 = num.parse().map_err(|_| bad())?;
     match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" | "" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
+        _ => Err(bad()),
     }
 }
 
@@ -1032,12 +1035,25 @@ status: {phase: Running, podIP: 10.244.1.7}
 
     #[test]
     fn durations_take_ms_s_m_or_plain_seconds() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration(" 2s "), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        for bad in ["", "s", "1h", "1.5s", "-1s", "ms500"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in [
+            "",
+            "s",
+            "1h",
+            "1.5s",
+            "-1s",
+            "ms500",
+            "99999999999999999999m",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("500ms"),
+                "{e}"
+            );
         }
+        assert!(parse_duration("307445734561825861m").is_err(), "overflow");
     }
 }

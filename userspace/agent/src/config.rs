@@ -221,7 +221,7 @@ pub struct Config {
     /// Full pass period: every phase recomputes everything and observes the
     /// kernel (strays removed, drift repaired). Changes in between are
     /// applied as they come, each costing what it touches.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "STRAKE_RESYNC")]
+    #[arg(long, default_value = "5m", value_parser = strake_lb::model::parse_duration, env = "STRAKE_RESYNC")]
     pub resync: Duration,
 
     /// Log format.
@@ -289,23 +289,6 @@ impl Config {
         .filter(|(_, r)| overlap(*r))
         .map(|(n, (a, b))| format!("{n} {a}-{b}"))
         .collect()
-    }
-}
-
-/// `500ms`, `30s`, `5m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 30s, 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
     }
 }
 
