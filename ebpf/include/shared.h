@@ -64,7 +64,11 @@ struct endpoint_info {
 	__u8 pod_mac[6]; /* the pod's eth0: destination MAC on delivery */
 	__u8 host_mac[6];/* the host-side veth: source MAC on delivery */
 	__u32 endpoint_id;  /* compact per-node id, stable for the endpoint's life */
-	__u32 identity;     /* policy identity: what st_policy is keyed by */
+	/* Policy identity: what st_policy is keyed by (policy.h,
+	 * policy_rules_allow reads it). Pods the same policies select share
+	 * one, so a pod's ADD writes this one field instead of a verdict set
+	 * of its own; layout 3 added it back for that. */
+	__u32 identity;
 };
 
 /* The endpoint's source address was checked at attach time; spoofed sources
