@@ -11,6 +11,7 @@
  *   lb_from_dsr      direct return: the client's packet, unwrapped at the
  *                    backend's node
  *   lb_reverse       a reply of a translated flow, wherever it passes
+ *   lb_no_backend    a new flow no backend can take: refused or dropped
  *
  * A translated flow leaves two entries in the connection table: its service
  * entry (the flow as the client sent it) and its reply entry (the reply as
@@ -30,6 +31,7 @@
 #include "encap.h"
 #include "l4.h"
 #include "nat.h"
+#include "reject.h"
 #include "service.h"
 
 enum lb_verdict {
@@ -37,6 +39,7 @@ enum lb_verdict {
 	LB_DONE,     /* translated for delivery on this node: re-parse before touching the packet again */
 	LB_FORWARD,  /* translated (or wrapped) for another node: re-parse and route it */
 	LB_DROP,
+	LB_REJECT,   /* the packet became its refusal (reject.h): send it back where it came from */
 };
 
 static __always_inline void flow_of(const struct packet *p, const struct l4 *l4, struct flow_key *fk)
@@ -85,6 +88,26 @@ static __always_inline void lb_remember_reply(const struct flow_key *fk, const s
 	ct_insert(&rk, &re, BPF_ANY);
 }
 
+/* A new flow to `svc` that no backend can take: refused, as kube-proxy
+ * does, when the Service has no usable endpoint anywhere; else (a Local
+ * scope with endpoints on other nodes only, a backend gone between two
+ * map writes) dropped. */
+static __always_inline int lb_no_backend(ctx_t *ctx, struct packet *p, const struct l4 *l4,
+					 const struct svc_info *svc, __u32 bytes)
+{
+	__u32 frontend_id = svc->frontend_id;
+
+	if (svc->flags & STRAKE_SVC_F_REJECT) {
+		if (reject(ctx, p, l4) == 0) {
+			count(STRAKE_CNT_LB_REJECTED, bytes);
+			reject_account(frontend_id, bytes);
+			return LB_REJECT;
+		}
+	}
+	count(STRAKE_CNT_LB_NO_BACKEND, bytes);
+	return LB_DROP;
+}
+
 static __always_inline void lb_pin(const struct flow_key *fk, struct ct_entry *ct)
 {
 	struct ct_key k;
@@ -116,10 +139,8 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 		count(STRAKE_CNT_LB_FRAGMENT, bytes);
 		return LB_DROP;
 	}
-	if (lb_select(svc, &fk, LB_SEL_PINNED, &c)) {
-		count(STRAKE_CNT_LB_NO_BACKEND, bytes);
-		return LB_DROP;
-	}
+	if (lb_select(svc, &fk, LB_SEL_PINNED, &c))
+		return lb_no_backend(ctx, p, l4, svc, bytes);
 	baddr = c.be->addr;
 	bport = c.be->port;
 	if (baddr == fk.saddr)
@@ -181,10 +202,8 @@ static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const s
 		count(STRAKE_CNT_LB_FRAGMENT, bytes);
 		return LB_DROP;
 	}
-	if (lb_select(svc, &fk, LB_SEL_PINNED, &c)) {
-		count(STRAKE_CNT_LB_NO_BACKEND, bytes);
-		return LB_DROP;
-	}
+	if (lb_select(svc, &fk, LB_SEL_PINNED, &c))
+		return lb_no_backend(ctx, p, l4, svc, bytes);
 	baddr = c.be->addr;
 	bport = c.be->port;
 

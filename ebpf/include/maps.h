@@ -168,6 +168,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_be_stats SEC(".maps");
 
+/* Per frontend: new flows refused on the packet path (reject.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STRAKE_MAX_FRONTENDS);
+	__type(key, __u32);
+	__type(value, struct counter_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_fe_reject SEC(".maps");
+
 /* ---- Trust (docs/threat-model.md) ---- */
 
 struct {

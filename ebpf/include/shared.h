@@ -42,6 +42,7 @@
 #define STRAKE_MAP_SOCK_FWD "st_sock_fwd"
 #define STRAKE_MAP_SOCK_OPTOUT "st_sock_optout"
 #define STRAKE_MAP_FE_SOCK_STATS "st_fe_sock_stat"
+#define STRAKE_MAP_FE_REJECT "st_fe_reject"
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
@@ -101,6 +102,11 @@ struct svc_info {
 #define STRAKE_SVC_F_EXTERNAL (1U << 0) /* reachable from outside: NodePort, LoadBalancer, externalIP */
 #define STRAKE_SVC_F_DSR (1U << 1)      /* external traffic to remote backends by IPIP direct return */
 #define STRAKE_SVC_F_LOCAL (1U << 2)    /* traffic policy Local: the set holds this node's backends only, no SNAT */
+/* No usable endpoint anywhere in the cluster: new flows on the packet path
+ * are refused (TCP RST, ICMP port unreachable; reject.h), as kube-proxy's
+ * REJECT. Without it an empty set drops (a Local scope with endpoints on
+ * other nodes only, as kube-proxy's "has no local endpoints" DROP). */
+#define STRAKE_SVC_F_REJECT (1U << 3)
 
 struct backend_info {
 	__be32 addr;
@@ -333,6 +339,7 @@ enum strake_counter {
 	STRAKE_CNT_DROP_UNTRUSTED_ENCAP,/* IPIP not from a cluster node, or for no DSR target or health check here */
 	STRAKE_CNT_HC_ENCAP,            /* the agent's health-check probe wrapped toward the backend's node */
 	STRAKE_CNT_HC_DECAP,            /* a health-check probe unwrapped for a local backend */
+	STRAKE_CNT_LB_REJECTED,         /* to a service without endpoints: answered with RST / ICMP port unreachable */
 	STRAKE_CNT_MAX,
 };
 

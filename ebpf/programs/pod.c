@@ -83,6 +83,10 @@ int from_pod(struct __sk_buff *skb)
 		v = lb_reverse(skb, &p, &l4);
 		if (v == LB_NONE) {
 			v = lb_from_pod(skb, &p, &l4);
+			/* A Service without endpoints: the refusal goes back into
+			 * the pod that asked. */
+			if (v == LB_REJECT)
+				return bpf_redirect_peer(skb->ifindex, 0);
 			if (v == LB_DONE) {
 				if (skb_parse_ipv4(skb, &p) != PARSE_OK ||
 				    policy_tuple(&p, (void *)(long)skb->data_end, &judged) < 0)

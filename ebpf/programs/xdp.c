@@ -11,6 +11,7 @@
  *   3. to an external frontend (lb.h, lb_from_outside): a local backend's
  *      flow goes up translated (tc delivers it into the pod); a remote
  *      backend's leaves again, SNATed or wrapped for direct return
+ *      (a Service without endpoints: refused, reject.h, back out the port)
  *   4. anything else passes, untouched
  */
 #include <linux/bpf.h>
@@ -55,6 +56,8 @@ int xdp_lb(struct xdp_md *ctx)
 	switch (lb_from_outside(ctx, &p, &l4)) {
 	case LB_DROP:
 		return XDP_DROP;
+	case LB_REJECT:
+		return XDP_TX;
 	case LB_FORWARD:
 		return route(ctx);
 	default:

@@ -27,6 +27,10 @@ pub struct FrontendPlan {
     pub dsr: bool,
     /// Traffic policy Local: the set holds this node's backends only.
     pub local: bool,
+    /// No usable endpoint anywhere in the cluster: new flows are refused
+    /// (kube-proxy's REJECT), not dropped as when only a Local scope is
+    /// empty while other nodes have endpoints.
+    pub reject: bool,
 }
 
 /// Backends new flows of a frontend may go to, with weights; and how to pick.
@@ -233,6 +237,7 @@ fn service_plan(
                     external,
                     dsr,
                     local: use_local,
+                    reject: cluster.is_empty(),
                 },
             ));
         }
@@ -664,6 +669,36 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         }];
         assert!(!cip.external && !cip.local);
         assert_eq!(p.sets[&cip.set].members.len(), 2);
+    }
+
+    #[test]
+    fn only_a_service_without_any_usable_endpoint_is_refused() {
+        let svc = |selector: &str| {
+            state(&format!(
+                "{PODS}---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  externalTrafficPolicy: Local\n  selector: {{app: {selector}}}\n  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]\n"
+            ))
+        };
+        let fe = |p: &Plan, addr: &str, port: u16| {
+            p.frontends[&FrontendKey {
+                addr: addr.parse().unwrap(),
+                port,
+                proto: TCP,
+            }]
+                .clone()
+        };
+        let (sps, _) = services(&svc("nothing"), &ModelOptions::default());
+        let p = plan(&sps, "n1", |_| true);
+        assert!(fe(&p, "10.96.0.10", 80).reject && fe(&p, "0.0.0.0", 30080).reject);
+        // Endpoints on n1 and n2: n3 has no local one for its Local
+        // NodePort, which drops (kube-proxy's "has no local endpoints"),
+        // while its ClusterIP has endpoints.
+        let (sps, _) = services(&svc("web"), &ModelOptions::default());
+        let p = plan(&sps, "n3", |_| true);
+        let np = fe(&p, "0.0.0.0", 30080);
+        assert!(np.local && p.sets[&np.set].members.is_empty() && !np.reject);
+        assert!(!fe(&p, "10.96.0.10", 80).reject);
+        // Every endpoint failing its health check is no usable endpoint.
+        assert!(fe(&plan(&sps, "n1", |_| false), "10.96.0.10", 80).reject);
     }
 
     #[test]

@@ -65,6 +65,7 @@ impl Agent {
                                 refused: c.refused,
                             }
                         },
+                        rejected: id.map(|i| dp.lb.frontend_rejected(i)).unwrap_or_default(),
                     }
                 })
                 .collect();

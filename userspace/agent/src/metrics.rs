@@ -178,7 +178,7 @@ impl Collector for DatapathCollector {
         if let Ok(lb) = agent.lb_status() {
             // One family per frontend counter, packet path and socket path alike.
             type FrontendValue = fn(&strake_api::LbFrontendView) -> u64;
-            let families: [(&str, &str, FrontendValue); 6] = [
+            let families: [(&str, &str, FrontendValue); 7] = [
                 (
                     "strake_lb_frontend_packets",
                     "Packets to each service frontend",
@@ -208,6 +208,11 @@ impl Collector for DatapathCollector {
                     "strake_lb_frontend_socket_refused",
                     "Socket calls refused (ECONNREFUSED): no eligible backend",
                     |f| f.socket.refused,
+                ),
+                (
+                    "strake_lb_frontend_rejected",
+                    "Packets refused on the packet path (TCP RST, ICMP port unreachable): no usable endpoint",
+                    |f| f.rejected,
                 ),
             ];
             for (name, help, value) in families {

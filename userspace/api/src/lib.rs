@@ -450,6 +450,10 @@ pub struct LbFrontendView {
     /// What the socket-level load balancer did for this frontend.
     #[serde(default)]
     pub socket: LbSocketCountersView,
+    /// Packets of new flows refused on the packet path (TCP RST, ICMP port
+    /// unreachable): the Service had no usable endpoint.
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 /// Per frontend, the socket hooks' work (programs/sock.c): no packet of

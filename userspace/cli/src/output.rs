@@ -230,12 +230,17 @@ pub fn lb(s: &strake_api::LbStatus) -> String {
             };
             let _ = writeln!(
                 o,
-                "    {:<12} {:>21}  {:<7}  {:>10} pkts {:>10} flows{socket}",
+                "    {:<12} {:>21}  {:<7}  {:>10} pkts {:>10} flows{}{socket}",
                 f.kind,
                 format!("{addr}:{}", f.port),
                 f.scope,
                 f.counters.packets,
-                f.counters.new_flows
+                f.counters.new_flows,
+                if f.rejected > 0 {
+                    format!(" {:>10} rejected", f.rejected)
+                } else {
+                    String::new()
+                }
             );
         }
         for b in &svc.backends {

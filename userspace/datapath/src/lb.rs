@@ -9,10 +9,10 @@ use std::os::fd::AsFd;
 
 use crate::map_name;
 use strake_ebpf::shared::{
-    affinity_entry, affinity_key, backend_info, lb_config, lb_stats, slot_key, svc_info, svc_key,
-    STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS, STRAKE_MAP_FE_STATS,
-    STRAKE_MAP_LB_CONFIG, STRAKE_MAP_MAGLEV, STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES,
-    STRAKE_MAP_SLOTS,
+    affinity_entry, affinity_key, backend_info, counter_value, lb_config, lb_stats, slot_key,
+    svc_info, svc_key, STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS,
+    STRAKE_MAP_FE_REJECT, STRAKE_MAP_FE_STATS, STRAKE_MAP_LB_CONFIG, STRAKE_MAP_MAGLEV,
+    STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
 };
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -98,6 +98,8 @@ pub struct LbMaps {
     config: Array<MapData, lb_config>,
     fe_stats: PerCpuArray<MapData, lb_stats>,
     be_stats: PerCpuArray<MapData, lb_stats>,
+    /// New flows refused per frontend (reject.h).
+    fe_reject: PerCpuArray<MapData, counter_value>,
     affinity: BpfHashMap<MapData, affinity_key, affinity_entry>,
 }
 
@@ -149,6 +151,7 @@ impl LbMaps {
             config: take(ebpf, map_name(STRAKE_MAP_LB_CONFIG))?,
             fe_stats: take(ebpf, map_name(STRAKE_MAP_FE_STATS))?,
             be_stats: take(ebpf, map_name(STRAKE_MAP_BE_STATS))?,
+            fe_reject: take(ebpf, map_name(STRAKE_MAP_FE_REJECT))?,
             affinity: take(ebpf, map_name(STRAKE_MAP_AFFINITY))?,
         })
     }
@@ -347,6 +350,15 @@ impl LbMaps {
         Self::sum(&self.fe_stats, id)
     }
 
+    /// Packets to frontend `id` answered with a refusal (TCP RST, ICMP port
+    /// unreachable): the Service had no usable endpoint.
+    pub fn frontend_rejected(&self, id: u32) -> u64 {
+        self.fe_reject
+            .get(&id, 0)
+            .map(|v| v.iter().map(|c| c.packets).sum())
+            .unwrap_or_default()
+    }
+
     pub fn backend_counters(&self, id: u32) -> LbCounters {
         Self::sum(&self.be_stats, id)
     }
@@ -364,6 +376,12 @@ impl LbMaps {
         };
         if let Some(f) = frontend {
             zero(&mut self.fe_stats, f)?;
+            let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            self.fe_reject.set(
+                f,
+                aya::maps::PerCpuValues::try_from(vec![counter_value::default(); n])?,
+                0,
+            )?;
         }
         if let Some(b) = backend {
             zero(&mut self.be_stats, b)?;

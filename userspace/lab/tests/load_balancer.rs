@@ -458,3 +458,109 @@ fn with_every_endpoint_terminating_new_connections_still_succeed_until_one_is_re
         "only the ready one: {counts:?}"
     );
 }
+
+/// (rejected packets of a frontend, the node's lb_rejected counter).
+fn rejected(
+    lab: &strake_lab::Lab,
+    node: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    proto: &str,
+) -> (u64, u64) {
+    let st: LbStatus = lab.agent(node, Request::LbList).unwrap();
+    let fe = st
+        .services
+        .iter()
+        .filter(|s| s.protocol.eq_ignore_ascii_case(proto))
+        .flat_map(|s| &s.frontends)
+        .find(|f| f.address == addr && f.port == port)
+        .unwrap_or_else(|| panic!("{node} has no frontend {addr}:{port}/{proto}: {st:?}"));
+    (fe.rejected, lb_counter(lab, node, "lb_rejected"))
+}
+
+#[test]
+fn a_service_without_endpoints_is_refused_on_the_packet_path() {
+    // An outside client of a NodePort (XDP on the uplink) and a pod opted
+    // out of the socket load balancer (tc on its veth): connect() fails
+    // with ECONNREFUSED at once, UDP gets ICMP port unreachable (a
+    // connected socket's recv fails with ECONNREFUSED), not a timeout.
+    let empty = Ipv4Addr::new(10, 96, 0, 30);
+    let mut files = base("rj");
+    files.push((
+        "empty.yaml",
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{namespace: rj, name: empty}}\nspec:\n  type: NodePort\n  clusterIP: {empty}\n  selector: {{app: nothing}}\n  ports:\n  - {{name: http, port: 80, protocol: TCP, nodePort: 30090}}\n  - {{name: dns, port: 80, protocol: UDP, nodePort: 30091}}\n"
+        ),
+    ));
+    files.push((
+        "wire.yaml",
+        pod_yaml("rj", "wire", "rja", "client", false).replace(
+            "labels: {app: client}",
+            "labels: {app: client}, annotations: {lb.strake.dev/socket-lb: \"false\"}",
+        ),
+    ));
+    files.push((
+        "ext.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: rjx}\nspec: {address: 10.0.0.100}\n".into(),
+    ));
+    let lab = yaml_lab("rj", &files);
+    let node_a = Ipv4Addr::new(10, 0, 0, 1);
+    let refused_fast = |what: &str, attempts: &[strake_lab::probe::Attempt], fast: bool| {
+        assert!(!attempts.is_empty());
+        for a in attempts {
+            assert_eq!(a.errno, Some(libc::ECONNREFUSED), "{what}: {a:?}");
+            if fast {
+                assert!(a.micros < 100_000, "{what}: refused in under 100 ms: {a:?}");
+            }
+        }
+    };
+
+    let before = (
+        rejected(&lab, "rja", Ipv4Addr::UNSPECIFIED, 30090, "TCP"),
+        rejected(&lab, "rja", Ipv4Addr::UNSPECIFIED, 30091, "UDP"),
+    );
+    let ext = lab.ext_netns("rjx");
+    let (tcp, udp) = strake_netlink::netns::run_in(&ext, move || {
+        Ok((
+            probe::client(addr(node_a, 30090), "tcp", 5, Duration::from_secs(2))?,
+            probe::client(addr(node_a, 30091), "udp", 3, Duration::from_secs(2))?,
+        ))
+    })
+    .unwrap();
+    refused_fast("outside TCP to a NodePort", &tcp, true);
+    refused_fast("outside UDP to a NodePort", &udp, true);
+    let after = (
+        rejected(&lab, "rja", Ipv4Addr::UNSPECIFIED, 30090, "TCP"),
+        rejected(&lab, "rja", Ipv4Addr::UNSPECIFIED, 30091, "UDP"),
+    );
+    // XDP answered, not the node's stack (which would refuse too, had the
+    // SYN gone up): counted per frontend.
+    assert_eq!(
+        after.0 .0 - before.0 .0,
+        5,
+        "TCP frontend: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.1 .0 - before.1 .0,
+        3,
+        "UDP frontend: {before:?} -> {after:?}"
+    );
+
+    let before = rejected(&lab, "rja", empty, 80, "TCP");
+    refused_fast(
+        "opted-out pod TCP to a ClusterIP",
+        &client(&lab, "rj/wire", addr(empty, 80), "tcp", 5),
+        true,
+    );
+    refused_fast(
+        "opted-out pod UDP to a ClusterIP",
+        &client(&lab, "rj/wire", addr(empty, 80), "udp", 3),
+        true,
+    );
+    let after = rejected(&lab, "rja", empty, 80, "TCP");
+    assert_eq!(after.0 - before.0, 5, "{before:?} -> {after:?}");
+    assert!(
+        after.1 >= before.1 + 8,
+        "lb_rejected: {before:?} -> {after:?}"
+    );
+}

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 use strake_api::{LbStatus, Request};
 use strake_lab::probe::Attempt;
@@ -46,44 +46,6 @@ fn files(p: &str) -> Vec<(&'static str, String)> {
             ),
         ),
     ]
-}
-
-/// Runs `strake-lab client` in a lab target (its namespace and its node's
-/// cgroup) and returns its attempts.
-fn client(
-    lab: &strake_lab::Lab,
-    target: &str,
-    to: SocketAddrV4,
-    mode: &str,
-    n: usize,
-) -> Vec<Attempt> {
-    let bin = strake_lab::procs::bin("strake-lab").unwrap();
-    let (to_s, n_s) = (to.to_string(), n.to_string());
-    let out = lab
-        .exec(
-            target,
-            bin.to_str().unwrap(),
-            &[
-                "client",
-                &to_s,
-                "--mode",
-                mode,
-                "--count",
-                &n_s,
-                "--timeout-ms",
-                "2000",
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client in {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Answers by backend; panics on any failed attempt.

@@ -18,7 +18,7 @@ use strake_datapath::lb::{addr_key, addr_of};
 use strake_datapath::shared::{
     backend_info, svc_info, svc_key, STRAKE_BE_F_ACTIVE, STRAKE_BE_F_LOCAL, STRAKE_MAX_BACKENDS,
     STRAKE_MAX_BACKEND_SETS, STRAKE_MAX_FRONTENDS, STRAKE_SVC_F_DSR, STRAKE_SVC_F_EXTERNAL,
-    STRAKE_SVC_F_LOCAL,
+    STRAKE_SVC_F_LOCAL, STRAKE_SVC_F_REJECT,
 };
 use strake_datapath::Datapath;
 use strake_lb::health::HealthChecker;
@@ -472,6 +472,9 @@ fn frontend_value(fp: &FrontendPlan, set: &SetPlan, fid: u32, set_id: u32) -> sv
     }
     if fp.local {
         flags |= STRAKE_SVC_F_LOCAL;
+    }
+    if fp.reject {
+        flags |= STRAKE_SVC_F_REJECT;
     }
     svc_info {
         frontend_id: fid,

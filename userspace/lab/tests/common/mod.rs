@@ -233,3 +233,41 @@ pub fn udp_spread(
     })
     .unwrap()
 }
+
+/// Runs `strake-lab client` in a lab target (its namespace and its node's
+/// cgroup) and returns its attempts.
+pub fn client(
+    lab: &strake_lab::Lab,
+    target: &str,
+    to: SocketAddrV4,
+    mode: &str,
+    n: usize,
+) -> Vec<strake_lab::probe::Attempt> {
+    let bin = strake_lab::procs::bin("strake-lab").unwrap();
+    let (to_s, n_s) = (to.to_string(), n.to_string());
+    let out = lab
+        .exec(
+            target,
+            bin.to_str().unwrap(),
+            &[
+                "client",
+                &to_s,
+                "--mode",
+                mode,
+                "--count",
+                &n_s,
+                "--timeout-ms",
+                "2000",
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client in {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
