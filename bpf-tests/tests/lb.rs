@@ -463,3 +463,49 @@ fn a_maglev_service_whose_table_is_missing_picks_from_its_slots() {
     })
     .unwrap();
 }
+
+#[test]
+fn xdp_admits_only_clients_in_a_frontends_load_balancer_source_ranges() {
+    use strake_datapath::shared::{STRAKE_SVC_F_EXTERNAL, STRAKE_SVC_F_SOURCE_RANGES};
+    with_testnet(|net| {
+        net.add_local_pods()?;
+        net.lb_node()?;
+        let mut svc = TestService::tcp(LB_IP, 80, vec![(POD2, 8080, true)]);
+        svc.flags = STRAKE_SVC_F_EXTERNAL | STRAKE_SVC_F_SOURCE_RANGES;
+        net.add_service(&svc)?;
+        net.dp
+            .lb
+            .set_source_ranges(1, &[(Ipv4Addr::new(198, 51, 100, 0), 24)])?;
+        let up0 = net.topo.up0.clone();
+        let inside = tcp(PEER_NODE_MAC, up0.mac, OUTSIDE_CLIENT, LB_IP, 50000, 80, 64);
+        let outside = tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 50000, 80, 64);
+        let out = net.run_xdp(up0.index, &inside)?;
+        assert_eq!(out.retval, XDP_PASS);
+        assert_eq!(addrs(&out.data), (OUTSIDE_CLIENT, 50000, POD2, 8080));
+        assert_eq!(net.run_xdp(up0.index, &outside)?.retval, XDP_DROP);
+        assert_eq!(net.counter("lb_source_denied"), 1);
+        assert_eq!(
+            net.counter("lb_translated"),
+            1,
+            "the refused one never balanced"
+        );
+        // Ranges replaced: the new one admits, the old one no longer does.
+        net.dp.lb.set_source_ranges(1, &[(CLIENT, 32)])?;
+        assert_eq!(
+            net.dp.lb.source_ranges(1)?,
+            vec![(CLIENT, 32)],
+            "the old range is gone"
+        );
+        assert_eq!(net.run_xdp(up0.index, &outside)?.retval, XDP_PASS);
+        assert_eq!(net.run_xdp(up0.index, &inside)?.retval, XDP_DROP);
+        // The flag with no range admits no one; without the flag, everyone.
+        net.dp.lb.set_source_ranges(1, &[])?;
+        assert_eq!(net.run_xdp(up0.index, &outside)?.retval, XDP_DROP);
+        svc.flags = STRAKE_SVC_F_EXTERNAL;
+        net.add_service(&svc)?;
+        assert_eq!(net.run_xdp(up0.index, &inside)?.retval, XDP_PASS);
+        assert_eq!(net.counter("lb_source_denied"), 3);
+        Ok(())
+    })
+    .unwrap();
+}

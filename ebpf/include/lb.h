@@ -162,6 +162,14 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 	return LB_DONE;
 }
 
+/* loadBalancerSourceRanges: whether `client` is in one of the frontend's. */
+static __always_inline int lb_source_allowed(__u32 frontend_id, __be32 client)
+{
+	struct lb_source_key k = { .prefixlen = 64, .frontend_id = frontend_id, .addr = client };
+
+	return bpf_map_lookup_elem(&st_lb_sources, &k) != 0;
+}
+
 /* SNAT of a new north-south flow to a remote backend: a port on this node's
  * address, unique for the backend, claimed with the flow's reply entry. */
 static __always_inline int lb_snat(const struct lb_config *cfg, const struct flow_key *fk, struct lb_choice *c)
@@ -177,7 +185,7 @@ static __always_inline int lb_snat(const struct lb_config *cfg, const struct flo
 
 /*
  * North-south, at the uplink: a client outside sends to an external
- * frontend.
+ * frontend (from within its loadBalancerSourceRanges, if it has any).
  *   local backend   DNAT; LB_DONE: delivered here (the reply passes this
  *                   node and is turned back)
  *   remote, DSR     IPIP to the backend; LB_FORWARD
@@ -198,6 +206,10 @@ static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const s
 	svc = lb_frontend(fk.daddr, fk.dport, fk.proto);
 	if (!svc || !(svc->flags & STRAKE_SVC_F_EXTERNAL) || !cfg)
 		return LB_NONE;
+	if ((svc->flags & STRAKE_SVC_F_SOURCE_RANGES) && !lb_source_allowed(svc->frontend_id, fk.saddr)) {
+		count(STRAKE_CNT_LB_SOURCE_DENIED, bytes);
+		return LB_DROP;
+	}
 	if (p->fragment) {
 		count(STRAKE_CNT_LB_FRAGMENT, bytes);
 		return LB_DROP;

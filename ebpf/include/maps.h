@@ -177,6 +177,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_fe_reject SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAKE_MAX_LB_SOURCES);
+	__type(key, struct lb_source_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_lb_sources SEC(".maps");
+
 /* ---- Trust (docs/threat-model.md) ---- */
 
 struct {

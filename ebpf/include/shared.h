@@ -43,6 +43,7 @@
 #define STRAKE_MAP_SOCK_OPTOUT "st_sock_optout"
 #define STRAKE_MAP_FE_SOCK_STATS "st_fe_sock_stat"
 #define STRAKE_MAP_FE_REJECT "st_fe_reject"
+#define STRAKE_MAP_LB_SOURCES "st_lb_sources"
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
@@ -107,6 +108,19 @@ struct svc_info {
  * REJECT. Without it an empty set drops (a Local scope with endpoints on
  * other nodes only, as kube-proxy's "has no local endpoints" DROP). */
 #define STRAKE_SVC_F_REJECT (1U << 3)
+/* loadBalancerSourceRanges: only clients in the frontend's ranges
+ * (st_lb_sources) reach it from outside; the rest are dropped at XDP. */
+#define STRAKE_SVC_F_SOURCE_RANGES (1U << 4)
+
+/* st_lb_sources (LPM): a frontend's loadBalancerSourceRanges. The
+ * frontend id always matches in full: prefixlen = 32 + the range's. */
+struct lb_source_key {
+	__u32 prefixlen;
+	__u32 frontend_id;
+	__be32 addr;
+};
+
+#define STRAKE_MAX_LB_SOURCES 65536
 
 struct backend_info {
 	__be32 addr;
@@ -340,6 +354,7 @@ enum strake_counter {
 	STRAKE_CNT_HC_ENCAP,            /* the agent's health-check probe wrapped toward the backend's node */
 	STRAKE_CNT_HC_DECAP,            /* a health-check probe unwrapped for a local backend */
 	STRAKE_CNT_LB_REJECTED,         /* to a service without endpoints: answered with RST / ICMP port unreachable */
+	STRAKE_CNT_LB_SOURCE_DENIED,    /* from outside a LoadBalancer frontend's loadBalancerSourceRanges: dropped */
 	STRAKE_CNT_MAX,
 };
 

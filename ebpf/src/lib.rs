@@ -87,4 +87,5 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("hc_encap", shared::STRAKE_CNT_HC_ENCAP),
     ("hc_decap", shared::STRAKE_CNT_HC_DECAP),
     ("lb_rejected", shared::STRAKE_CNT_LB_REJECTED),
+    ("lb_source_denied", shared::STRAKE_CNT_LB_SOURCE_DENIED),
 ];

@@ -165,6 +165,10 @@ pub struct ServicePort {
     /// internalTrafficPolicy: Local.
     pub internal_local: bool,
     pub health: HealthCheck,
+    /// loadBalancerSourceRanges of a LoadBalancer Service (IPv4 networks,
+    /// host bits cleared): None admits every client; Some, only those in
+    /// a range (none if no entry was a valid IPv4 range).
+    pub source_ranges: Option<Vec<(Ipv4Addr, u8)>>,
 }
 
 impl ServicePort {
@@ -279,6 +283,11 @@ pub fn service_ports(
                 .unwrap_or(10800)
         });
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let source_ranges = spec
+            .load_balancer_source_ranges
+            .as_ref()
+            .filter(|r| ty == "LoadBalancer" && !r.is_empty())
+            .map(|r| source_ranges(r, &mut bad));
         let cluster_ip: Option<Ipv4Addr> = cluster_ip.parse().ok();
         let external_ips: Vec<Ipv4Addr> = spec
             .external_ips
@@ -369,9 +378,38 @@ pub fn service_ports(
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 health: health.clone(),
+                source_ranges: source_ranges.clone(),
             });
         }
     }
+    out
+}
+
+/// loadBalancerSourceRanges as IPv4 networks. IPv6 ranges are for IPv6
+/// addresses (strake balances IPv4); anything else is reported and left
+/// out, which narrows the list, never widens it.
+fn source_ranges(ranges: &[String], bad: &mut impl FnMut(String)) -> Vec<(Ipv4Addr, u8)> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let r = r.trim();
+        if r.contains(':') {
+            continue;
+        }
+        let parsed = r.split_once('/').and_then(|(a, l)| {
+            let a: Ipv4Addr = a.parse().ok()?;
+            let l: u8 = l.parse().ok().filter(|l| *l <= 32)?;
+            let mask = if l == 0 { 0 } else { u32::MAX << (32 - l) };
+            Some((Ipv4Addr::from(u32::from(a) & mask), l))
+        });
+        match parsed {
+            Some(n) if !out.contains(&n) => out.push(n),
+            Some(_) => {}
+            None => bad(format!(
+                "loadBalancerSourceRanges entry {r:?} is not an IPv4 CIDR (a.b.c.d/n); left out"
+            )),
+        }
+    }
+    out.sort();
     out
 }
 
@@ -647,6 +685,42 @@ spec:
 status:
   loadBalancer: {ingress: [{ip: 203.0.113.1}, {hostname: lb.example}]}
 ";
+
+    #[test]
+    fn load_balancer_source_ranges_are_ipv4_networks_and_a_bad_entry_only_narrows() {
+        let with = |ty: &str, ranges: &str| {
+            ports(
+                &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  type: {ty}\n  clusterIP: 10.96.0.10\n  loadBalancerSourceRanges: {ranges}\n  ports: [{{port: 80, nodePort: 30080}}]\n"),
+                &ModelOptions::default(),
+            )
+        };
+        let (p, problems) = with(
+            "LoadBalancer",
+            "[10.1.2.3/24, 192.0.2.7/32, \"2001:db8::/64\", 10.1.2.0/24]",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            p[0].source_ranges,
+            Some(vec![
+                ("10.1.2.0".parse().unwrap(), 24),
+                ("192.0.2.7".parse().unwrap(), 32)
+            ]),
+            "host bits cleared, duplicates and IPv6 left out"
+        );
+        let (p, problems) = with("LoadBalancer", "[nonsense, 10.0.0.0/33]");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            p[0].source_ranges,
+            Some(vec![]),
+            "nothing valid admits no one"
+        );
+        assert_eq!(with("LoadBalancer", "[]").0[0].source_ranges, None);
+        assert_eq!(
+            with("NodePort", "[10.0.0.0/8]").0[0].source_ranges,
+            None,
+            "a LoadBalancer field"
+        );
+    }
 
     #[test]
     fn a_load_balancer_service_gets_every_frontend_per_port_and_sctp_is_reported() {

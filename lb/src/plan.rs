@@ -31,6 +31,9 @@ pub struct FrontendPlan {
     /// (kube-proxy's REJECT), not dropped as when only a Local scope is
     /// empty while other nodes have endpoints.
     pub reject: bool,
+    /// A LoadBalancer frontend's loadBalancerSourceRanges (None: any
+    /// client).
+    pub source_ranges: Option<Vec<(Ipv4Addr, u8)>>,
 }
 
 /// Backends new flows of a frontend may go to, with weights; and how to pick.
@@ -238,6 +241,9 @@ fn service_plan(
                     dsr,
                     local: use_local,
                     reject: cluster.is_empty(),
+                    source_ranges: (f.kind == crate::model::FrontendKind::LoadBalancer)
+                        .then(|| sp.source_ranges.clone())
+                        .flatten(),
                 },
             ));
         }

@@ -2,6 +2,7 @@
 //! programs in xdp.c, pod.c and uplink.c read it.
 
 use anyhow::{anyhow, Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, HashOfMaps, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 use std::net::Ipv4Addr;
@@ -11,8 +12,8 @@ use crate::map_name;
 use strake_ebpf::shared::{
     affinity_entry, affinity_key, backend_info, counter_value, lb_config, lb_stats, slot_key,
     svc_info, svc_key, STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS,
-    STRAKE_MAP_FE_REJECT, STRAKE_MAP_FE_STATS, STRAKE_MAP_LB_CONFIG, STRAKE_MAP_MAGLEV,
-    STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
+    STRAKE_MAP_FE_REJECT, STRAKE_MAP_FE_STATS, STRAKE_MAP_LB_CONFIG, STRAKE_MAP_LB_SOURCES,
+    STRAKE_MAP_MAGLEV, STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
 };
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -100,6 +101,8 @@ pub struct LbMaps {
     be_stats: PerCpuArray<MapData, lb_stats>,
     /// New flows refused per frontend (reject.h).
     fe_reject: PerCpuArray<MapData, counter_value>,
+    /// loadBalancerSourceRanges: ([frontend id, address], prefix 32 + len).
+    sources: LpmTrie<MapData, [u32; 2], u32>,
     affinity: BpfHashMap<MapData, affinity_key, affinity_entry>,
 }
 
@@ -152,6 +155,7 @@ impl LbMaps {
             fe_stats: take(ebpf, map_name(STRAKE_MAP_FE_STATS))?,
             be_stats: take(ebpf, map_name(STRAKE_MAP_BE_STATS))?,
             fe_reject: take(ebpf, map_name(STRAKE_MAP_FE_REJECT))?,
+            sources: take(ebpf, map_name(STRAKE_MAP_LB_SOURCES))?,
             affinity: take(ebpf, map_name(STRAKE_MAP_AFFINITY))?,
         })
     }
@@ -348,6 +352,39 @@ impl LbMaps {
 
     pub fn frontend_counters(&self, id: u32) -> LbCounters {
         Self::sum(&self.fe_stats, id)
+    }
+
+    /// Frontend `id`'s loadBalancerSourceRanges (network, prefix length).
+    pub fn source_ranges(&self, id: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out = Vec::new();
+        for k in self.sources.keys() {
+            let k = k.context("reading st_lb_sources")?;
+            let [fid, addr] = k.data();
+            if fid == id {
+                out.push((addr_of(addr), (k.prefix_len() - 32) as u8));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes `ranges` frontend `id`'s loadBalancerSourceRanges: the new
+    /// ones in first, then those no longer listed out (nothing in between
+    /// admits a client neither list names).
+    pub fn set_source_ranges(&mut self, id: u32, ranges: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let key = |(a, len): (Ipv4Addr, u8)| Key::new(32 + len as u32, [id, addr_key(a)]);
+        let old = self.source_ranges(id)?;
+        for r in ranges {
+            if !old.contains(r) {
+                self.sources.insert(&key(*r), 1, 0).context(
+                    "writing st_lb_sources (full? it holds every LoadBalancer frontend's source ranges)",
+                )?;
+            }
+        }
+        for r in old.into_iter().filter(|r| !ranges.contains(r)) {
+            not_found_ok(self.sources.remove(&key(r))).context("removing from st_lb_sources")?;
+        }
+        Ok(())
     }
 
     /// Packets to frontend `id` answered with a refusal (TCP RST, ICMP port

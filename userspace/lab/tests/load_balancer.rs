@@ -564,3 +564,64 @@ fn a_service_without_endpoints_is_refused_on_the_packet_path() {
         "lb_rejected: {before:?} -> {after:?}"
     );
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_a_listed_host_and_drop_another() {
+    let mut files = base("sr");
+    files.push((
+        "svc.yaml",
+        service(
+            "sr",
+            "public",
+            Ipv4Addr::new(10, 96, 0, 11),
+            "web",
+            "  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.0.100/32]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n",
+            "",
+        )
+        .replace(
+            "targetPort: http, protocol: TCP}",
+            "targetPort: http, protocol: TCP, nodePort: 30080}",
+        ),
+    ));
+    files.push((
+        "ext.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: srok}\nspec: {address: 10.0.0.100}\n---\napiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: srno}\nspec: {address: 10.0.0.101}\n".into(),
+    ));
+    let lab = yaml_lab("sr", &files);
+    let denied = |lab: &strake_lab::Lab| {
+        lb_counter(lab, "sra", "lb_source_denied") + lb_counter(lab, "srb", "lb_source_denied")
+    };
+    let before = denied(&lab);
+    let ok = tcp_spread(&lab.ext_netns("srok"), addr(LB_IP, 80), 20);
+    assert!(!ok.contains_key("!error"), "the listed host: {ok:?}");
+    assert_eq!(denied(&lab), before, "nothing denied for the listed host");
+
+    let refused = probe::tcp(
+        &lab.ext_netns("srno"),
+        addr(LB_IP, 80),
+        Duration::from_millis(700),
+    );
+    assert!(
+        refused.is_err(),
+        "a host outside the ranges got in: {refused:?}"
+    );
+    let udp = probe::udp(
+        &lab.ext_netns("srno"),
+        addr(LB_IP, 80),
+        Duration::from_millis(700),
+    );
+    assert!(udp.is_err(), "UDP from outside the ranges: {udp:?}");
+    assert!(
+        denied(&lab) >= before + 2,
+        "the XDP drop is counted: {before} -> {}",
+        denied(&lab)
+    );
+    // The ranges guard the LoadBalancer IP only (as kube-proxy's): the
+    // same host still reaches the NodePort.
+    let np = tcp_spread(
+        &lab.ext_netns("srno"),
+        addr(Ipv4Addr::new(10, 0, 0, 1), 30080),
+        5,
+    );
+    assert!(!np.contains_key("!error"), "NodePort: {np:?}");
+}

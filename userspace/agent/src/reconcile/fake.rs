@@ -48,6 +48,8 @@ pub struct LbMaps {
     unstage: Vec<u32>,
     pub forgotten_affinity: Vec<(u32, u32)>,
     pub dsr_targets: BTreeMap<DsrTarget, u32>,
+    /// loadBalancerSourceRanges by frontend id.
+    pub source_ranges: BTreeMap<u32, Vec<(std::net::Ipv4Addr, u8)>>,
 }
 
 #[derive(Clone, Default)]
@@ -168,6 +170,20 @@ impl LbKernel for FakeLb {
     fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()> {
         self.fault.write("st_dsr_targets")?;
         self.maps.lock().unwrap().dsr_targets.remove(t);
+        Ok(())
+    }
+    fn set_source_ranges(
+        &mut self,
+        frontend_id: u32,
+        r: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<()> {
+        self.fault.write("st_lb_sources")?;
+        let mut m = self.maps.lock().unwrap();
+        if r.is_empty() {
+            m.source_ranges.remove(&frontend_id);
+        } else {
+            m.source_ranges.insert(frontend_id, r.to_vec());
+        }
         Ok(())
     }
     fn dsr_targets(&self) -> Result<Vec<DsrTarget>> {

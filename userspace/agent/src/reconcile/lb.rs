@@ -18,7 +18,7 @@ use strake_datapath::lb::{addr_key, addr_of};
 use strake_datapath::shared::{
     backend_info, svc_info, svc_key, STRAKE_BE_F_ACTIVE, STRAKE_BE_F_LOCAL, STRAKE_MAX_BACKENDS,
     STRAKE_MAX_BACKEND_SETS, STRAKE_MAX_FRONTENDS, STRAKE_SVC_F_DSR, STRAKE_SVC_F_EXTERNAL,
-    STRAKE_SVC_F_LOCAL, STRAKE_SVC_F_REJECT,
+    STRAKE_SVC_F_LOCAL, STRAKE_SVC_F_REJECT, STRAKE_SVC_F_SOURCE_RANGES,
 };
 use strake_datapath::Datapath;
 use strake_lb::health::HealthChecker;
@@ -50,6 +50,12 @@ pub trait LbKernel: Send {
     fn set_dsr_target(&mut self, t: &DsrTarget, frontend_id: u32) -> Result<()>;
     fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()>;
     fn dsr_targets(&self) -> Result<Vec<DsrTarget>>;
+    /// Makes `ranges` a frontend's loadBalancerSourceRanges (empty: none).
+    fn set_source_ranges(
+        &mut self,
+        frontend_id: u32,
+        ranges: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<()>;
 }
 
 /// The maps of the node's data plane. Each call takes the data-plane lock
@@ -108,6 +114,13 @@ impl LbKernel for DatapathLb {
     }
     fn remove_dsr_target(&mut self, t: &DsrTarget) -> Result<()> {
         self.dp().trust.remove_dsr_target(&dsr_key(t))
+    }
+    fn set_source_ranges(
+        &mut self,
+        frontend_id: u32,
+        ranges: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<()> {
+        self.dp().lb.set_source_ranges(frontend_id, ranges)
     }
     fn dsr_targets(&self) -> Result<Vec<DsrTarget>> {
         Ok(self
@@ -476,6 +489,9 @@ fn frontend_value(fp: &FrontendPlan, set: &SetPlan, fid: u32, set_id: u32) -> sv
     if fp.reject {
         flags |= STRAKE_SVC_F_REJECT;
     }
+    if fp.source_ranges.is_some() {
+        flags |= STRAKE_SVC_F_SOURCE_RANGES;
+    }
     svc_info {
         frontend_id: fid,
         set_id,
@@ -614,11 +630,22 @@ fn apply<K: LbKernel>(k: &mut K, lb: &mut LbState, dirty: &Dirty) -> Result<usiz
                     }
                     let set_id = ids.sets[&fp.set];
                     let value = frontend_value(fp, set, fid, set_id);
-                    if applied.frontends.get(fk) != Some(fp)
-                        || changed_sets.contains(&fp.set)
-                        || new
-                    {
+                    let old = applied.frontends.get(fk);
+                    if old != Some(fp) || changed_sets.contains(&fp.set) || new {
+                        // Source ranges in before the frontend enforces
+                        // them, out after it stops (or another took the
+                        // id: a recycled id starts clean).
+                        let ranges = fp.source_ranges.as_deref().unwrap_or_default();
+                        let rewrite = new
+                            || old.is_none()
+                            || old.map(|o| &o.source_ranges) != Some(&fp.source_ranges);
+                        if rewrite && !ranges.is_empty() {
+                            k.set_source_ranges(fid, ranges)?;
+                        }
                         k.set_service(svc_key_of(fk), value)?;
+                        if rewrite && ranges.is_empty() {
+                            k.set_source_ranges(fid, &[])?;
+                        }
                         applied.frontends.insert(*fk, fp.clone());
                         changes += 1;
                     }
@@ -628,6 +655,9 @@ fn apply<K: LbKernel>(k: &mut K, lb: &mut LbState, dirty: &Dirty) -> Result<usiz
                         || ids.frontends.contains_key(&fkey(fk))
                     {
                         k.remove_service(&svc_key_of(fk))?;
+                        if let Some(fid) = ids.frontends.get(&fkey(fk)) {
+                            k.set_source_ranges(*fid, &[])?;
+                        }
                         fpool.release(&mut ids.frontends, &fkey(fk));
                         *ids_dirty = true;
                         changes += 1;

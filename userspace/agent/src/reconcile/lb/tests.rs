@@ -278,3 +278,85 @@ fn incremental_passes_match_a_pass_from_scratch_after_random_changes() {
         assert_eq!(pa, pb, "seed {seed}");
     }
 }
+
+#[test]
+fn load_balancer_source_ranges_are_written_for_the_load_balancer_ip_and_follow_changes() {
+    let lb = |ranges: serde_json::Value| {
+        let mut spec = serde_json::json!({"type": "LoadBalancer", "clusterIP": "10.96.0.1",
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]});
+        if !ranges.is_null() {
+            spec["loadBalancerSourceRanges"] = ranges;
+        }
+        strake_source::Object::Service(Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "x", "name": "web", "annotations": {"lb.strake.dev/health-check": "none"}},
+                "spec": spec,
+                "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}},
+            }))
+            .unwrap(),
+        ))
+    };
+    let mut h = harness("n1");
+    h.apply(Op::Upsert(pod(
+        "x",
+        "a",
+        "web",
+        "n1",
+        Some("10.244.1.5"),
+        true,
+    )));
+    h.apply(Op::Upsert(lb(serde_json::json!([
+        "198.51.100.0/24",
+        "10.0.0.100/32"
+    ]))));
+    h.pass(false);
+    let fid = |h: &Harness, addr: &str, port: u16| {
+        h.ids().frontends[&fkey(&FrontendKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto: strake_lb::model::TCP,
+        })]
+    };
+    let lb_fid = fid(&h, "203.0.113.10", 80);
+    let flags = |h: &Harness, addr: &str, port: u16| {
+        h.kernel.maps.lock().unwrap().services[&(ip(addr), port.to_be(), 6)].flags
+    };
+    assert_ne!(
+        flags(&h, "203.0.113.10", 80) & STRAKE_SVC_F_SOURCE_RANGES,
+        0
+    );
+    assert_eq!(
+        h.kernel
+            .maps
+            .lock()
+            .unwrap()
+            .source_ranges
+            .get(&lb_fid)
+            .cloned(),
+        Some(vec![
+            ("10.0.0.100".parse().unwrap(), 32),
+            ("198.51.100.0".parse().unwrap(), 24)
+        ])
+    );
+    assert_eq!(
+        flags(&h, "0.0.0.0", 30080) & STRAKE_SVC_F_SOURCE_RANGES,
+        0,
+        "the NodePort is not filtered (kube-proxy filters the LoadBalancer IP)"
+    );
+    assert_eq!(h.kernel.maps.lock().unwrap().source_ranges.len(), 1);
+
+    h.apply(Op::Upsert(lb(serde_json::json!(["10.0.0.100/32"]))));
+    h.pass(false);
+    assert_eq!(
+        h.kernel.maps.lock().unwrap().source_ranges[&lb_fid],
+        vec![("10.0.0.100".parse().unwrap(), 32)]
+    );
+    h.apply(Op::Upsert(lb(serde_json::Value::Null)));
+    h.pass(false);
+    assert_eq!(
+        flags(&h, "203.0.113.10", 80) & STRAKE_SVC_F_SOURCE_RANGES,
+        0
+    );
+    assert!(h.kernel.maps.lock().unwrap().source_ranges.is_empty());
+}
