@@ -169,6 +169,10 @@ pub struct ServicePort {
     /// host bits cleared): None admits every client; Some, only those in
     /// a range (none if no entry was a valid IPv4 range).
     pub source_ranges: Option<Vec<(Ipv4Addr, u8)>>,
+    /// healthCheckNodePort of a LoadBalancer Service with
+    /// externalTrafficPolicy Local: where this node tells load balancers
+    /// how many of its endpoints serve.
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServicePort {
@@ -379,6 +383,14 @@ pub fn service_ports(
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 health: health.clone(),
                 source_ranges: source_ranges.clone(),
+                health_check_node_port: spec
+                    .health_check_node_port
+                    .filter(|p| {
+                        ty == "LoadBalancer"
+                            && spec.external_traffic_policy.as_deref() == Some("Local")
+                            && (1..=65535).contains(p)
+                    })
+                    .map(|p| p as u16),
             });
         }
     }

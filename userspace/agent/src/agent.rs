@@ -65,6 +65,8 @@ pub struct Agent {
     pub endpoints_lock: Arc<Mutex<()>>,
     /// Node events for the reconciler (endpoints added or removed).
     pub local_events: tokio::sync::mpsc::UnboundedSender<LocalEvent>,
+    /// What the healthCheckNodePort listeners answered.
+    pub hc_stats: Arc<crate::hc_nodeport::HcStats>,
 }
 
 impl Agent {
@@ -100,6 +102,7 @@ impl Agent {
             ct_fill: Default::default(),
             endpoints_lock: Default::default(),
             local_events,
+            hc_stats: Default::default(),
         })
     }
 

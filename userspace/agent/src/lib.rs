@@ -12,6 +12,7 @@ pub mod api;
 pub mod bgp_view;
 pub mod config;
 pub mod endpoints;
+pub mod hc_nodeport;
 pub mod lb_view;
 pub mod metrics;
 pub mod policy_view;

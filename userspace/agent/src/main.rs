@@ -160,6 +160,7 @@ async fn run(cfg: Config) -> Result<()> {
 
     let api = tokio::spawn(api::serve(agent.clone()));
     let http = tokio::spawn(metrics::serve(agent.clone()));
+    tokio::spawn(strake_agent::hc_nodeport::run(agent.clone()));
     let runner = reconcile::driver::runner(&agent);
     let reconciler = tokio::spawn(reconcile::driver::run(agent.clone(), runner, rx, local_rx));
 

@@ -175,6 +175,40 @@ impl Collector for DatapathCollector {
             let g = ConstGauge::new(v as i64);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        {
+            // healthCheckNodePort: what each port reports, and what it answered.
+            let want = {
+                let lb = agent.lb.lock().unwrap();
+                crate::hc_nodeport::wanted(&lb.planner, agent.node())
+            };
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor(
+                "strake_lb_health_check_node_port_local_endpoints",
+                "Local serving endpoints each healthCheckNodePort reports (0: it answers 503)",
+                None,
+                g.metric_type(),
+            )?;
+            for (port, p) in &want {
+                let labels = vec![
+                    ("service".to_string(), p.service.to_string()),
+                    ("port".to_string(), port.to_string()),
+                ];
+                ConstGauge::new(p.local_endpoints as i64).encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "strake_lb_health_check_node_port_responses",
+                "Answers of the healthCheckNodePort listeners, by port and status code",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for ((port, code), n) in agent.hc_stats.responses.lock().unwrap().iter() {
+                let labels = vec![
+                    ("port".to_string(), port.to_string()),
+                    ("code".to_string(), code.to_string()),
+                ];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         if let Ok(lb) = agent.lb_status() {
             // One family per frontend counter, packet path and socket path alike.
             type FrontendValue = fn(&strake_api::LbFrontendView) -> u64;

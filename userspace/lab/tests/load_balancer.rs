@@ -625,3 +625,111 @@ fn load_balancer_source_ranges_admit_a_listed_host_and_drop_another() {
     );
     assert!(!np.contains_key("!error"), "NodePort: {np:?}");
 }
+
+/// GET on a node's healthCheckNodePort from an outside host: (status code,
+/// JSON body).
+fn hc_get(ns: &std::path::Path, to: std::net::SocketAddrV4) -> Option<(u16, serde_json::Value)> {
+    strake_netlink::netns::run_in(ns, move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+        let mut r = String::new();
+        s.read_to_string(&mut r)?;
+        let code = r
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+        Ok((code, serde_json::from_str(body)?))
+    })
+    .ok()
+}
+
+#[test]
+fn health_check_node_port_answers_200_with_local_endpoints_and_503_without_as_they_move() {
+    let (a, b) = ("hna", "hnb");
+    let lb_svc = service(
+        "hn",
+        "public",
+        Ipv4Addr::new(10, 96, 0, 11),
+        "web",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n",
+        "",
+    );
+    let files = vec![
+        (
+            "nodes.yaml",
+            node_yaml(a, "10.244.1.0/24", "10.0.0.1")
+                + "---\n"
+                + &node_yaml(b, "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("w1.yaml", pod_yaml("hn", "w1", a, "web", false)),
+        ("svc.yaml", lb_svc),
+        (
+            "ext.yaml",
+            "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: hnx}\nspec: {address: 10.0.0.100}\n".into(),
+        ),
+    ];
+    let lab = yaml_lab("hn", &files);
+    let ext = lab.ext_netns("hnx");
+    let (on_a, on_b) = (
+        addr(Ipv4Addr::new(10, 0, 0, 1), 32000),
+        addr(Ipv4Addr::new(10, 0, 0, 2), 32000),
+    );
+    let expect = |to, code: u16, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = hc_get(&ext, to);
+            if let Some((c, body)) = &got {
+                if *c == code && body["localEndpoints"] == n {
+                    assert_eq!(body["service"]["namespace"], "hn", "{body}");
+                    assert_eq!(body["service"]["name"], "public", "{body}");
+                    assert_eq!(body["serviceProxyHealthy"], true, "{body}");
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{to}: wanted {code} with {n} local endpoints, got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    expect(on_a, 200, 1);
+    expect(on_b, 503, 0);
+    // The endpoint moves to the other node: so do the answers.
+    for w in ["w2", "w3"] {
+        std::fs::write(
+            lab.dir.join(format!("{w}.yaml")),
+            pod_yaml("hn", w, b, "web", false),
+        )
+        .unwrap();
+        lab.add_pod(&pod_spec("hn", w, b, "web")).unwrap();
+    }
+    std::fs::remove_file(lab.dir.join("w1.yaml")).unwrap();
+    lab.del_pod("hn", "w1", a).unwrap();
+    expect(on_a, 503, 0);
+    expect(on_b, 200, 2);
+    // Counted in metrics, per port and code.
+    let metrics = strake_netlink::netns::run_in(&lab.node_netns(b), || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", strake_lab::AGENT_METRICS_PORT))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap();
+    assert!(
+        metrics.contains("strake_lb_health_check_node_port_local_endpoints{service=\"hn/public\",port=\"32000\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "strake_lb_health_check_node_port_responses_total{port=\"32000\",code=\"200\"}"
+        ),
+        "{metrics}"
+    );
+}
