@@ -305,7 +305,12 @@ pub fn service_ports(
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|l| l.ingress.as_ref())
             .map(|i| {
+                // ipMode Proxy: the load balancer proxies (it sends to the
+                // NodePort), so its address is not short-circuited here:
+                // traffic to it goes out to the load balancer, as
+                // kube-proxy leaves it (KEP-1860). VIP (the default) is.
                 i.iter()
+                    .filter(|x| x.ip_mode.as_deref() != Some("Proxy"))
                     .filter_map(|x| x.ip.as_ref()?.parse().ok())
                     .collect()
             })
@@ -697,6 +702,22 @@ spec:
 status:
   loadBalancer: {ingress: [{ip: 203.0.113.1}, {hostname: lb.example}]}
 ";
+
+    #[test]
+    fn an_ip_mode_proxy_address_gets_no_frontend_and_vip_mode_ones_do() {
+        let p = one("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.10, ports: [{port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}, {ip: 203.0.113.2, ipMode: VIP}, {ip: 203.0.113.3, ipMode: Proxy}]}}\n");
+        let lb: Vec<String> = p
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::LoadBalancer)
+            .map(|f| f.addr.to_string())
+            .collect();
+        assert_eq!(lb, ["203.0.113.1", "203.0.113.2"]);
+        assert!(
+            p.frontends.iter().any(|f| f.kind == FrontendKind::NodePort),
+            "the proxying load balancer's way in stays"
+        );
+    }
 
     #[test]
     fn load_balancer_source_ranges_are_ipv4_networks_and_a_bad_entry_only_narrows() {

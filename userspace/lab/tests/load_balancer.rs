@@ -733,3 +733,49 @@ fn health_check_node_port_answers_200_with_local_endpoints_and_503_without_as_th
         "{metrics}"
     );
 }
+
+#[test]
+fn an_ip_mode_proxy_load_balancer_address_is_not_short_circuited() {
+    let mut files = base("im");
+    files.push((
+        "svc.yaml",
+        service(
+            "im",
+            "public",
+            Ipv4Addr::new(10, 96, 0, 11),
+            "web",
+            "  type: LoadBalancer\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}, {ip: 203.0.113.20, ipMode: Proxy}]\n",
+            "",
+        ),
+    ));
+    files.push((
+        "ext.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: imx}\nspec: {address: 10.0.0.100}\n".into(),
+    ));
+    let lab = yaml_lab("im", &files);
+    let st: LbStatus = lab.agent("ima", Request::LbList).unwrap();
+    let lb_ips: Vec<Ipv4Addr> = st
+        .services
+        .iter()
+        .filter(|s| s.service == "im/public:http")
+        .flat_map(|s| &s.frontends)
+        .filter(|f| f.kind == "LoadBalancer")
+        .map(|f| f.address)
+        .collect();
+    assert_eq!(lb_ips, [LB_IP], "only the VIP-mode address: {st:?}");
+    let ext = lab.ext_netns("imx");
+    let vip = tcp_spread(&ext, addr(LB_IP, 80), 10);
+    assert!(
+        !vip.contains_key("!error"),
+        "VIP mode is balanced here: {vip:?}"
+    );
+    // A pod sending to the Proxy-mode address is not translated: it goes
+    // toward the load balancer (none in the lab, so it fails).
+    let client = lab.pod_netns("im", "client");
+    let proxied = tcp_spread(&client, addr(Ipv4Addr::new(203, 0, 113, 20), 80), 1);
+    assert_eq!(
+        proxied.get("!error"),
+        Some(&1),
+        "never balanced to a backend: {proxied:?}"
+    );
+}
