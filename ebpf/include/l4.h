@@ -16,6 +16,7 @@ struct l4 {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
+	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise */
 };
 
 enum l4_result {
@@ -29,6 +30,7 @@ static __always_inline int parse_l4(struct packet *p, void *data_end, struct l4 
 {
 	l4->proto = p->ip->protocol;
 	l4->off = p->l4_off;
+	l4->tcp_flags = 0;
 	if (p->later_fragment)
 		return L4_NO_HEADER;
 	if (l4->proto == IPPROTO_TCP) {
@@ -40,6 +42,7 @@ static __always_inline int parse_l4(struct packet *p, void *data_end, struct l4 
 		l4->dport = t->dest;
 		l4->csum_off = l4->off + __builtin_offsetof(struct tcphdr, check);
 		l4->csum_flags = 0;
+		l4->tcp_flags = ((__u8 *)t)[13];
 		return L4_OK;
 	}
 	if (l4->proto == IPPROTO_UDP) {

@@ -77,6 +77,35 @@ static __always_inline void lb_reply_of(const struct flow_key *fk, const struct 
 	re->flags = ct->flags;
 }
 
+/*
+ * A flow's reply entry went missing while its service entry stayed (the LRU
+ * evicted it, or a sweep raced the flow's return): put it back, so the two
+ * never disagree for longer than a second. Checked on the first packet of
+ * each second (c->refreshed). A SNAT port another flow took meanwhile is not
+ * stolen back: the flow is lost, and counted. A flow started over (a new
+ * SYN on its closed 5-tuple) starts its reply entry's TCP flags over too.
+ */
+static __always_inline void lb_restore_reply(const struct flow_key *fk, const struct lb_choice *c,
+					     __be32 reply_daddr, __be16 reply_dport)
+{
+	struct ct_key rk;
+	struct ct_entry re, *r;
+
+	if (!c->refreshed && !c->restarted)
+		return;
+	lb_reply_of(fk, c->be, &c->ct, reply_daddr, reply_dport, &rk, &re);
+	r = bpf_map_lookup_elem(&st_ct, &rk);
+	if (r) {
+		if (c->restarted)
+			r->tcp = 0;
+		return;
+	}
+	if (ct_insert(&rk, &re, BPF_NOEXIST) == 0)
+		count(STRAKE_CNT_CT_REPLY_RESTORED, 0);
+	else
+		count(STRAKE_CNT_CT_INSERT_FAILED, 0);
+}
+
 /* Records how replies of a translated flow are turned back. */
 static __always_inline void lb_remember_reply(const struct flow_key *fk, const struct backend_info *be,
 					      const struct ct_entry *ct, __be32 reply_daddr, __be16 reply_dport)
@@ -113,7 +142,8 @@ static __always_inline void lb_pin(const struct flow_key *fk, struct ct_entry *c
 	struct ct_key k;
 
 	ct_key_of(&k, fk, STRAKE_CT_SERVICE, 0);
-	ct_insert(&k, ct, BPF_ANY);
+	if (ct_insert(&k, ct, BPF_ANY))
+		count(STRAKE_CNT_CT_INSERT_FAILED, 0);
 }
 
 /*
@@ -141,6 +171,7 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 	}
 	if (lb_select(svc, &fk, LB_SEL_PINNED, &c))
 		return lb_no_backend(ctx, p, l4, svc, bytes);
+	lb_observe(&c, fk.proto, l4->tcp_flags);
 	baddr = c.be->addr;
 	bport = c.be->port;
 	if (baddr == fk.saddr)
@@ -151,6 +182,10 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 			lb_remember_reply(&fk, c.be, &c.ct, bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST), fk.sport);
 		else
 			lb_remember_reply(&fk, c.be, &c.ct, fk.saddr, fk.sport);
+	} else {
+		lb_restore_reply(&fk, &c, (c.ct.flags & STRAKE_CT_F_HAIRPIN) ? bpf_htonl(STRAKE_HAIRPIN_ADDR_HOST)
+									   : fk.saddr,
+				 fk.sport);
 	}
 	lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
 	if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport))
@@ -216,6 +251,7 @@ static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const s
 	}
 	if (lb_select(svc, &fk, LB_SEL_PINNED, &c))
 		return lb_no_backend(ctx, p, l4, svc, bytes);
+	lb_observe(&c, fk.proto, l4->tcp_flags);
 	baddr = c.be->addr;
 	bport = c.be->port;
 
@@ -223,6 +259,8 @@ static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const s
 		if (c.created) {
 			lb_pin(&fk, &c.ct);
 			lb_remember_reply(&fk, c.be, &c.ct, fk.saddr, fk.sport);
+		} else {
+			lb_restore_reply(&fk, &c, fk.saddr, fk.sport);
 		}
 		lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
 		if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport))
@@ -249,6 +287,8 @@ static __always_inline int lb_from_outside(ctx_t *ctx, struct packet *p, const s
 			return LB_DROP;
 		}
 		lb_pin(&fk, &c.ct);
+	} else {
+		lb_restore_reply(&fk, &c, cfg->node_addr, c.ct.nat_port);
 	}
 	lb_account(c.ct.frontend_id, c.ct.backend_id, bytes, c.created);
 	if (nat_rewrite(ctx, l4, 1, fk.daddr, baddr, fk.dport, bport) ||
@@ -295,7 +335,27 @@ static __always_inline int lb_reverse(ctx_t *ctx, struct packet *p, const struct
 	r = ct_lookup(&rk);
 	if (!r)
 		return LB_NONE;
+	ct_observe(r, f.proto, l4->tcp_flags, 1);
 	re = *r;
+	/* The flow's end, seen from the backend's side, goes on its service
+	 * entry too: a new SYN from the client then knows the 5-tuple is free
+	 * to start over (rare packets: one more lookup is cheap here). */
+	if (l4->tcp_flags & (STRAKE_TCP_FIN | STRAKE_TCP_RST)) {
+		struct flow_key sf = {
+			.saddr = re.client,
+			.daddr = re.vip,
+			.sport = re.cport,
+			.dport = re.vport,
+			.proto = f.proto,
+		};
+		struct ct_key sk;
+		struct ct_entry *se;
+
+		ct_key_of(&sk, &sf, STRAKE_CT_SERVICE, 0);
+		se = bpf_map_lookup_elem(&st_ct, &sk);
+		if (se)
+			ct_observe(se, f.proto, l4->tcp_flags, 1);
+	}
 	if (nat_rewrite(ctx, l4, 0, f.saddr, re.vip, f.sport, re.vport))
 		return LB_DROP;
 	if ((re.flags & (STRAKE_CT_F_SNAT | STRAKE_CT_F_HAIRPIN)) &&

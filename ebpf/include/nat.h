@@ -42,30 +42,63 @@ static __always_inline int nat_rewrite(ctx_t *ctx, const struct l4 *l4, int dst,
 	return 0;
 }
 
+struct nat_claim {
+	struct ct_key rk;  /* the reply entry's key; its destination port is tried */
+	struct ct_entry re;
+	__u32 hash;
+	__u32 range;
+	__u16 min;
+	__be16 port;
+};
+
+/* One try (a bpf_loop callback): 1 stops the loop, with the port claimed. */
+static long nat_try_port(__u32 i, void *arg)
+{
+	struct nat_claim *c = arg;
+	__u16 candidate;
+
+	if (c->range == 0)
+		return 1;
+	candidate = c->min + (c->hash + i * STRAKE_SNAT_STRIDE) % c->range;
+	c->rk.flow.dport = bpf_htons(candidate);
+	/* Look first: a failed insert into a full LRU map still evicts an
+	 * entry to make room for it. */
+	if (bpf_map_lookup_elem(&st_ct, &c->rk))
+		return 0;
+	if (ct_insert(&c->rk, &c->re, BPF_NOEXIST))
+		return 0; /* another CPU took it this instant */
+	c->port = c->rk.flow.dport;
+	return 1;
+}
+
 /*
  * Claims a port in [min, max] (host order) for a translated flow: the port
  * becomes `rk`'s destination port and `re` is inserted under it. `hash`
  * picks where to start, so a flow tries the same ports on every node.
- * Returns the port (network order) through `port`; -1 if every try was taken.
+ * Returns the port (network order) through `port`; -1 if every try was
+ * taken (STRAKE_SNAT_TRIES of them: allocation keeps working with 90 % of
+ * the range in use).
  */
 static __always_inline int nat_claim_port(__u16 min, __u16 max, __u32 hash, struct ct_key *rk,
 					  struct ct_entry *re, __be16 *port)
 {
-	__u32 range = (__u32)max - min + 1;
+	struct nat_claim c = {
+		.rk = *rk,
+		.re = *re,
+		.hash = hash,
+		.range = (__u32)max - min + 1,
+		.min = min,
+		.port = 0,
+	};
 
-	if (max < min || range > 65535)
+	if (max < min || c.range > 65535)
 		return -1;
-#pragma unroll
-	for (int i = 0; i < STRAKE_SNAT_TRIES; i++) {
-		__u16 candidate = min + (hash + i * STRAKE_SNAT_STRIDE) % range;
-
-		rk->flow.dport = bpf_htons(candidate);
-		if (ct_insert(rk, re, BPF_NOEXIST) == 0) {
-			*port = rk->flow.dport;
-			return 0;
-		}
-	}
-	return -1;
+	bpf_loop(STRAKE_SNAT_TRIES, nat_try_port, &c, 0);
+	if (!c.port)
+		return -1;
+	rk->flow.dport = c.port;
+	*port = c.port;
+	return 0;
 }
 
 #endif

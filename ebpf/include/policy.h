@@ -61,6 +61,7 @@ struct pol_tuple {
 	struct flow_key flow;
 	struct flow_key related;
 	int is_related;
+	__u8 tcp_flags;
 };
 
 /* What a new flow is judged on: the real remote side. */
@@ -88,6 +89,7 @@ static __always_inline int policy_tuple(struct packet *p, void *data_end, struct
 			return -1;
 		t->flow.sport = l4.sport;
 		t->flow.dport = l4.dport;
+		t->tcp_flags = l4.tcp_flags;
 		return 0;
 	}
 	if (ip->protocol == IPPROTO_SCTP) {
@@ -257,11 +259,15 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 	flow_reverse(&t->flow, &k.flow);
 	k.kind = STRAKE_CT_POLICY + !dir;
 	e = ct_lookup(&k);
-	if (!e) {
+	if (e) {
+		ct_observe(e, t->flow.proto, t->tcp_flags, 1);
+	} else {
 		/* 3. A flow already allowed this way. */
 		k.flow = t->flow;
 		k.kind = STRAKE_CT_POLICY + dir;
 		e = ct_lookup(&k);
+		if (e)
+			ct_observe(e, t->flow.proto, t->tcp_flags, 0);
 	}
 	if (e) {
 		ok = policy_revalidate(ep, &k, e, self, gen);
@@ -275,7 +281,9 @@ static __always_inline int policy_check(const struct pol_tuple *t, const struct 
 			ne.rule_id = ne.exempt ? 0 : rule;
 			ne.judged_remote = j->remote;
 			ne.judged_port = j->port;
-			ct_insert(&k, &ne, BPF_ANY);
+			ct_observe(&ne, t->flow.proto, t->tcp_flags, 0);
+			if (ct_insert(&k, &ne, BPF_ANY))
+				count(STRAKE_CNT_CT_INSERT_FAILED, 0);
 		}
 	}
 	if (!ok) {

@@ -118,7 +118,10 @@ static __always_inline int lb_pick(const struct svc_info *svc, const struct flow
 struct lb_choice {
 	const struct backend_info *be;
 	struct ct_entry ct; /* the flow's service entry: as found, or to insert if `created` */
+	struct ct_entry *entry; /* the entry in st_ct when found */
 	int created;
+	int refreshed; /* found, and its first packet this second */
+	int restarted; /* found closed, and a new SYN reuses its 5-tuple */
 };
 
 /* lb_select() flags. */
@@ -135,15 +138,19 @@ static __always_inline int lb_select(const struct svc_info *svc, const struct fl
 	__u32 bid;
 
 	c->created = 0;
+	c->refreshed = 0;
+	c->restarted = 0;
+	c->entry = 0;
 	if (flags & LB_SEL_PINNED) {
 		struct ct_key k;
 		struct ct_entry *e;
 
 		ct_key_of(&k, fk, STRAKE_CT_SERVICE, 0);
-		e = ct_lookup(&k);
+		e = ct_lookup_refresh(&k, &c->refreshed);
 		if (e) {
 			c->be = bpf_map_lookup_elem(&st_backends, &e->backend_id);
 			if (c->be) {
+				c->entry = e;
 				c->ct = *e;
 				return 0;
 			}
@@ -158,7 +165,15 @@ static __always_inline int lb_select(const struct svc_info *svc, const struct fl
 	c->ct.backend_id = bid;
 	c->ct.frontend_id = svc->frontend_id;
 	c->created = 1;
+	c->refreshed = 0;
 	return 0;
+}
+
+/* Records a packet's TCP flags on the flow's service entry (the one found,
+ * or the one about to be inserted). */
+static __always_inline void lb_observe(struct lb_choice *c, __u8 proto, __u8 tcp_flags)
+{
+	c->restarted = ct_observe(c->entry ? c->entry : &c->ct, proto, tcp_flags, 0);
 }
 
 #endif

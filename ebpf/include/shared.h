@@ -355,6 +355,8 @@ enum strake_counter {
 	STRAKE_CNT_HC_DECAP,            /* a health-check probe unwrapped for a local backend */
 	STRAKE_CNT_LB_REJECTED,         /* to a service without endpoints: answered with RST / ICMP port unreachable */
 	STRAKE_CNT_LB_SOURCE_DENIED,    /* from outside a LoadBalancer frontend's loadBalancerSourceRanges: dropped */
+	STRAKE_CNT_CT_INSERT_FAILED,    /* a connection-table entry could not be written (table full, no memory) */
+	STRAKE_CNT_CT_REPLY_RESTORED,   /* a flow's lost reply entry put back from its service entry */
 	STRAKE_CNT_MAX,
 };
 

@@ -88,4 +88,6 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("hc_decap", shared::STRAKE_CNT_HC_DECAP),
     ("lb_rejected", shared::STRAKE_CNT_LB_REJECTED),
     ("lb_source_denied", shared::STRAKE_CNT_LB_SOURCE_DENIED),
+    ("ct_insert_failed", shared::STRAKE_CNT_CT_INSERT_FAILED),
+    ("ct_reply_restored", shared::STRAKE_CNT_CT_REPLY_RESTORED),
 ];

@@ -476,17 +476,18 @@ fn health_check(ann: &BTreeMap<String, String>, bad: &mut impl FnMut(String)) ->
     h
 }
 
-/// `500ms`, `30s` (or `30`), `5m`: the one duration syntax of annotations
-/// and the agent's flags.
+/// `500ms`, `30s` (or `30`), `5m`, `6h`: the one duration syntax of
+/// annotations and the agent's flags.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 30s, 5m");
+    let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 30s, 5m, 6h");
     let n: u64 = num.parse().map_err(|_| bad())?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
+        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad),
         _ => Err(bad()),
     }
 }
@@ -1141,15 +1142,16 @@ status: {phase: Running, podIP: 10.244.1.7}
     }
 
     #[test]
-    fn durations_take_ms_s_m_or_plain_seconds() {
+    fn durations_take_ms_s_m_h_or_plain_seconds() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(21600)));
         for bad in [
             "",
             "s",
-            "1h",
+            "1d",
             "1.5s",
             "-1s",
             "ms500",

@@ -61,6 +61,8 @@ pub struct Agent {
     pub progress: Mutex<Progress>,
     /// Connection-table fill, counted on the slow path (a map walk).
     pub ct_fill: AtomicU64,
+    /// What the connection-table sweeps found (reconcile/conntrack.rs).
+    pub ct_gc: Arc<Mutex<crate::reconcile::conntrack::CtGcStats>>,
     /// Held by CNI operations and the endpoints phase.
     pub endpoints_lock: Arc<Mutex<()>>,
     /// Node events for the reconciler (endpoints added or removed).
@@ -100,6 +102,7 @@ impl Agent {
             state: Default::default(),
             progress: Default::default(),
             ct_fill: Default::default(),
+            ct_gc: Default::default(),
             endpoints_lock: Default::default(),
             local_events,
             hc_stats: Default::default(),

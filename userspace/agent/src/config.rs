@@ -170,6 +170,35 @@ pub struct Config {
     #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, env = "STRAKE_SNAT_PORTS")]
     pub snat_ports: (u16, u16),
 
+    /// Connection-table timeouts: how long a flow may be idle before the
+    /// sweep removes it (and gives its SNAT port back), by what its packets
+    /// showed. A TCP handshake not completed (SYN, SYN-ACK):
+    #[arg(long, default_value = "60s", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_TIMEOUT_SYN")]
+    pub ct_timeout_syn: Duration,
+
+    /// ... an established TCP connection (Cilium's default, 6h):
+    #[arg(long, default_value = "6h", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_TIMEOUT_ESTABLISHED")]
+    pub ct_timeout_established: Duration,
+
+    /// ... a closing TCP connection (a reset, or a FIN each way):
+    #[arg(long, default_value = "10s", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_TIMEOUT_CLOSING")]
+    pub ct_timeout_closing: Duration,
+
+    /// ... UDP and every other protocol (ICMP echo included):
+    #[arg(long, default_value = "60s", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_TIMEOUT_OTHER")]
+    pub ct_timeout_other: Duration,
+
+    /// Shortest and longest time between connection-table sweeps. The
+    /// interval halves (down to the minimum) while sweeps find much to
+    /// remove or the table is over 90 % full, drops to the minimum when a
+    /// SNAT allocation failed, and grows by half (up to the maximum) while
+    /// they find little, as Cilium's GC between 10 s and 12 h.
+    #[arg(long, default_value = "10s", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_GC_MIN_INTERVAL")]
+    pub ct_gc_min_interval: Duration,
+
+    #[arg(long, default_value = "5m", value_parser = strake_lb::model::parse_duration, env = "STRAKE_CT_GC_MAX_INTERVAL")]
+    pub ct_gc_max_interval: Duration,
+
     /// Source ports of the backend health checks (from the node's
     /// InternalIP). They identify nothing: a probe passes a NetworkPolicy
     /// only by the health-check mark below. They let this node's XDP tell
@@ -247,6 +276,12 @@ impl Config {
 
     /// Checks what clap cannot check flag by flag.
     pub fn validate(&self) -> Result<(), String> {
+        if self.ct_gc_min_interval.is_zero() || self.ct_gc_min_interval > self.ct_gc_max_interval {
+            return Err(format!(
+                "--ct-gc-min-interval {:?} must be above 0 and at most --ct-gc-max-interval {:?}",
+                self.ct_gc_min_interval, self.ct_gc_max_interval
+            ));
+        }
         if self.vxlan_vni == 0 || self.vxlan_vni >= 1 << 24 {
             return Err(format!(
                 "--vxlan-vni {}: a VXLAN network identifier is 1 to 16777215",
@@ -325,6 +360,19 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         ));
     }
     Ok((a, b))
+}
+
+impl Config {
+    /// The connection-table timeouts, in the sweep's terms (seconds).
+    pub fn ct_timeouts(&self) -> strake_datapath::conntrack::Timeouts {
+        let s = |d: Duration| d.as_secs().clamp(1, u32::MAX as u64) as u32;
+        strake_datapath::conntrack::Timeouts {
+            syn: s(self.ct_timeout_syn),
+            established: s(self.ct_timeout_established),
+            closing: s(self.ct_timeout_closing),
+            other: s(self.ct_timeout_other),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -324,6 +324,56 @@ impl Collector for DatapathCollector {
                 g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
             }
         }
+        {
+            let gc = agent
+                .ct_gc
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let capacity = agent.dp().ct.capacity as i64;
+            for (name, help, v) in [
+                ("strake_ct_entries", "Entries in the connection table st_ct after the last sweep (service, reply and policy entries)", gc.last.entries as i64),
+                ("strake_ct_capacity", "Capacity of the connection table (--ct-size)", capacity),
+                ("strake_ct_gc_last_expired", "Entries the last sweep removed as expired", gc.last.expired as i64),
+                ("strake_ct_gc_last_revived", "Entries the last sweep found expired but saw a packet before removal: kept", gc.last.revived as i64),
+            ] {
+                let g = ConstGauge::new(v);
+                g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+            for (name, help, v) in [
+                ("strake_ct_gc_last_duration_seconds", "How long the last sweep took", gc.last.duration.as_secs_f64()),
+                ("strake_ct_gc_interval_seconds", "Time until the next sweep (adaptive, --ct-gc-min-interval to --ct-gc-max-interval)", gc.interval.as_secs_f64()),
+            ] {
+                let g = ConstGauge::new(v);
+                g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+            for (name, help, v) in [
+                (
+                    "strake_ct_gc_sweeps",
+                    "Connection-table sweeps since the start",
+                    gc.sweeps,
+                ),
+                (
+                    "strake_ct_gc_expired",
+                    "Entries removed as expired since the start",
+                    gc.expired_total,
+                ),
+            ] {
+                let c = ConstCounter::new(v);
+                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor(
+                "strake_ct_snat_ports_in_use",
+                "SNAT ports held by flows to each backend (by backend id), at the last sweep",
+                None,
+                g.metric_type(),
+            )?;
+            for (backend, n) in &gc.last.snat_ports {
+                let labels = vec![("backend_id".to_string(), backend.to_string())];
+                ConstGauge::new(*n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
         for (name, help, cap) in [
             ("strake_map_entries", "Entries in each eBPF map", false),
             (

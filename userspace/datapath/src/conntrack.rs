@@ -1,12 +1,21 @@
 //! The connection table, st_ct (ebpf/include/conntrack.h): service, reply
 //! and policy entries in one LRU map, told apart by their key's kind.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-use strake_ebpf::shared::{ct_entry, ct_key, STRAKE_CT_POLICY, STRAKE_CT_REPLY, STRAKE_CT_SERVICE};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use strake_ebpf::shared::{
+    ct_entry, ct_key, STRAKE_CT_F_SNAT, STRAKE_CT_POLICY, STRAKE_CT_REPLY, STRAKE_CT_SERVICE,
+    STRAKE_CT_TCP_ESTABLISHED, STRAKE_CT_TCP_FIN_FWD, STRAKE_CT_TCP_FIN_REV, STRAKE_CT_TCP_RST,
+    STRAKE_MAP_CT,
+};
 
 pub struct Conntrack {
     map: BpfHashMap<MapData, ct_key, ct_entry>,
+    /// st_ct's fd, for batch operations (aya has none).
+    fd: OwnedFd,
     /// max_entries of st_ct.
     pub capacity: u32,
 }
@@ -28,8 +37,18 @@ pub fn is_policy(kind: u8) -> bool {
 
 impl Conntrack {
     pub(crate) fn take(ebpf: &mut aya::Ebpf, capacity: u32) -> Result<Self> {
+        let name = crate::map_name(STRAKE_MAP_CT);
+        let fd = match ebpf.map(name) {
+            Some(aya::maps::Map::LruHashMap(d)) => d.fd().as_fd().try_clone_to_owned()?,
+            _ => {
+                return Err(anyhow!(
+                    "map {name} missing from the object, or not an LRU hash"
+                ))
+            }
+        };
         Ok(Conntrack {
-            map: crate::policy::take(ebpf, crate::map_name(strake_ebpf::shared::STRAKE_MAP_CT))?,
+            map: crate::policy::take(ebpf, name)?,
+            fd,
             capacity,
         })
     }
@@ -57,6 +76,11 @@ impl Conntrack {
         self.count(|k| k.kind as u32 == STRAKE_CT_REPLY)
     }
 
+    /// Removes one entry (gone already is fine).
+    pub fn remove(&mut self, k: &ct_key) -> Result<()> {
+        missing_ok(self.map.remove(k)).context("removing an entry from st_ct")
+    }
+
     /// Forgets an endpoint's policy flows (its id is being reused).
     pub fn forget_policy_flows(&mut self, endpoint_id: u32) -> Result<usize> {
         let keys: Vec<ct_key> = self
@@ -69,5 +93,319 @@ impl Conntrack {
             missing_ok(self.map.remove(k)).context("removing a policy flow from st_ct")?;
         }
         Ok(keys.len())
+    }
+}
+
+/// How long a flow may be idle before the sweep removes it, by what its
+/// packets showed (seconds). Defaults: Cilium's (and near Linux
+/// conntrack's): a handshake that never completes 60 s, an established TCP
+/// connection 6 h, a closing one (reset, or a FIN each way) 10 s, UDP and
+/// everything else 60 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Timeouts {
+    pub syn: u32,
+    pub established: u32,
+    pub closing: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            syn: 60,
+            established: 21600,
+            closing: 10,
+            other: 60,
+        }
+    }
+}
+
+/// What a flow's packets showed, for its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    Syn,
+    Established,
+    Closing,
+    Other,
+}
+
+const TCP_EST: u8 = STRAKE_CT_TCP_ESTABLISHED as u8;
+const TCP_FIN_FWD: u8 = STRAKE_CT_TCP_FIN_FWD as u8;
+const TCP_FIN_REV: u8 = STRAKE_CT_TCP_FIN_REV as u8;
+const TCP_RST: u8 = STRAKE_CT_TCP_RST as u8;
+
+/// The state of a flow from the TCP flags seen. `both_ways`: the flags come
+/// from both directions (a service entry with its reply entry, or a policy
+/// entry, which sees both); then closing needs a FIN each way, as in
+/// Cilium. An entry that sees one direction only (direct return) closes on
+/// its FIN.
+pub fn flow_state(proto: u8, tcp: u8, both_ways: bool) -> FlowState {
+    if proto != libc::IPPROTO_TCP as u8 {
+        return FlowState::Other;
+    }
+    let fins = tcp & (TCP_FIN_FWD | TCP_FIN_REV);
+    let closing = tcp & TCP_RST != 0
+        || (both_ways && fins == TCP_FIN_FWD | TCP_FIN_REV)
+        || (!both_ways && fins != 0);
+    if closing {
+        FlowState::Closing
+    } else if tcp & TCP_EST != 0 {
+        FlowState::Established
+    } else {
+        FlowState::Syn
+    }
+}
+
+impl Timeouts {
+    pub fn of(&self, s: FlowState) -> u32 {
+        match s {
+            FlowState::Syn => self.syn,
+            FlowState::Established => self.established,
+            FlowState::Closing => self.closing,
+            FlowState::Other => self.other,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock of the entries' `last_seen`
+/// (bpf_ktime_get_coarse_ns).
+pub fn monotonic_secs() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// One sweep's account.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SweepReport {
+    /// Entries left in the table.
+    pub entries: u64,
+    /// Entries removed as expired (a flow's service and reply entries
+    /// count two).
+    pub expired: u64,
+    /// Entries found expired that saw a packet before they could be
+    /// removed: kept.
+    pub revived: u64,
+    /// Reply entries holding a SNAT port, by backend id.
+    pub snat_ports: BTreeMap<u32, u64>,
+    pub duration: Duration,
+}
+
+/// The pairing of a service entry with its reply entry: the reply entry
+/// remembers the flow as the client sent it.
+type FlowId = (u32, u16, u32, u16, u8, u32);
+
+fn service_flow_id(k: &ct_key, v: &ct_entry) -> FlowId {
+    let f = &k.flow;
+    (f.saddr, f.sport, f.daddr, f.dport, f.proto, v.backend_id)
+}
+
+fn reply_flow_id(k: &ct_key, v: &ct_entry) -> FlowId {
+    (
+        v.client,
+        v.cport,
+        v.vip,
+        v.vport,
+        k.flow.proto,
+        v.backend_id,
+    )
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries per batch system call.
+const BATCH: usize = 4096;
+
+/// `union bpf_attr`'s `batch` member (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: attr points at buffers the caller keeps alive for the call,
+    // sized for `count` keys and values.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Conntrack {
+    /// Every entry, read with BPF_MAP_LOOKUP_BATCH (4096 a call). Entries
+    /// inserted or removed meanwhile may or may not be in it.
+    pub fn dump(&self) -> Result<Vec<(ct_key, ct_entry)>> {
+        let mut out = Vec::new();
+        let mut keys = vec![ct_key::default(); BATCH];
+        let mut values = vec![ct_entry::default(); BATCH];
+        let (mut token_in, mut token_out) = (0u64, 0u64);
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &mut token_in as *mut u64 as u64
+                },
+                out_batch: &mut token_out as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            let r = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let n = attr.count as usize;
+            out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(anyhow::Error::new(e).context("reading st_ct in batches")),
+            }
+            token_in = token_out;
+            first = false;
+        }
+        Ok(out)
+    }
+
+    /// Removes `keys` with BPF_MAP_DELETE_BATCH; one already gone is
+    /// skipped. Returns how many were removed.
+    fn delete(&mut self, keys: &[ct_key]) -> Result<u64> {
+        let mut done = 0u64;
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(BATCH)];
+            let mut attr = BatchAttr {
+                keys: chunk.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            let r = bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr);
+            let n = attr.count as usize;
+            done += n as u64;
+            match r {
+                Ok(()) => rest = &rest[chunk.len()..],
+                // The batch stops at a missing key: skip it, go on.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[n + 1..],
+                Err(e) => return Err(anyhow::Error::new(e).context("removing entries from st_ct")),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Whether the entry under `k` still shows `last_seen` (or is gone).
+    fn unchanged(&self, k: &ct_key, last_seen: u32) -> bool {
+        match self.map.get(k, 0) {
+            Ok(v) => v.last_seen == last_seen,
+            Err(_) => true,
+        }
+    }
+
+    /// Removes every flow idle past its timeout at `now` (monotonic
+    /// seconds). A flow's service and reply entries are judged together,
+    /// on the later of their times and the flags of both, and removed
+    /// together: the service entry first, then the reply entry, which gives
+    /// its SNAT port back. Never a live flow: an entry is read again just
+    /// before it goes and kept if a packet touched it since the walk (the
+    /// race Cilium #46298 lost flows to).
+    pub fn sweep(&mut self, now: u32, t: &Timeouts) -> Result<SweepReport> {
+        let t0 = Instant::now();
+        let all = self.dump()?;
+        let mut replies: HashMap<FlowId, usize> = HashMap::new();
+        for (i, (k, v)) in all.iter().enumerate() {
+            if k.kind as u32 == STRAKE_CT_REPLY {
+                replies.insert(reply_flow_id(k, v), i);
+            }
+        }
+        let expired = |last: u32, s: FlowState| now > last && now - last > t.of(s);
+        // Units judged and removed whole: a service entry with its reply
+        // entry, or one entry alone.
+        let mut units: Vec<Vec<usize>> = Vec::new();
+        let mut paired = vec![false; all.len()];
+        for (i, (k, v)) in all.iter().enumerate() {
+            let kind = k.kind as u32;
+            if kind == STRAKE_CT_SERVICE {
+                if let Some(&j) = replies.get(&service_flow_id(k, v)) {
+                    let r = &all[j].1;
+                    paired[j] = true;
+                    let s = flow_state(k.flow.proto, v.tcp | r.tcp, true);
+                    if expired(v.last_seen.max(r.last_seen), s) {
+                        units.push(vec![i, j]);
+                    }
+                    continue;
+                }
+            }
+            if kind == STRAKE_CT_SERVICE || is_policy(k.kind) {
+                let s = flow_state(k.flow.proto, v.tcp, is_policy(k.kind));
+                if expired(v.last_seen, s) {
+                    units.push(vec![i]);
+                }
+            }
+        }
+        // Replies without their service entry (direct return at the
+        // backend's node, or a service entry the LRU took).
+        for (i, (k, v)) in all.iter().enumerate() {
+            if k.kind as u32 == STRAKE_CT_REPLY
+                && !paired[i]
+                && expired(v.last_seen, flow_state(k.flow.proto, v.tcp, false))
+            {
+                units.push(vec![i]);
+            }
+        }
+        let mut report = SweepReport::default();
+        let mut gone = vec![false; all.len()];
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for unit in &units {
+            if unit
+                .iter()
+                .any(|&i| !self.unchanged(&all[i].0, all[i].1.last_seen))
+            {
+                report.revived += unit.len() as u64;
+                continue;
+            }
+            for &i in unit {
+                gone[i] = true;
+                let k = all[i].0;
+                if k.kind as u32 == STRAKE_CT_REPLY {
+                    last.push(k);
+                } else {
+                    first.push(k);
+                }
+            }
+        }
+        report.expired = self.delete(&first)? + self.delete(&last)?;
+        for (i, (k, v)) in all.iter().enumerate() {
+            if gone[i] {
+                continue;
+            }
+            report.entries += 1;
+            if k.kind as u32 == STRAKE_CT_REPLY && v.flags & STRAKE_CT_F_SNAT != 0 {
+                *report.snat_ports.entry(v.backend_id).or_default() += 1;
+            }
+        }
+        report.duration = t0.elapsed();
+        Ok(report)
     }
 }

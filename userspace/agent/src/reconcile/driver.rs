@@ -5,6 +5,7 @@
 //! system calls); the store is only written between rounds.
 
 use super::bgp::{BgpOptions, BgpPhase, BirdProcess};
+use super::conntrack::{CtGcPhase, DatapathCt};
 use super::endpoints::EndpointsPhase;
 use super::lb::{DatapathLb, LbPhase};
 use super::node::{KernelNode, LbNodeSettings, NodePhase};
@@ -110,6 +111,13 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
             ipam: agent.ipam.clone(),
             dp: agent.dp.clone(),
         })),
+        Box::new(CtGcPhase::new(
+            DatapathCt(agent.dp.clone()),
+            cfg.ct_timeouts(),
+            cfg.ct_gc_min_interval,
+            cfg.ct_gc_max_interval,
+            agent.ct_gc.clone(),
+        )),
     ]
 }
 
@@ -178,7 +186,7 @@ pub async fn run(
                 runner.resync();
                 // The slow path also counts the connection table (a map walk).
                 let a = agent.clone();
-                let n = tokio::task::spawn_blocking(move || a.dp().ct.service_entries()).await?;
+                let n = tokio::task::spawn_blocking(move || a.dp().ct.entries()).await?;
                 agent.ct_fill.store(n, std::sync::atomic::Ordering::Relaxed);
             }
         }

@@ -10,6 +10,7 @@
 //! diff and apply is tested without root against in-memory kernels.
 
 pub mod bgp;
+pub mod conntrack;
 pub mod driver;
 pub mod endpoints;
 pub mod lb;
