@@ -21,3 +21,7 @@ fi
 
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${STRAKE_TEST_THREADS:-2}"
+# The same pod-network, load-balancer and policy suites with the agents on
+# --source kube against the lab's stand-in API server (README: The lab).
+STRAKE_LAB_SOURCE=kube cargo test -p strake-lab --test pod_network --test load_balancer \
+  --test network_policy -- --test-threads="${STRAKE_TEST_THREADS:-2}"

@@ -15,8 +15,14 @@
 //! pod's IP back as Pod status into an overlay directory the agents read.
 //! Everything it creates is journaled before it is created, so `down` removes
 //! all of it even after an `up` that died half way.
+//!
+//! The agents read the lab's directories themselves (`--source dir`), or,
+//! with `STRAKE_LAB_SOURCE=kube`, run `--source kube` against a stand-in API
+//! server that serves those directories (`kube_api`), writing EndpointSlices
+//! as the endpoints controller would.
 
 pub mod cni_runtime;
+pub mod kube_api;
 pub mod probe;
 pub mod procs;
 pub mod serve;
@@ -58,6 +64,27 @@ pub const LABS_ROOT: &str = "/var/lib/strake-lab";
 /// Metrics port of every lab agent (each in its own namespace).
 pub const AGENT_METRICS_PORT: u16 = 9753;
 
+/// Where the lab's agents take desired state from (`STRAKE_LAB_SOURCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabSource {
+    /// `--source dir`: the lab's directory and its status overlay.
+    Dir,
+    /// `--source kube`: the lab's stand-in API server (`kube_api`).
+    Kube,
+}
+
+impl LabSource {
+    /// `STRAKE_LAB_SOURCE`: `dir` (the default) or `kube`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("STRAKE_LAB_SOURCE").as_deref() {
+            Err(_) | Ok("") | Ok("dir") => Ok(LabSource::Dir),
+            Ok("kube") => Ok(LabSource::Kube),
+            Ok(other) => bail!("STRAKE_LAB_SOURCE={other}: use dir or kube"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     pub namespace: String,
@@ -83,6 +110,9 @@ pub struct Lab {
     pub root: PathBuf,
     pub conflist: ConfList,
     conflist_text: String,
+    /// Where its agents read desired state; a running lab keeps the one it
+    /// was brought up with (its index says).
+    pub source: LabSource,
 }
 
 impl Lab {
@@ -117,14 +147,78 @@ impl Lab {
             None => DEPLOY_CONFLIST.to_string(),
         };
         let conflist = ConfList::from_json(conflist_text.as_bytes())?;
+        let root = PathBuf::from(LABS_ROOT).join(&name);
+        let running = std::fs::read(root.join(INDEX_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| serde_json::from_value::<LabSource>(v["source"].clone()).ok());
+        let source = match running {
+            Some(s) => s,
+            None => LabSource::from_env()?,
+        };
         Ok(Lab {
-            root: PathBuf::from(LABS_ROOT).join(&name),
+            root,
             name,
             dir,
             spec,
             conflist,
             conflist_text,
+            source,
         })
+    }
+
+    /// The same lab with its agents on another source (before `up`).
+    pub fn with_source(mut self, source: LabSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The namespace the stand-in API server runs in (kube mode).
+    pub fn kube_api_netns_name(&self) -> String {
+        format!("kapi-{}", self.name)
+    }
+
+    /// One command to the lab's stand-in API server (`sync`, `disconnect`,
+    /// `expire`, `stats`: see `kube_api`).
+    pub fn kube_api(&self, cmd: &str) -> Result<serde_json::Value> {
+        kube_api::control(&self.root, cmd)
+    }
+
+    /// Starts the stand-in API server, listening in every node's namespace,
+    /// and writes the kubeconfig the agents use.
+    fn start_kube_api(&self) -> Result<()> {
+        std::fs::write(self.root.join(kube_api::KUBECONFIG), kube_api::kubeconfig())?;
+        let ns = self.make_netns(&self.kube_api_netns_name())?;
+        let mut args: Vec<String> = vec!["kube-api".into()];
+        for d in [self.dir.clone(), self.status_dir()] {
+            args.extend(["--dir".into(), d.display().to_string()]);
+        }
+        for n in &self.spec.nodes {
+            args.extend([
+                "--netns".into(),
+                self.node_netns(&n.name).display().to_string(),
+            ]);
+        }
+        args.extend([
+            "--control".into(),
+            self.root
+                .join(kube_api::CONTROL_SOCKET)
+                .display()
+                .to_string(),
+        ]);
+        let log = self.root.join("kube-api.log");
+        let pid = procs::spawn_in_netns(&ns, &procs::bin("strake-lab")?, &args, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.kube_api("stats") {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline || !procs::alive(pid) => bail!(
+                    "the lab's API server did not come up ({e:#}); its log:\n{}",
+                    tail(&log, 20)
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     /// The namespace of the lab's implicit single fabric.
@@ -349,6 +443,9 @@ impl Lab {
         for e in &self.spec.externals {
             self.up_external(e)?;
         }
+        if self.source == LabSource::Kube {
+            self.start_kube_api()?;
+        }
         for n in &self.spec.nodes {
             let cg = self.node_cgroup(&n.name)?;
             self.journal(Made::Cgroup {
@@ -398,6 +495,7 @@ impl Lab {
             "name": self.name,
             "dir": self.dir,
             "nodes": nodes,
+            "source": self.source,
         });
         std::fs::write(
             self.root.join(INDEX_FILE),
@@ -617,6 +715,9 @@ impl Lab {
         }
         let (ip, prefix, gw) = (n.ip, n.prefix, n.gateway);
         netns::with_netlink_in(&node_ns, move |nl| async move {
+            // A node's loopback is up (the agents reach a local API server there).
+            let lo = nl.link_by_name("lo").await?.context("lo")?;
+            nl.set_up(lo.index).await?;
             let u = nl.link_by_name("eth0").await?.context("uplink")?;
             nl.add_address(u.index, ip, prefix).await?;
             netns::sysctl("net/ipv4/ip_forward", "1")?;
@@ -641,12 +742,6 @@ impl Lab {
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             node.into(),
-            "--source".into(),
-            "dir".into(),
-            "--source-dir".into(),
-            self.dir.display().to_string(),
-            "--source-dir".into(),
-            self.status_dir().display().to_string(),
             "--bpffs-root".into(),
             bpffs.display().to_string(),
             "--state-dir".into(),
@@ -674,11 +769,30 @@ impl Lab {
         if let Some(e) = &self.spec.encapsulation {
             args.extend(["--encapsulation".into(), e.clone()]);
         }
+        let mut env = Vec::new();
+        match self.source {
+            LabSource::Dir => args.extend([
+                "--source".into(),
+                "dir".into(),
+                "--source-dir".into(),
+                self.dir.display().to_string(),
+                "--source-dir".into(),
+                self.status_dir().display().to_string(),
+            ]),
+            LabSource::Kube => {
+                args.extend(["--source".into(), "kube".into()]);
+                env.push((
+                    "KUBECONFIG".to_string(),
+                    self.root.join(kube_api::KUBECONFIG).display().to_string(),
+                ));
+            }
+        }
         let pid = procs::spawn_in(
             &self.node_netns(node),
             Some(&self.node_cgroup(node)?),
             &procs::bin("strake-agent")?,
             &args,
+            &env,
             &self.agent_log(node),
         )?;
         std::fs::write(self.node_dir(node).join("agent.pid"), pid.to_string())?;
@@ -792,7 +906,7 @@ impl Lab {
             .join(format!("{}_{}.log", p.namespace, p.name));
         let ns = self.pod_netns(&p.namespace, &p.name);
         let cg = self.node_cgroup(&p.node)?;
-        procs::spawn_in(&ns, Some(&cg), &procs::bin("strake-lab")?, &args, &log)?;
+        procs::spawn_in(&ns, Some(&cg), &procs::bin("strake-lab")?, &args, &[], &log)?;
         // Listening before returning (the Ready that follows must be true).
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(port) = p.tcp_ports.first() {
@@ -823,8 +937,22 @@ impl Lab {
     /// the lab's directories so far (what `strake wait` does).
     pub fn wait_synced(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Against the API server, the point is the resourceVersion that
+        // covers the directories now (watches deliver in order).
+        let kube_target = match self.source {
+            LabSource::Dir => None,
+            LabSource::Kube => Some(strake_api::SyncPoint {
+                position: self.kube_api("sync")?["resourceVersion"]
+                    .as_u64()
+                    .context("the lab's API server gave no resourceVersion")?,
+                exact: false,
+            }),
+        };
         for n in &self.spec.nodes {
-            let target: strake_api::SyncPoint = self.agent(&n.name, Request::SyncPoint)?;
+            let target: strake_api::SyncPoint = match kube_target {
+                Some(t) => t,
+                None => self.agent(&n.name, Request::SyncPoint)?,
+            };
             loop {
                 let st: strake_api::AgentStatus = self.agent(&n.name, Request::Status)?;
                 let why = match st.reached(&target) {

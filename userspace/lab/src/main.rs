@@ -85,6 +85,20 @@ enum LabCmd {
         #[arg(long, value_delimiter = ',')]
         udp: Vec<u16>,
     },
+    /// Serve the lab's stand-in Kubernetes API (what `lab up` starts with
+    /// STRAKE_LAB_SOURCE=kube).
+    #[command(hide = true)]
+    KubeApi {
+        /// Directories of YAML to serve, in overlay order.
+        #[arg(long = "dir", required = true)]
+        dirs: Vec<PathBuf>,
+        /// Network namespaces to listen in (127.0.0.1:6443 in each).
+        #[arg(long = "netns", required = true)]
+        netns: Vec<PathBuf>,
+        /// The control socket.
+        #[arg(long)]
+        control: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -194,6 +208,24 @@ fn run(cmd: LabCmd) -> Result<()> {
             }
         }
         LabCmd::Serve { name, tcp, udp } => strake_lab::serve::serve(&name, &tcp, &udp)?,
+        LabCmd::KubeApi {
+            dirs,
+            netns,
+            control,
+        } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(strake_lab::kube_api::serve(dirs, netns, control))?
+        }
     }
     Ok(())
 }

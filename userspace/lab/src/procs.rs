@@ -42,17 +42,19 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 /// A thread reaps it when it exits, so a killed process does not linger as a
 /// zombie of a long-lived caller (a test).
 pub fn spawn_in_netns(netns: &Path, program: &Path, args: &[String], log: &Path) -> Result<u32> {
-    spawn_in(netns, None, program, args, log)
+    spawn_in(netns, None, program, args, &[], log)
 }
 
 /// [`spawn_in_netns`], also moving the process into the cgroup v2
 /// directory `cgroup` before it runs anything (so every socket it makes
-/// is under that cgroup's hooks).
+/// is under that cgroup's hooks), with `env` added to the caller's
+/// environment.
 pub fn spawn_in(
     netns: &Path,
     cgroup: Option<&Path>,
     program: &Path,
     args: &[String],
+    env: &[(String, String)],
     log: &Path,
 ) -> Result<u32> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
@@ -64,7 +66,11 @@ pub fn spawn_in(
         .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setns, setsid and write are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {

@@ -355,6 +355,7 @@ fn lab_down_removes_the_node_cgroups_also_after_a_crash() {
         Some(&lab.node_cgroup("sca").unwrap()),
         std::path::Path::new("/bin/sleep"),
         &["600".to_string()],
+        &[],
         &std::env::temp_dir().join("strake-sc-stray.log"),
     )
     .unwrap();

@@ -134,13 +134,25 @@ impl std::ops::Deref for YamlLab {
 }
 
 pub fn yaml_lab(name: &str, files: &[(&str, String)]) -> YamlLab {
+    yaml_lab_on(name, files, None)
+}
+
+/// The same, with the agents on a given source (else STRAKE_LAB_SOURCE's).
+pub fn yaml_lab_on(
+    name: &str,
+    files: &[(&str, String)],
+    source: Option<strake_lab::LabSource>,
+) -> YamlLab {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for (f, text) in files {
         std::fs::write(dir.join(f), text).unwrap();
     }
-    let lab = Lab::load(&dir).unwrap();
+    let mut lab = Lab::load(&dir).unwrap();
+    if let Some(s) = source {
+        lab = lab.with_source(s);
+    }
     let _ = lab.down();
     let t = YamlLab {
         lab,
