@@ -176,24 +176,8 @@ fn kv(items: &[String], what: &str) -> Result<HashMap<String, String>> {
 }
 
 fn size(s: &str) -> Result<i64> {
-    let s = s.trim();
-    let units = [
-        ("Ki", 1i64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("K", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    for (suffix, mult) in units {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return Ok(n.trim().parse::<i64>().context("size")? * mult);
-        }
-    }
-    s.parse()
-        .with_context(|| format!("size {s:?}: a number of bytes, or 10Gi"))
+    let n = crate::params::parse_size(s).map_err(|e| anyhow!(e))?;
+    i64::try_from(n).map_err(|_| anyhow!("size {s:?} is more than CSI's int64 of bytes"))
 }
 
 fn mode(name: &str) -> Result<Mode> {

@@ -13,6 +13,7 @@ use strake_csi::controller::{ControllerConfig, ControllerService};
 use strake_csi::identity::IdentityService;
 use strake_csi::ids::Naming;
 use strake_csi::node::{NodeConfig, NodeService};
+use strake_csi::params::parse_size;
 use strake_csi::sweep::{sweep, SweepConfig};
 use strake_csi::{metrics, server};
 
@@ -189,27 +190,6 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         grace_secs: u64,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("K", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ]
-    .iter()
-    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-    .unwrap_or((s, 1));
-    num.trim()
-        .parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
 fn init_logging(f: LogFormat) {
@@ -505,5 +485,6 @@ mod tests {
         assert_eq!(parse_size("64Ti").unwrap(), 64 << 40);
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999Ti").unwrap_err().contains("64 bits"));
     }
 }

@@ -25,6 +25,31 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 pub const SUPPORTED_FS: &[&str] = &["ext4", "xfs"];
 
+/// A size as flags and `strake-csi call` take it: bytes, or with a decimal
+/// (K, M, G, T) or binary (Ki, Mi, Gi, Ti) suffix. The one parser of both.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("K", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    let n = num
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("bad size {s:?}: {e}; a number of bytes, or e.g. 10Gi"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeParams {
     pub pool: String,
