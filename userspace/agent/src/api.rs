@@ -193,6 +193,8 @@ fn op_name(r: &Request) -> &'static str {
         Request::SyncPoint => "sync_point",
         Request::Bgp => "bgp",
         Request::BgpRoutes => "bgp_routes",
+        Request::CtList { .. } => "ct_list",
+        Request::CtFlush { .. } => "ct_flush",
     }
 }
 
@@ -223,5 +225,7 @@ fn dispatch(agent: &Agent, req: Request) -> Reply {
         Request::SyncPoint => ok(Ok(agent.sync_point())),
         Request::Bgp => ok(agent.bgp_status()),
         Request::BgpRoutes => ok(agent.bgp_routes()),
+        Request::CtList { filter } => ok(agent.ct_list(&filter)),
+        Request::CtFlush { filter } => ok(agent.ct_flush(&filter)),
     }
 }

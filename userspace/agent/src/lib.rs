@@ -11,6 +11,7 @@ pub mod agent;
 pub mod api;
 pub mod bgp_view;
 pub mod config;
+pub mod ct_view;
 pub mod endpoints;
 pub mod hc_nodeport;
 pub mod lb_view;

@@ -122,6 +122,91 @@ pub enum Request {
     Bgp,
     /// BGP: the routes BIRD holds (learned and announced).
     BgpRoutes,
+    /// The connection table's entries that `filter` selects.
+    CtList {
+        filter: CtFilter,
+    },
+    /// Removes the flows `filter` selects (a flow's service and reply
+    /// entries together; the reply entry's SNAT port is free again).
+    CtFlush {
+        filter: CtFilter,
+    },
+}
+
+/// Which connection-table entries `strake ct list` / `flush` mean; every
+/// field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtFilter {
+    /// Any address of the entry: its key's source or destination, the
+    /// client, the frontend, the backend.
+    pub addr: Option<Ipv4Addr>,
+    /// The key's source address (as the entry's packets carry it).
+    pub src: Option<Ipv4Addr>,
+    /// The key's destination address.
+    pub dst: Option<Ipv4Addr>,
+    /// Any port of the entry (key ports, client, frontend, backend, NAT).
+    pub port: Option<u16>,
+    /// `tcp`, `udp`, `icmp` or a protocol number.
+    pub proto: Option<String>,
+    /// `service`, `reply` or `policy`.
+    pub kind: Option<String>,
+}
+
+/// One entry of the connection table (ebpf/include/conntrack.h).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtEntryView {
+    /// `service` (a flow to a frontend as the client sent it), `reply` (its
+    /// reply as it leaves the backend) or `policy` (a flow an endpoint's
+    /// policy let through).
+    pub kind: String,
+    pub proto: String,
+    /// The entry's key: the packets it matches.
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// `syn`, `established`, `closing` or `other` (not TCP): what sets its
+    /// timeout.
+    pub state: String,
+    /// Seconds since its flow's last packet (either direction for a
+    /// service entry with its reply entry).
+    pub idle_seconds: u32,
+    /// Seconds until the sweep may remove it, unless a packet comes.
+    pub expires_in_seconds: u32,
+    /// `snat`, `dsr`, `hairpin`, `revoked`, `exempt`.
+    pub flags: Vec<String>,
+    /// Service and reply entries: the client as it sent the flow.
+    pub client: Option<String>,
+    /// Service and reply entries: the frontend it sent to.
+    pub frontend: Option<String>,
+    /// Service and reply entries: the backend (id, and address when the
+    /// backend is still known).
+    pub backend_id: Option<u32>,
+    pub backend: Option<String>,
+    /// SNAT: the port on the node's address the flow was given.
+    pub nat_port: Option<u16>,
+    /// Policy entries: the endpoint that owns it, and the direction.
+    pub endpoint_id: Option<u32>,
+    pub direction: Option<String>,
+}
+
+/// What `strake ct list` shows of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtListView {
+    pub node: String,
+    /// Entries in the table, of every kind.
+    pub total: u64,
+    pub capacity: u64,
+    /// The entries the filter selected.
+    pub entries: Vec<CtEntryView>,
+}
+
+/// What `strake ct flush` did on one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtFlushView {
+    pub node: String,
+    /// Entries removed (a flow's service and reply entries count two).
+    pub removed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

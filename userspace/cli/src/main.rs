@@ -70,6 +70,10 @@ enum Cmd {
     /// BGP: sessions and routes of each node's BIRD.
     #[command(subcommand)]
     Bgp(BgpCmd),
+    /// The connection table: each flow's entries, state, backend and NAT
+    /// port; removing flows.
+    #[command(subcommand)]
+    Ct(CtCmd),
     /// A simulated multi-node cluster in network namespaces (runs
     /// `strake-lab`; see `strake lab --help`).
     #[command(disable_help_flag = true)]
@@ -101,6 +105,68 @@ enum BgpCmd {
     Peers(Target),
     /// Routes BIRD holds: learned (best marked) and announced.
     Routes(Target),
+}
+
+/// Which connection-table entries; every option given must match.
+#[derive(Args, Clone)]
+struct CtSelect {
+    /// Any address of the entry: source, destination, client, frontend or
+    /// backend.
+    #[arg(long)]
+    addr: Option<std::net::Ipv4Addr>,
+    /// The source address of the packets the entry matches.
+    #[arg(long)]
+    src: Option<std::net::Ipv4Addr>,
+    /// Their destination address.
+    #[arg(long)]
+    dst: Option<std::net::Ipv4Addr>,
+    /// Any port of the entry (source, destination, client, frontend,
+    /// backend, SNAT).
+    #[arg(long)]
+    port: Option<u16>,
+    /// tcp, udp, icmp, sctp or a protocol number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// service, reply or policy.
+    #[arg(long)]
+    kind: Option<String>,
+}
+
+impl CtSelect {
+    fn filter(&self) -> strake_api::CtFilter {
+        strake_api::CtFilter {
+            addr: self.addr,
+            src: self.src,
+            dst: self.dst,
+            port: self.port,
+            proto: self.proto.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// Entries per node, with the flow's state, idle time and expiry.
+    List {
+        #[command(flatten)]
+        select: CtSelect,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the selected flows (service and reply entries together, so
+    /// SNAT ports are free again); their next packets start new flows, with
+    /// a new backend choice. Without a filter, needs --all.
+    Flush {
+        #[command(flatten)]
+        select: CtSelect,
+        /// Remove every flow of the node (every translated connection
+        /// through it breaks).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +258,46 @@ fn run(cli: Cli) -> Result<()> {
                 Format::Text => {
                     for (n, r) in &all {
                         print!("{}", output::bgp_routes(n, r));
+                    }
+                }
+            }
+        }
+        Cmd::Ct(CtCmd::List { select, target }) => {
+            let req = Request::CtList {
+                filter: select.filter(),
+            };
+            let all: Vec<(String, strake_api::CtListView)> = ask(&target, req)?;
+            match target.output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all.iter().map(|(_, v)| v).collect::<Vec<_>>())?
+                ),
+                Format::Text => {
+                    for (_, v) in &all {
+                        print!("{}", output::ct(v));
+                    }
+                }
+            }
+        }
+        Cmd::Ct(CtCmd::Flush {
+            select,
+            all,
+            target,
+        }) => {
+            let filter = select.filter();
+            if filter == strake_api::CtFilter::default() && !all {
+                bail!("no filter given: name the flows (--addr, --src, --dst, --port, --proto, --kind), or pass --all to remove every flow");
+            }
+            let done: Vec<(String, strake_api::CtFlushView)> =
+                ask(&target, Request::CtFlush { filter })?;
+            match target.output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done.iter().map(|(_, v)| v).collect::<Vec<_>>())?
+                ),
+                Format::Text => {
+                    for (_, v) in &done {
+                        println!("node {}: {} entries removed", v.node, v.removed);
                     }
                 }
             }

@@ -410,3 +410,59 @@ pub fn bgp_routes(node: &str, routes: &[strake_api::BgpRouteView]) -> String {
     }
     o
 }
+
+pub fn ct(v: &strake_api::CtListView) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "node {}: {} of {} entries in the table, {} shown",
+        v.node,
+        v.total,
+        v.capacity,
+        v.entries.len()
+    );
+    if v.entries.is_empty() {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "  {:<8} {:<5} {:<22} {:<22} {:<12} {:>6} {:>8}  details",
+        "KIND", "PROTO", "SOURCE", "DESTINATION", "STATE", "IDLE", "EXPIRES"
+    );
+    for e in &v.entries {
+        let mut details = Vec::new();
+        if let Some(c) = &e.client {
+            details.push(format!("client {c}"));
+        }
+        if let Some(f) = &e.frontend {
+            details.push(format!("frontend {f}"));
+        }
+        match (&e.backend, e.backend_id) {
+            (Some(b), Some(id)) => details.push(format!("backend {b} (id {id})")),
+            (None, Some(id)) => details.push(format!("backend id {id}")),
+            _ => {}
+        }
+        if let Some(p) = e.nat_port {
+            details.push(format!("nat port {p}"));
+        }
+        if let (Some(id), Some(d)) = (e.endpoint_id, &e.direction) {
+            details.push(format!("endpoint {id} {d}"));
+        }
+        if !e.flags.is_empty() {
+            details.push(e.flags.join(","));
+        }
+        let _ = writeln!(
+            o,
+            "  {:<8} {:<5} {:<22} {:<22} {:<12} {:>5}s {:>7}s  {}",
+            e.kind,
+            e.proto,
+            format!("{}:{}", e.src, e.sport),
+            format!("{}:{}", e.dst, e.dport),
+            e.state,
+            e.idle_seconds,
+            e.expires_in_seconds,
+            details.join("  ")
+        );
+    }
+    o
+}

@@ -216,6 +216,51 @@ fn reply_flow_id(k: &ct_key, v: &ct_entry) -> FlowId {
     )
 }
 
+/// For each entry of `all`, its flow's other entry: a service entry's
+/// reply entry, and back (None for policy entries and lone entries).
+pub fn partners(all: &[(ct_key, ct_entry)]) -> Vec<Option<usize>> {
+    let mut replies: HashMap<FlowId, usize> = HashMap::new();
+    for (i, (k, v)) in all.iter().enumerate() {
+        if k.kind as u32 == STRAKE_CT_REPLY {
+            replies.insert(reply_flow_id(k, v), i);
+        }
+    }
+    let mut out = vec![None; all.len()];
+    for (i, (k, v)) in all.iter().enumerate() {
+        if k.kind as u32 == STRAKE_CT_SERVICE {
+            if let Some(&j) = replies.get(&service_flow_id(k, v)) {
+                out[i] = Some(j);
+                out[j] = Some(i);
+            }
+        }
+    }
+    out
+}
+
+/// The state and last packet time of entry `i`'s flow: with its partner's
+/// flags and time when it has one (both directions seen), its own
+/// otherwise. A policy entry sees both directions itself.
+pub fn unit_state(
+    all: &[(ct_key, ct_entry)],
+    partner: &[Option<usize>],
+    i: usize,
+) -> (FlowState, u32) {
+    let (k, v) = &all[i];
+    match partner[i] {
+        Some(j) => {
+            let r = &all[j].1;
+            (
+                flow_state(k.flow.proto, v.tcp | r.tcp, true),
+                v.last_seen.max(r.last_seen),
+            )
+        }
+        None => (
+            flow_state(k.flow.proto, v.tcp, is_policy(k.kind)),
+            v.last_seen,
+        ),
+    }
+}
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per batch system call.
@@ -315,6 +360,16 @@ impl Conntrack {
         Ok(done)
     }
 
+    /// Removes the entries under `keys`: service and policy entries
+    /// first, then reply entries, which give their SNAT ports back (so a
+    /// port is never free while a service entry still names it). One
+    /// already gone is skipped; returns how many were removed.
+    pub fn remove_flows(&mut self, keys: &[ct_key]) -> Result<u64> {
+        let (replies, first): (Vec<ct_key>, Vec<ct_key>) =
+            keys.iter().partition(|k| k.kind as u32 == STRAKE_CT_REPLY);
+        Ok(self.delete(&first)? + self.delete(&replies)?)
+    }
+
     /// Whether the entry under `k` still shows `last_seen` (or is gone).
     fn unchanged(&self, k: &ct_key, last_seen: u32) -> bool {
         match self.map.get(k, 0) {
@@ -333,50 +388,26 @@ impl Conntrack {
     pub fn sweep(&mut self, now: u32, t: &Timeouts) -> Result<SweepReport> {
         let t0 = Instant::now();
         let all = self.dump()?;
-        let mut replies: HashMap<FlowId, usize> = HashMap::new();
-        for (i, (k, v)) in all.iter().enumerate() {
-            if k.kind as u32 == STRAKE_CT_REPLY {
-                replies.insert(reply_flow_id(k, v), i);
-            }
-        }
+        let partner = partners(&all);
         let expired = |last: u32, s: FlowState| now > last && now - last > t.of(s);
         // Units judged and removed whole: a service entry with its reply
-        // entry, or one entry alone.
+        // entry, or one entry alone (a policy entry; a reply without its
+        // service entry: direct return at the backend's node, or a service
+        // entry the LRU took).
         let mut units: Vec<Vec<usize>> = Vec::new();
-        let mut paired = vec![false; all.len()];
-        for (i, (k, v)) in all.iter().enumerate() {
-            let kind = k.kind as u32;
-            if kind == STRAKE_CT_SERVICE {
-                if let Some(&j) = replies.get(&service_flow_id(k, v)) {
-                    let r = &all[j].1;
-                    paired[j] = true;
-                    let s = flow_state(k.flow.proto, v.tcp | r.tcp, true);
-                    if expired(v.last_seen.max(r.last_seen), s) {
-                        units.push(vec![i, j]);
-                    }
-                    continue;
-                }
+        for i in 0..all.len() {
+            let (k, _) = &all[i];
+            if k.kind as u32 == STRAKE_CT_REPLY && partner[i].is_some() {
+                continue; // judged with its service entry
             }
-            if kind == STRAKE_CT_SERVICE || is_policy(k.kind) {
-                let s = flow_state(k.flow.proto, v.tcp, is_policy(k.kind));
-                if expired(v.last_seen, s) {
-                    units.push(vec![i]);
-                }
-            }
-        }
-        // Replies without their service entry (direct return at the
-        // backend's node, or a service entry the LRU took).
-        for (i, (k, v)) in all.iter().enumerate() {
-            if k.kind as u32 == STRAKE_CT_REPLY
-                && !paired[i]
-                && expired(v.last_seen, flow_state(k.flow.proto, v.tcp, false))
-            {
-                units.push(vec![i]);
+            let (s, last) = unit_state(&all, &partner, i);
+            if expired(last, s) {
+                units.push(std::iter::once(i).chain(partner[i]).collect());
             }
         }
         let mut report = SweepReport::default();
         let mut gone = vec![false; all.len()];
-        let (mut first, mut last) = (Vec::new(), Vec::new());
+        let mut doomed = Vec::new();
         for unit in &units {
             if unit
                 .iter()
@@ -387,15 +418,10 @@ impl Conntrack {
             }
             for &i in unit {
                 gone[i] = true;
-                let k = all[i].0;
-                if k.kind as u32 == STRAKE_CT_REPLY {
-                    last.push(k);
-                } else {
-                    first.push(k);
-                }
+                doomed.push(all[i].0);
             }
         }
-        report.expired = self.delete(&first)? + self.delete(&last)?;
+        report.expired = self.remove_flows(&doomed)?;
         for (i, (k, v)) in all.iter().enumerate() {
             if gone[i] {
                 continue;

@@ -787,6 +787,7 @@ impl Lab {
                 ));
             }
         }
+        args.extend(self.spec.agent_args.iter().cloned());
         let pid = procs::spawn_in(
             &self.node_netns(node),
             Some(&self.node_cgroup(node)?),

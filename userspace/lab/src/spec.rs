@@ -64,6 +64,9 @@ pub struct LabSpec {
     /// The agents' `--encapsulation` (Lab `spec.encapsulation`); their
     /// default when absent.
     pub encapsulation: Option<String>,
+    /// More flags for every agent (Lab `spec.agentArgs`, a list of
+    /// strings), after the lab's own: tests set timeouts and ranges with it.
+    pub agent_args: Vec<String>,
     /// The L2 networks; one implicit /24 around the nodes when the lab
     /// declares none.
     pub fabrics: Vec<FabricSpec>,
@@ -185,6 +188,18 @@ impl LabSpec {
                                     "Lab {name}: spec.encapsulation must be cross-subnet or never (the agents' --encapsulation)"
                                 ),
                             },
+                        }
+                        if let Some(a) = spec.get("agentArgs") {
+                            self.agent_args = a
+                                .as_sequence()
+                                .and_then(|l| {
+                                    l.iter()
+                                        .map(|x| x.as_str().map(String::from))
+                                        .collect::<Option<Vec<String>>>()
+                                })
+                                .with_context(|| {
+                                    format!("Lab {name}: spec.agentArgs must be a list of strings (agent flags, e.g. [\"--snat-ports\", \"20000-20063\"])")
+                                })?;
                         }
                     }
                     "Fabric" => self
@@ -340,6 +355,7 @@ impl LabSpec {
             externals: Vec::new(),
             xdp: true,
             encapsulation: None,
+            agent_args: Vec::new(),
             fabrics: Vec::new(),
             routers: Vec::new(),
             state,

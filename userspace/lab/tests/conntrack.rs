@@ -1,0 +1,181 @@
+//! The connection table in a real lab: `strake ct list` shows a live flow
+//! through a NodePort with its backend and SNAT port, and `strake ct flush`
+//! removes it, so the flow's next packet is a new flow with a new backend
+//! choice.
+
+mod common;
+
+use common::*;
+use std::net::UdpSocket;
+use std::time::Duration;
+use strake_api::LbStatus;
+
+fn nodeport_service() -> String {
+    "apiVersion: v1\nkind: Service\nmetadata: {namespace: ct, name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.20\n  selector: {app: web}\n  ports:\n  - {name: dns, port: 80, targetPort: dns, protocol: UDP, nodePort: 30053}\n".into()
+}
+
+/// `strake ct ARGS --lab DIR --node NODE -o json`, parsed.
+fn ct(lab: &YamlLab, node: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(strake_lab::procs::bin("strake").unwrap())
+        .arg("ct")
+        .args(args)
+        .args(["--lab", &lab.dir.display().to_string(), "--node", node])
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "strake ct {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0].clone()
+}
+
+#[test]
+fn ct_list_shows_a_live_flow_and_ct_flush_lets_its_next_packet_pick_a_new_backend() {
+    let files = vec![
+        (
+            "nodes.yaml",
+            node_yaml("cta", "10.244.1.0/24", "10.0.0.1")
+                + "---\n"
+                + &node_yaml("ctb", "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("w1.yaml", pod_yaml("ct", "w1", "ctb", "web", false)),
+        ("svc.yaml", nodeport_service()),
+        (
+            "ext.yaml",
+            "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: ctx}\nspec: {address: 10.0.0.100}\n".into(),
+        ),
+    ];
+    let lab = yaml_lab("ct", &files);
+    let ext = lab.ext_netns("ctx");
+    // cta resolves ctb first: XDP hands a SNATed packet whose next hop is
+    // unresolved to the stack, which drops it (its source is the node's own
+    // address): a known gap of the XDP forward path, not of the table.
+    strake_lab::probe::ping(&lab.node_netns("cta"), "10.0.0.2".parse().unwrap()).unwrap();
+    // One UDP socket: every datagram is the same flow, pinned to w1 (the
+    // only backend, on the other node: SNATed at cta).
+    let sock = strake_netlink::netns::run_in(&ext, || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.connect("10.0.0.1:30053")?;
+        Ok(s)
+    })
+    .unwrap();
+    let ask = |s: &UdpSocket| -> String {
+        s.send(b"x").unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.recv(&mut buf).expect("an answer");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    // The first datagram may go while the nodes' neighbours still resolve
+    // (UDP has no retransmission): the first answer within a few tries.
+    let first = (0..5).find_map(|_| {
+        sock.send(b"x").ok()?;
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    });
+    if first.is_none() {
+        let mut buf = [0u8; 256];
+        let e = sock.send(b"x").and_then(|_| sock.recv(&mut buf));
+        let lb: LbStatus = lab.agent("cta", strake_api::Request::LbList).unwrap();
+        let st: strake_api::AgentStatus = lab.agent("cta", strake_api::Request::Status).unwrap();
+        panic!(
+            "no answer ({e:?}); ct {:#}\nlb {lb:#?}\ncounters {:?}",
+            ct(&lab, "cta", &["list"]),
+            st.counters
+        );
+    }
+    assert_eq!(first.as_deref(), Some("ct/w1"));
+    let cport = sock.local_addr().unwrap().port();
+
+    let listed = ct(
+        &lab,
+        "cta",
+        &["list", "--addr", "10.0.0.100", "--proto", "udp"],
+    );
+    let entries = listed["entries"].as_array().unwrap();
+    let service = entries
+        .iter()
+        .find(|e| e["kind"] == "service")
+        .unwrap_or_else(|| panic!("no service entry: {listed:#}"));
+    assert_eq!(service["src"], "10.0.0.100");
+    assert_eq!(service["sport"], cport);
+    assert_eq!(service["dport"], 30053);
+    assert_eq!(service["state"], "other");
+    assert!(service["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "snat"));
+    let w1 = lab.pod_ip("ct", "w1").unwrap();
+    assert_eq!(service["backend"], format!("{w1}:80"), "{listed:#}");
+    let nat_port = service["nat_port"].as_u64().expect("a SNAT port");
+    let reply = entries
+        .iter()
+        .find(|e| e["kind"] == "reply")
+        .unwrap_or_else(|| panic!("no reply entry: {listed:#}"));
+    assert_eq!(reply["dport"].as_u64(), Some(nat_port), "{listed:#}");
+    assert_eq!(reply["client"], format!("10.0.0.100:{cport}"));
+    // Filters that do not match show nothing.
+    let none = ct(
+        &lab,
+        "cta",
+        &["list", "--addr", "10.0.0.100", "--proto", "tcp"],
+    );
+    assert_eq!(none["entries"].as_array().unwrap().len(), 0, "{none:#}");
+
+    // A second backend, and the first draining: the pinned flow stays on
+    // w1 (established flows keep their backend)...
+    std::fs::write(
+        lab.dir.join("w2.yaml"),
+        pod_yaml("ct", "w2", "ctb", "web", false),
+    )
+    .unwrap();
+    lab.add_pod(&pod_spec("ct", "w2", "ctb", "web")).unwrap();
+    std::fs::write(
+        lab.dir.join("w1.yaml"),
+        pod_yaml("ct", "w1", "ctb", "web", true),
+    )
+    .unwrap();
+    lab.wait_lb(
+        "w2 active, w1 draining",
+        Duration::from_secs(10),
+        |s: &LbStatus| {
+            let bs: Vec<_> = s.services.iter().flat_map(|x| &x.backends).collect();
+            bs.iter()
+                .any(|b| b.pod.as_deref() == Some("ct/w2") && b.active)
+                && bs
+                    .iter()
+                    .any(|b| b.pod.as_deref() == Some("ct/w1") && !b.active)
+        },
+    )
+    .unwrap();
+    for _ in 0..5 {
+        assert_eq!(ask(&sock), "ct/w1", "the pinned flow keeps its backend");
+    }
+    // ...until it is flushed: both its entries go, and the next datagram
+    // is a new flow, which only w2 may take.
+    let flushed = ct(
+        &lab,
+        "cta",
+        &["flush", "--src", "10.0.0.100", "--port", &cport.to_string()],
+    );
+    assert_eq!(
+        flushed["removed"], 2,
+        "service and reply entries: {flushed:#}"
+    );
+    let left = ct(&lab, "cta", &["list", "--addr", "10.0.0.100"]);
+    assert_eq!(left["entries"].as_array().unwrap().len(), 0, "{left:#}");
+    assert_eq!(ask(&sock), "ct/w2", "the flushed flow starts over");
+
+    // Flushing everything needs saying so.
+    let out = std::process::Command::new(strake_lab::procs::bin("strake").unwrap())
+        .args(["ct", "flush", "--lab", &lab.dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+}
