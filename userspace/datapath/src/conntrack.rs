@@ -1,6 +1,7 @@
 //! The connection table, st_ct (ebpf/include/conntrack.h): service, reply
 //! and policy entries in one LRU map, told apart by their key's kind.
 
+use crate::batch::{bpf_batch, BatchAttr, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_BATCH};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use std::collections::{BTreeMap, HashMap};
@@ -261,41 +262,8 @@ pub fn unit_state(
     }
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per batch system call.
 const BATCH: usize = 4096;
-
-/// `union bpf_attr`'s `batch` member (linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: attr points at buffers the caller keeps alive for the call,
-    // sized for `count` keys and values.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 impl Conntrack {
     /// Every entry, read with BPF_MAP_LOOKUP_BATCH (4096 a call). Entries

@@ -16,27 +16,13 @@ use strake_ebpf::shared::{
     STRAKE_MAP_MAGLEV, STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
 };
 
+use crate::batch::{bpf_batch, BatchAttr, BPF_MAP_DELETE_BATCH, BPF_MAP_UPDATE_BATCH};
+
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Tables staged before an automatic commit (each holds an fd until then).
 const TABLE_BATCH: usize = 512;
-
-/// `union bpf_attr`'s `batch` member (linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
 
 /// BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH of u32 keys and values.
 fn map_batch(
@@ -53,19 +39,7 @@ fn map_batch(
         map_fd: map.as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: attr points at keys/values that outlive the call; the kernel
-    // reads `count` elements of each and writes back `count`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    bpf_batch(cmd, &mut attr)?;
     if attr.count as usize != keys.len() {
         return Err(std::io::Error::other(format!(
             "batch stopped after {} of {} elements",

@@ -8,6 +8,7 @@
 //! swaps the program behind every pinned link with `bpf_link_update`, which is
 //! atomic: no packet sees a missing program, so established flows never notice.
 
+mod batch;
 mod bpffs;
 pub mod conntrack;
 pub mod lb;
