@@ -324,6 +324,48 @@ fn xdp_snat_to_a_remote_backend_and_back() {
     .unwrap();
 }
 
+/// XDP cannot resolve a neighbour, and the stack drops a frame whose source
+/// is its own address (a martian), resolving nothing: a SNATed frame whose
+/// next hop is unresolved goes up marked, translated as it would leave, for
+/// tc to route with bpf_redirect_neigh (the lab's conntrack test shows the
+/// whole way).
+#[test]
+fn xdp_snat_behind_an_unresolved_next_hop_goes_up_marked_for_tc_to_route() {
+    with_testnet(|net| {
+        net.add_local_pods()?;
+        net.lb_node()?;
+        let mut svc = TestService::tcp(LB_IP, 80, vec![(UNRESOLVED_POD, 8080, false)]);
+        svc.flags = strake_datapath::shared::STRAKE_SVC_F_EXTERNAL;
+        net.add_service(&svc)?;
+        let up0 = net.topo.up0.clone();
+        let p = tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 50001, 80, 64);
+        let out = net.run_xdp(up0.index, &p)?;
+        assert_eq!(out.retval, XDP_PASS, "up to tc");
+        // Test runs hand back the metadata before the frame.
+        assert_eq!(out.data.len(), p.len() + 4, "4 bytes of metadata");
+        let (meta, frame) = out.data.split_at(4);
+        assert_eq!(
+            u32::from_ne_bytes(meta.try_into().unwrap()),
+            strake_datapath::shared::STRAKE_META_ROUTE
+        );
+        let (src, _, dst, dport) = addrs(frame);
+        assert_eq!((src, dst, dport), (NODE_IP, UNRESOLVED_POD, 8080));
+        assert_eq!(ttl(frame), 64, "tc decrements it when it routes");
+        dnat_ok(frame);
+        assert_eq!(net.counter("xdp_neigh_to_tc"), 1);
+        assert_eq!(net.counter("pass_stack"), 0);
+        // A frame XDP routes itself carries no mark.
+        let mut svc = TestService::tcp(LB_IP, 81, vec![(REMOTE_POD, 8080, false)]);
+        svc.flags = strake_datapath::shared::STRAKE_SVC_F_EXTERNAL;
+        net.add_service(&svc)?;
+        let p = tcp(PEER_NODE_MAC, up0.mac, CLIENT, LB_IP, 50001, 81, 64);
+        let out = net.run_xdp(up0.index, &p)?;
+        assert_eq!((out.retval, out.data.len()), (XDP_TX, p.len()));
+        Ok(())
+    })
+    .unwrap();
+}
+
 #[test]
 fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
     with_testnet(|net| {

@@ -13,6 +13,8 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include "counters.h"
+#include "parse.h"
 #include "skb.h"
 
 #define STRAKE_CTX_SKB 1
@@ -21,9 +23,6 @@ typedef struct __sk_buff ctx_t;
 
 #define CTX_PASS TC_ACT_OK
 #define CTX_DROP TC_ACT_SHOT
-/* tc can hand a packet to the kernel to resolve its next hop's neighbour. */
-#define CTX_REDIRECT_NEIGH 1
-
 static __always_inline void *ctx_data(ctx_t *ctx)
 {
 	return (void *)(long)ctx->data;
@@ -75,6 +74,31 @@ static __always_inline __u32 ctx_ingress_ifindex(ctx_t *ctx)
 static __always_inline int ctx_redirect(ctx_t *ctx, __u32 ifindex)
 {
 	return bpf_redirect(ifindex, 0);
+}
+
+/* Routed out of `ifindex` to next hop `nh`, whose neighbour the kernel
+ * resolves (and fills the MACs). */
+static __always_inline int ctx_redirect_neigh(ctx_t *ctx, struct packet *p, __u32 ifindex, __be32 nh)
+{
+	struct bpf_redir_neigh n = {
+		.nh_family = AF_INET,
+		.ipv4_nh = nh,
+	};
+
+	ipv4_decrease_ttl(p->ip);
+	count(STRAKE_CNT_FWD_NEIGH, ctx_len(ctx));
+	return bpf_redirect_neigh(ifindex, &n, sizeof(n), 0);
+}
+
+/* Whether XDP marked this frame for routing here (ctx_xdp.h,
+ * ctx_redirect_neigh): metadata only an XDP program can have written. */
+static __always_inline int ctx_xdp_asked_route(ctx_t *ctx)
+{
+	__u32 *meta = (void *)(long)ctx->data_meta;
+
+	if ((void *)(meta + 1) > (void *)(long)ctx->data)
+		return 0;
+	return *meta == STRAKE_META_ROUTE;
 }
 
 #endif

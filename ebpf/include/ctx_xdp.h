@@ -10,6 +10,8 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "counters.h"
 #include "csum.h"
 #include "parse.h"
 
@@ -19,9 +21,6 @@ typedef struct xdp_md ctx_t;
 
 #define CTX_PASS XDP_PASS
 #define CTX_DROP XDP_DROP
-/* XDP cannot resolve a neighbour: such packets go up to the stack. */
-#define CTX_REDIRECT_NEIGH 0
-
 static __always_inline void *ctx_data(ctx_t *ctx)
 {
 	return (void *)(long)ctx->data;
@@ -113,6 +112,37 @@ static __always_inline int ctx_redirect(ctx_t *ctx, __u32 ifindex)
 	if (ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(ifindex, 0);
+}
+
+/*
+ * A translated frame whose next hop has no neighbour entry: XDP cannot
+ * resolve one, and the stack would drop the frame (its source is often this
+ * node's own address after SNAT: a martian on arrival), never resolving the
+ * neighbour, so every retry of the flow would be lost the same way. Marked in
+ * the frame's metadata, which only XDP can write, it goes up to tc ingress
+ * (uplink.c, from_wire), which routes it with bpf_redirect_neigh. A driver
+ * without XDP metadata leaves it to the stack, as before.
+ */
+static __always_inline int ctx_redirect_neigh(ctx_t *ctx, struct packet *p, __u32 ifindex, __be32 nh)
+{
+	__u32 *meta;
+	void *data;
+
+	(void)p;
+	(void)ifindex;
+	(void)nh;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta)))
+		goto stack;
+	meta = (void *)(long)ctx->data_meta;
+	data = (void *)(long)ctx->data;
+	if ((void *)(meta + 1) > data)
+		goto stack;
+	*meta = STRAKE_META_ROUTE;
+	count(STRAKE_CNT_XDP_NEIGH_TO_TC, ctx_len(ctx));
+	return XDP_PASS;
+stack:
+	count(STRAKE_CNT_PASS_STACK, ctx_len(ctx));
+	return XDP_PASS;
 }
 
 #endif

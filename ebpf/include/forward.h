@@ -5,7 +5,8 @@
  * bpf_redirect (XDP_TX back out of the port a frame came in on), and at tc
  * deliver to a local pod with bpf_redirect_peer. Whenever the fast path
  * cannot decide, the packet goes to the kernel stack (CTX_PASS), which
- * routes it the slow but correct way.
+ * routes it the slow but correct way. A next hop without a neighbour entry
+ * is resolved by bpf_redirect_neigh (at XDP: by tc, ctx_xdp.h).
  */
 #ifndef STRAKE_FORWARD_H
 #define STRAKE_FORWARD_H
@@ -47,19 +48,11 @@ static __always_inline int fib_forward(ctx_t *ctx, struct packet *p)
 		count(STRAKE_CNT_FWD_FIB, ctx_len(ctx));
 		return ctx_redirect(ctx, fib.ifindex);
 	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH && CTX_REDIRECT_NEIGH) {
-		struct bpf_redir_neigh nh = {
-			.nh_family = AF_INET,
-			.ipv4_nh = fib.ipv4_dst, /* the lookup wrote the next hop here */
-		};
-
-		ipv4_decrease_ttl(p->ip);
-		count(STRAKE_CNT_FWD_NEIGH, ctx_len(ctx));
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
-	/* Local destination, blackhole, unreachable, forwarding off, a
-	 * neighbour XDP cannot resolve, ...: the stack knows what to do
-	 * (deliver, ICMP error, drop, resolve). */
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		/* the lookup wrote the next hop to ipv4_dst */
+		return ctx_redirect_neigh(ctx, p, fib.ifindex, fib.ipv4_dst);
+	/* Local destination, blackhole, unreachable, forwarding off, ...:
+	 * the stack knows what to do (deliver, ICMP error, drop). */
 	count(STRAKE_CNT_PASS_STACK, ctx_len(ctx));
 	return CTX_PASS;
 }

@@ -328,6 +328,11 @@ struct dsr_target_key {
  * (bpf_ktime_get_ns). Entries older than this are not trusted. */
 #define STRAKE_HC_FLOW_LIFETIME_NS (30ULL * 1000000000ULL)
 
+/* XDP metadata (the 4 bytes before a frame, in host order) marking a
+ * translated frame XDP routes but whose next hop it cannot resolve: tc
+ * ingress routes it (ctx_xdp.h, ctx_redirect_neigh). "STRK". */
+#define STRAKE_META_ROUTE 0x5354524bU
+
 /* Per-CPU packet counters, index into st_counters. Userspace sums CPUs. */
 enum strake_counter {
 	STRAKE_CNT_FWD_LOCAL = 0,   /* redirected into a local pod (redirect_peer) */
@@ -357,6 +362,7 @@ enum strake_counter {
 	STRAKE_CNT_LB_SOURCE_DENIED,    /* from outside a LoadBalancer frontend's loadBalancerSourceRanges: dropped */
 	STRAKE_CNT_CT_INSERT_FAILED,    /* a connection-table entry could not be written (table full, no memory) */
 	STRAKE_CNT_CT_REPLY_RESTORED,   /* a flow's lost reply entry put back from its service entry */
+	STRAKE_CNT_XDP_NEIGH_TO_TC,     /* translated at XDP, next hop unresolved: handed to tc to resolve it */
 	STRAKE_CNT_MAX,
 };
 

@@ -3,7 +3,8 @@
  * tc on the node's uplink.
  *
  *   from_wire  TCX ingress (after xdp.c has seen the frame): packets from
- *              the fabric. Whatever is for a local pod is checked against
+ *              the fabric. A frame XDP translated but could not route (its
+ *              next hop unresolved, ctx_xdp.h) is routed here. Whatever is for a local pod is checked against
  *              where it came from first (the stack's rp_filter never sees
  *              it: it goes straight into the pod). IPIP for a local pod is
  *              a health check from a cluster node's agent or direct return
@@ -100,6 +101,8 @@ int from_wire(struct __sk_buff *skb)
 	 * the stack accounts for and drops what it cannot use. */
 	if (skb_parse_ipv4(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
+	if (ctx_xdp_asked_route(skb))
+		return fib_forward(skb, &p);
 
 	dst = lookup_endpoint(p.ip->daddr);
 	if (!dst)

@@ -90,4 +90,5 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("lb_source_denied", shared::STRAKE_CNT_LB_SOURCE_DENIED),
     ("ct_insert_failed", shared::STRAKE_CNT_CT_INSERT_FAILED),
     ("ct_reply_restored", shared::STRAKE_CNT_CT_REPLY_RESTORED),
+    ("xdp_neigh_to_tc", shared::STRAKE_CNT_XDP_NEIGH_TO_TC),
 ];
