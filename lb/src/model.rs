@@ -94,6 +94,12 @@ pub struct Backend {
     /// that serves takes new flows when no endpoint is ready, as
     /// kube-proxy's graceful-termination fallback does.
     pub serving: bool,
+    /// Its zone: the EndpointSlice endpoint's `zone`, else its node's
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// EndpointSlice `hints.forZones`: the zones whose clients it serves
+    /// (None: no hints).
+    pub hint_zones: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +179,9 @@ pub struct ServicePort {
     /// externalTrafficPolicy Local: where this node tells load balancers
     /// how many of its endpoints serve.
     pub health_check_node_port: Option<u16>,
+    /// trafficDistribution PreferClose (or its newer name PreferSameZone):
+    /// clients prefer endpoints in their own node's zone.
+    pub prefer_close: bool,
 }
 
 impl ServicePort {
@@ -396,10 +405,30 @@ pub fn service_ports(
                             && (1..=65535).contains(p)
                     })
                     .map(|p| p as u16),
+                prefer_close: matches!(
+                    spec.traffic_distribution.as_deref(),
+                    Some("PreferClose" | "PreferSameZone")
+                ),
             });
         }
     }
     out
+}
+
+/// The node label kube-proxy reads a node's zone from.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's zone (its `topology.kubernetes.io/zone` label), if it has one.
+pub fn node_zone(state: &ClusterState, node: &str) -> Option<String> {
+    state
+        .nodes
+        .get(node)?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(ZONE_LABEL)
+        .filter(|z| !z.is_empty())
+        .cloned()
 }
 
 /// loadBalancerSourceRanges as IPv4 networks. IPv6 ranges are for IPv6
@@ -554,12 +583,26 @@ fn backends_from_slices(
                 if out.iter().any(|b| b.addr == addr) {
                     continue;
                 }
+                let node = e
+                    .node_name
+                    .clone()
+                    .or_else(|| pod.and_then(|p| p.spec.as_ref()?.node_name.clone()));
                 out.push(Backend {
                     addr,
-                    node: e
-                        .node_name
+                    zone: e
+                        .zone
                         .clone()
-                        .or_else(|| pod.and_then(|p| p.spec.as_ref()?.node_name.clone())),
+                        .or_else(|| node_zone(state, node.as_deref()?)),
+                    hint_zones: e.hints.as_ref().and_then(|h| {
+                        Some(
+                            h.for_zones
+                                .as_ref()?
+                                .iter()
+                                .map(|z| z.name.clone())
+                                .collect(),
+                        )
+                    }),
+                    node,
                     pod: pod_key.clone(),
                     weight: pod_weight(pod),
                     ready,
@@ -616,13 +659,16 @@ fn backends_from_pods(
             .map(|c| c.status == "True")
             .unwrap_or(false);
         let terminating = pod.metadata.deletion_timestamp.is_some();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         out.push(Backend {
             addr: BackendAddr {
                 ip,
                 port: target,
                 proto,
             },
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            zone: node.as_deref().and_then(|n| node_zone(state, n)),
+            hint_zones: None,
+            node,
             pod: Some(pk.clone()),
             weight: pod_weight(Some(pod)),
             ready: running && ready_cond && !terminating,

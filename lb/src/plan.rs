@@ -64,6 +64,16 @@ pub struct Plan {
 
 /// The whole plan for `services`, from scratch.
 pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr) -> bool) -> Plan {
+    plan_in_zone(services, node, None, healthy)
+}
+
+/// The same for a node in `zone`.
+pub fn plan_in_zone(
+    services: &[ServicePort],
+    node: &str,
+    zone: Option<&str>,
+    healthy: impl Fn(&BackendAddr) -> bool,
+) -> Plan {
     let mut by_service: BTreeMap<ObjectKey, Vec<ServicePort>> = BTreeMap::new();
     for sp in services {
         by_service
@@ -72,6 +82,7 @@ pub fn plan(services: &[ServicePort], node: &str, healthy: impl Fn(&BackendAddr)
             .push(sp.clone());
     }
     let mut p = Planner::new(node);
+    p.set_zone(zone.map(str::to_string));
     for (k, ports) in by_service {
         p.set_service(k, ports, &healthy);
     }
@@ -133,6 +144,9 @@ impl Dirty {
 #[derive(Debug, Clone, Default)]
 pub struct Planner {
     node: String,
+    /// This node's zone (`topology.kubernetes.io/zone`), for topology
+    /// hints and trafficDistribution PreferClose.
+    zone: Option<String>,
     services: BTreeMap<ObjectKey, ServicePlan>,
     frontends: BTreeMap<FrontendKey, Claims<FrontendPlan>>,
     sets: BTreeMap<String, Claims<SetPlan>>,
@@ -146,10 +160,44 @@ pub struct Planner {
     dirty: Dirty,
 }
 
-/// The plan of one Service's ports on `node`.
+/// The ready backends a node in `zone` prefers for a cluster-scoped set,
+/// as kube-proxy's topology filter: when every ready endpoint carries
+/// `hints.forZones`, those hinting this zone; else, for trafficDistribution
+/// PreferClose (no EndpointSlice controller wrote hints, as in standalone
+/// mode), those in this zone. None (no preference: all of them) when the
+/// node has no zone, the Service asks for none, or the zone has no
+/// endpoint: then every zone's endpoints serve, as kube-proxy falls back.
+fn zone_preferred(
+    sp: &ServicePort,
+    zone: Option<&str>,
+    usable: &dyn Fn(&crate::model::Backend) -> bool,
+) -> Option<BTreeSet<BackendAddr>> {
+    let zone = zone?;
+    let ready: Vec<&crate::model::Backend> = sp.backends.iter().filter(|b| usable(b)).collect();
+    let preferred: BTreeSet<BackendAddr> =
+        if !ready.is_empty() && ready.iter().all(|b| b.hint_zones.is_some()) {
+            ready
+                .iter()
+                .filter(|b| b.hint_zones.iter().flatten().any(|z| z == zone))
+                .map(|b| b.addr)
+                .collect()
+        } else if sp.prefer_close {
+            ready
+                .iter()
+                .filter(|b| b.zone.as_deref() == Some(zone))
+                .map(|b| b.addr)
+                .collect()
+        } else {
+            return None;
+        };
+    (!preferred.is_empty()).then_some(preferred)
+}
+
+/// The plan of one Service's ports on `node` (in `zone`).
 fn service_plan(
     ports: Vec<ServicePort>,
     node: &str,
+    zone: Option<&str>,
     healthy: &dyn Fn(&BackendAddr) -> bool,
 ) -> ServicePlan {
     let mut sp_out = ServicePlan::default();
@@ -164,9 +212,15 @@ fn service_plan(
         let is_local = |b: &crate::model::Backend| b.node.as_deref() == Some(node);
         let cluster_fallback = !sp.backends.iter().any(usable);
         let local_fallback = !sp.backends.iter().any(|b| usable(b) && is_local(b));
+        // Topology (zones) narrows the cluster scope only, as kube-proxy:
+        // a Local policy already keeps traffic on the node.
+        let preferred = zone_preferred(sp, zone, &usable);
         for b in &sp.backends {
             let is_local = is_local(b);
-            let in_cluster = usable(b) || (cluster_fallback && fallback(b));
+            let in_cluster = match &preferred {
+                Some(p) => p.contains(&b.addr),
+                None => usable(b) || (cluster_fallback && fallback(b)),
+            };
             let in_local = is_local && (usable(b) || (local_fallback && fallback(b)));
             // The local set matters only where a traffic policy is Local.
             let uses_local = sp.external_local || sp.internal_local;
@@ -285,6 +339,14 @@ impl Planner {
         }
     }
 
+    /// This node's zone. A change alters every zone-aware Service's plan:
+    /// the caller re-plans them all when this returns true.
+    pub fn set_zone(&mut self, zone: Option<String>) -> bool {
+        let changed = self.zone != zone;
+        self.zone = zone;
+        changed
+    }
+
     /// Replaces one Service's ports (an empty list, or `remove_service`,
     /// takes it out). `healthy` judges its backends now.
     pub fn set_service(
@@ -297,7 +359,7 @@ impl Planner {
         if ports.is_empty() {
             return;
         }
-        let sp = service_plan(ports, &self.node, healthy);
+        let sp = service_plan(ports, &self.node, self.zone.as_deref(), healthy);
         for (n, pi, set) in &sp.sets {
             if claim(&mut self.sets, n, (key.clone(), *pi), Some(set.clone())) {
                 self.dirty.sets.insert(n.clone());
@@ -753,5 +815,114 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert_eq!(sps[0].table_size, DEFAULT_TABLE_SIZE);
         assert_eq!(sps[0].scheduler, crate::model::Scheduler::Maglev);
+    }
+
+    /// Nodes n1, n2 in zone-a, n3 in zone-b; pods a (n1), b (n2), c (n3).
+    fn zoned(service_extra: &str, more: &str) -> Vec<ServicePort> {
+        let st = state(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: n1, labels: {{topology.kubernetes.io/zone: zone-a}}}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n2, labels: {{topology.kubernetes.io/zone: zone-a}}}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n3, labels: {{topology.kubernetes.io/zone: zone-b}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x, name: web}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]\n{service_extra}\n{more}"
+        ));
+        services(&st, &ModelOptions::default()).0
+    }
+
+    fn pod(name: &str, node: &str, ip: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{namespace: x, name: {name}, labels: {{app: web}}}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}\n")
+    }
+
+    fn members(p: &Plan, set: &str) -> Vec<String> {
+        p.sets[set]
+            .members
+            .iter()
+            .map(|(b, _)| b.ip.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn prefer_close_keeps_a_nodes_clients_in_its_zone_and_falls_back_to_all() {
+        let pods = pod("a", "n1", "10.244.1.5")
+            + &pod("b", "n2", "10.244.2.5")
+            + &pod("c", "n3", "10.244.3.5");
+        let sps = zoned("  trafficDistribution: PreferClose", &pods);
+        assert_eq!(
+            sps[0].backends[0].zone.as_deref(),
+            Some("zone-a"),
+            "from the pod's node"
+        );
+        let cluster = "x/web:http/cluster";
+        let p = plan_in_zone(&sps, "n1", Some("zone-a"), |_| true);
+        assert_eq!(members(&p, cluster), ["10.244.1.5", "10.244.2.5"]);
+        let c = BackendAddr {
+            ip: "10.244.3.5".parse().unwrap(),
+            port: 8080,
+            proto: TCP,
+        };
+        assert!(
+            !p.backends[&c].active,
+            "the other zone's takes no new flows here"
+        );
+        let p = plan_in_zone(&sps, "n3", Some("zone-b"), |_| true);
+        assert_eq!(members(&p, cluster), ["10.244.3.5"]);
+        assert!(p.backends[&c].active);
+        // Its zone's endpoint unhealthy: every zone's serve.
+        let p = plan_in_zone(&sps, "n3", Some("zone-b"), |b| b != &c);
+        assert_eq!(members(&p, cluster), ["10.244.1.5", "10.244.2.5"]);
+        // A node without a zone, or a zone without endpoints: all of them.
+        for (node, zone) in [("n4", None), ("n4", Some("zone-c"))] {
+            let p = plan_in_zone(&sps, node, zone, |_| true);
+            assert_eq!(members(&p, cluster).len(), 3, "{zone:?}");
+        }
+        // Without trafficDistribution (and no hints), zones do not matter.
+        let sps = zoned("", &pods);
+        let p = plan_in_zone(&sps, "n3", Some("zone-b"), |_| true);
+        assert_eq!(members(&p, cluster).len(), 3);
+    }
+
+    #[test]
+    fn topology_hints_choose_for_the_zone_they_name_when_every_ready_endpoint_has_them() {
+        let slice = |hint_c: &str| {
+            format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: x, name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- {{addresses: [10.244.1.5], nodeName: n1, zone: zone-a, hints: {{forZones: [{{name: zone-a}}]}}}}\n- {{addresses: [10.244.3.5], nodeName: n3, zone: zone-b, hints: {{forZones: [{{name: zone-b}}, {{name: zone-c}}]}}}}\n- {{addresses: [10.244.3.6], nodeName: n3, zone: zone-b{hint_c}}}\n- {{addresses: [10.244.3.7], nodeName: n3, conditions: {{ready: false}}}}\n")
+        };
+        let sps = zoned("", &slice(", hints: {forZones: [{name: zone-a}]}"));
+        let cluster = "x/web:http/cluster";
+        let p = plan_in_zone(&sps, "n2", Some("zone-a"), |_| true);
+        assert_eq!(
+            members(&p, cluster),
+            ["10.244.1.5", "10.244.3.6"],
+            "hints, not the endpoint's own zone; the not-ready one needs none"
+        );
+        let p = plan_in_zone(&sps, "n9", Some("zone-c"), |_| true);
+        assert_eq!(
+            members(&p, cluster),
+            ["10.244.3.5"],
+            "a zone without endpoints of its own"
+        );
+        // One ready endpoint without hints: kube-proxy ignores them all.
+        let sps = zoned("", &slice(""));
+        let p = plan_in_zone(&sps, "n2", Some("zone-a"), |_| true);
+        assert_eq!(members(&p, cluster).len(), 3);
+    }
+
+    #[test]
+    fn a_zone_change_replans_and_local_policies_ignore_zones() {
+        let pods = pod("a", "n1", "10.244.1.5") + &pod("c", "n3", "10.244.3.5");
+        let sps = zoned(
+            "  trafficDistribution: PreferClose\n  externalTrafficPolicy: Local",
+            &pods,
+        );
+        let mut planner = Planner::new("n1");
+        assert!(!planner.set_zone(None));
+        planner.set_service(sps[0].service.clone(), sps.clone(), &|_| true);
+        let cluster = "x/web:http/cluster";
+        assert_eq!(planner.set(cluster).unwrap().members.len(), 2);
+        planner.take_dirty();
+        assert!(planner.set_zone(Some("zone-a".into())));
+        planner.set_service(sps[0].service.clone(), sps.clone(), &|_| true);
+        assert!(planner.take_dirty().sets.contains(cluster));
+        assert_eq!(planner.set(cluster).unwrap().members.len(), 1);
+        assert_eq!(
+            planner.set("x/web:http/local").unwrap().members.len(),
+            1,
+            "the node's own, zones or not"
+        );
     }
 }

@@ -458,6 +458,8 @@ fn api_object(o: &Object) -> Option<(usize, Value)> {
     Some((coll, v))
 }
 
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// The EndpointSlices the endpoints controller keeps for a Service with a
 /// selector: every pod of its namespace the selector matches that has an
 /// address and has not finished, with its conditions (ready: running, Ready
@@ -510,14 +512,38 @@ pub fn endpoint_slices(
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .is_some_and(|c| c.status == "True");
         let terminating = pod.metadata.deletion_timestamp.is_some();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        // The controller copies the node's zone, and for
+        // trafficDistribution PreferClose hints that zone (as the
+        // EndpointSlice controller's PreferClose heuristic does).
+        let zone = node.as_deref().and_then(|n| {
+            st.nodes
+                .get(n)?
+                .metadata
+                .labels
+                .as_ref()?
+                .get(ZONE_LABEL)
+                .cloned()
+        });
+        let prefer_close = matches!(
+            spec.traffic_distribution.as_deref(),
+            Some("PreferClose" | "PreferSameZone")
+        );
         groups.entry(ports).or_default().push(Endpoint {
+            hints: zone.clone().filter(|_| prefer_close).map(|z| {
+                k8s_openapi::api::discovery::v1::EndpointHints {
+                    for_zones: Some(vec![k8s_openapi::api::discovery::v1::ForZone { name: z }]),
+                    ..Default::default()
+                }
+            }),
+            zone,
             addresses: vec![ip],
             conditions: Some(EndpointConditions {
                 ready: Some(phase == "Running" && pod_ready && !terminating),
                 serving: Some(pod_ready),
                 terminating: Some(terminating),
             }),
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            node_name: node,
             target_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
                 kind: Some("Pod".into()),
                 namespace: Some(pk.namespace.clone()),

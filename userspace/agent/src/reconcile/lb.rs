@@ -340,10 +340,28 @@ impl<K: LbKernel> Phase for LbPhase<K> {
     }
 
     fn kinds(&self) -> KindSet {
-        KindSet::of(&[Kind::Service, Kind::EndpointSlice, Kind::Pod])
+        KindSet::of(&[Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node])
     }
 
-    fn note(&mut self, change: &Change, _state: &ClusterState) -> bool {
+    fn note(&mut self, change: &Change, state: &ClusterState) -> bool {
+        let zone = |o: &Option<strake_source::Object>| match o {
+            Some(strake_source::Object::Node(n)) => n
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(strake_lb::model::ZONE_LABEL).cloned()),
+            _ => None,
+        };
+        if change.kind() == Kind::Node {
+            // A node's zone is every zone-aware Service's business: this
+            // node's picks its preferred endpoints, another's moves that
+            // node's endpoints between zones. Rare; re-plan them all.
+            if zone(&change.old) == zone(&change.new) {
+                return false;
+            }
+            self.touched.extend(state.services.keys().cloned());
+            return true;
+        }
         let t = self.deps.touched(change);
         let any = !t.is_empty();
         self.touched.extend(t);
@@ -371,7 +389,10 @@ impl<K: LbKernel> Phase for LbPhase<K> {
             lb.planner = Planner::new(&self.node);
             self.loaded = true;
         }
-        let services: BTreeSet<ObjectKey> = if pass.full {
+        let zone_moved = lb
+            .planner
+            .set_zone(strake_lb::model::node_zone(pass.state, &self.node));
+        let services: BTreeSet<ObjectKey> = if pass.full || zone_moved {
             self.touched.clear();
             pass.state
                 .services
