@@ -315,6 +315,9 @@ impl TestNet {
                 table_size,
                 affinity_timeout: s.affinity,
                 flags: s.flags,
+                inside_set_id: s.set_id,
+                inside_count: ids.len() as u32,
+                inside_table_size: table_size,
             },
         )?;
         Ok(ids)

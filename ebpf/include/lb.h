@@ -169,7 +169,7 @@ static __always_inline int lb_from_pod(ctx_t *ctx, struct packet *p, const struc
 		count(STRAKE_CNT_LB_FRAGMENT, bytes);
 		return LB_DROP;
 	}
-	if (lb_select(svc, &fk, LB_SEL_PINNED, &c))
+	if (lb_select(svc, &fk, LB_SEL_PINNED | LB_SEL_INSIDE, &c))
 		return lb_no_backend(ctx, p, l4, svc, bytes);
 	lb_observe(&c, fk.proto, l4->tcp_flags);
 	baddr = c.be->addr;

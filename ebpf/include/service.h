@@ -61,15 +61,20 @@ static __always_inline void lb_account(__u32 frontend_id, __u32 backend_id, __u3
 	}
 }
 
-/* A backend for a new flow of `svc`. */
-static __always_inline int lb_pick(const struct svc_info *svc, const struct flow_key *fk, __u32 *backend_id)
+/* A backend for a new flow of `svc`, from the set of clients outside the
+ * cluster (set_id) or inside it (inside_set_id). */
+static __always_inline int lb_pick(const struct svc_info *svc, const struct flow_key *fk, int inside,
+				   __u32 *backend_id)
 {
 	const struct lb_config *cfg = lb_config();
 	struct affinity_key ak = { .client = fk->saddr, .frontend_id = svc->frontend_id };
+	__u32 set_id = inside ? svc->inside_set_id : svc->set_id;
+	__u32 count = inside ? svc->inside_count : svc->count;
+	__u32 table_size = inside ? svc->inside_table_size : svc->table_size;
 	__u64 now = 0;
 	__u32 *b;
 
-	if (svc->count == 0)
+	if (count == 0)
 		return -1;
 	if (svc->affinity_timeout) {
 		struct affinity_entry *a = bpf_map_lookup_elem(&st_affinity, &ak);
@@ -86,11 +91,11 @@ static __always_inline int lb_pick(const struct svc_info *svc, const struct flow
 		}
 	}
 	b = 0;
-	if (svc->table_size) {
-		void *table = bpf_map_lookup_elem(&st_maglev, &svc->set_id);
+	if (table_size) {
+		void *table = bpf_map_lookup_elem(&st_maglev, &set_id);
 		__u32 hash = flow_hash(fk->saddr, fk->daddr, ((__u32)fk->sport << 16) | fk->dport,
 				       fk->proto, cfg ? cfg->hash_seed : 0);
-		__u32 idx = hash % svc->table_size;
+		__u32 idx = hash % table_size;
 
 		if (table)
 			b = bpf_map_lookup_elem(table, &idx);
@@ -98,8 +103,8 @@ static __always_inline int lb_pick(const struct svc_info *svc, const struct flow
 	/* The random scheduler; or a Maglev set whose table is not in yet, or
 	 * was just swapped for one of another size (the agent installs tables
 	 * before it updates the service): pick among the set's slots. */
-	if (!b && svc->count) {
-		struct slot_key sk = { .set_id = svc->set_id, .slot = bpf_get_prandom_u32() % svc->count };
+	if (!b && count) {
+		struct slot_key sk = { .set_id = set_id, .slot = bpf_get_prandom_u32() % count };
 
 		b = bpf_map_lookup_elem(&st_slots, &sk);
 	}
@@ -126,6 +131,7 @@ struct lb_choice {
 
 /* lb_select() flags. */
 #define LB_SEL_PINNED 1 /* a packet's flow: keep it on the backend its entry pins */
+#define LB_SEL_INSIDE 2 /* the client is inside the cluster: svc_info's inside set */
 
 /*
  * The backend for flow `fk` to frontend `svc`: the one its service entry
@@ -156,7 +162,7 @@ static __always_inline int lb_select(const struct svc_info *svc, const struct fl
 			}
 		}
 	}
-	if (lb_pick(svc, fk, &bid))
+	if (lb_pick(svc, fk, flags & LB_SEL_INSIDE, &bid))
 		return -1;
 	c->be = bpf_map_lookup_elem(&st_backends, &bid);
 	if (!c->be)

@@ -13,7 +13,7 @@
 
 #include <linux/types.h>
 
-#define STRAKE_MAP_LAYOUT_VERSION 3
+#define STRAKE_MAP_LAYOUT_VERSION 4
 
 /* Map names, as maps.h defines them (a test checks both agree): userspace
  * opens and sizes the pinned maps by these, never by retyped strings. */
@@ -98,6 +98,14 @@ struct svc_info {
 	__u32 table_size;       /* Maglev table size M; 0 = random scheduler */
 	__u32 affinity_timeout; /* seconds; 0 = no ClientIP session affinity */
 	__u32 flags;            /* STRAKE_SVC_F_* */
+	/* The set clients inside the cluster (pods, the node's own processes)
+	 * get: the internal traffic policy's. It differs from set_id only for
+	 * an externalTrafficPolicy Local external frontend, which from inside
+	 * reaches every endpoint, as kube-proxy short-circuits pod and node
+	 * traffic to external destinations to the Service's cluster chain. */
+	__u32 inside_set_id;
+	__u32 inside_count;
+	__u32 inside_table_size;
 };
 
 #define STRAKE_SVC_F_EXTERNAL (1U << 0) /* reachable from outside: NodePort, LoadBalancer, externalIP */

@@ -74,7 +74,7 @@ static __always_inline const struct backend_info *sock_pick(struct bpf_sock_addr
 
 	struct lb_choice c;
 
-	if (lb_select(svc, &fk, 0, &c))
+	if (lb_select(svc, &fk, LB_SEL_INSIDE, &c))
 		return 0;
 	*bid = c.ct.backend_id;
 	return c.be;

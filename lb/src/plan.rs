@@ -22,6 +22,11 @@ pub struct FrontendPlan {
     pub service: String,
     pub kind: crate::model::FrontendKind,
     pub set: String,
+    /// The set of clients inside the cluster (pods, the node itself): the
+    /// internal traffic policy's. Only an externalTrafficPolicy Local
+    /// external frontend has one that differs from `set` (kube-proxy sends
+    /// pod and node traffic to its external addresses to every endpoint).
+    pub inside_set: String,
     pub affinity_timeout: u32,
     pub external: bool,
     pub dsr: bool,
@@ -247,20 +252,24 @@ fn service_plan(
             } else {
                 sp.internal_local
             };
-            let set = format!(
-                "{}/{}",
-                sp.name(),
-                if use_local { "local" } else { "cluster" }
-            );
-            let members = if use_local { &local } else { &cluster };
-            let table_size = match sp.scheduler {
-                Scheduler::Maglev if sp.table_size_fixed => sp.table_size,
-                Scheduler::Maglev => crate::maglev::table_size_for(members.len(), sp.table_size),
-                Scheduler::Random => 0,
-            };
-            if !sp_out.sets.iter().any(|(n, i, _)| *n == set && *i == pi) {
+            let set_name =
+                |local: bool| format!("{}/{}", sp.name(), if local { "local" } else { "cluster" });
+            let set = set_name(use_local);
+            let inside_set = set_name(sp.internal_local);
+            for (name, is_local) in [(&set, use_local), (&inside_set, sp.internal_local)] {
+                if sp_out.sets.iter().any(|(n, i, _)| n == name && *i == pi) {
+                    continue;
+                }
+                let members = if is_local { &local } else { &cluster };
+                let table_size = match sp.scheduler {
+                    Scheduler::Maglev if sp.table_size_fixed => sp.table_size,
+                    Scheduler::Maglev => {
+                        crate::maglev::table_size_for(members.len(), sp.table_size)
+                    }
+                    Scheduler::Random => 0,
+                };
                 sp_out.sets.push((
-                    set.clone(),
+                    name.clone(),
                     pi,
                     SetPlan {
                         members: members.clone(),
@@ -290,6 +299,7 @@ fn service_plan(
                     service: sp.name(),
                     kind: f.kind,
                     set,
+                    inside_set,
                     affinity_timeout: sp.affinity_timeout.unwrap_or(0),
                     external,
                     dsr,
@@ -370,13 +380,16 @@ impl Planner {
             // rewrites it.
             if claim(&mut self.frontends, f, (key.clone(), *pi), Some(fp.clone()))
                 || self.dirty.sets.contains(&fp.set)
+                || self.dirty.sets.contains(&fp.inside_set)
             {
                 self.dirty.frontends.insert(*f);
             }
-            self.set_frontends
-                .entry(fp.set.clone())
-                .or_default()
-                .insert(*f);
+            for set in [&fp.set, &fp.inside_set] {
+                self.set_frontends
+                    .entry(set.clone())
+                    .or_default()
+                    .insert(*f);
+            }
         }
         for (b, local, active) in &sp.backends {
             let before = self.backend(b);
@@ -413,10 +426,12 @@ impl Planner {
             if claim::<_, FrontendPlan>(&mut self.frontends, f, (key.clone(), *pi), None) {
                 self.dirty.frontends.insert(*f);
             }
-            if let Some(s) = self.set_frontends.get_mut(&fp.set) {
-                s.remove(f);
-                if s.is_empty() {
-                    self.set_frontends.remove(&fp.set);
+            for set in [&fp.set, &fp.inside_set] {
+                if let Some(s) = self.set_frontends.get_mut(set) {
+                    s.remove(f);
+                    if s.is_empty() {
+                        self.set_frontends.remove(set);
+                    }
                 }
             }
         }
@@ -730,6 +745,11 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
             "Local policy: no DSR, no SNAT, local backends"
         );
         assert_eq!(p.sets[&lb.set].members.len(), 1);
+        assert_eq!(
+            (lb.inside_set.as_str(), p.sets[&lb.inside_set].members.len()),
+            ("x/web:http/cluster", 2),
+            "clients inside the cluster reach every endpoint"
+        );
         let cip = &p.frontends[&FrontendKey {
             addr: "10.96.0.10".parse().unwrap(),
             port: 80,
@@ -737,6 +757,7 @@ status: {phase: Running, podIP: 10.244.1.7, conditions: [{type: Ready, status: "
         }];
         assert!(!cip.external && !cip.local);
         assert_eq!(p.sets[&cip.set].members.len(), 2);
+        assert_eq!(cip.inside_set, cip.set);
     }
 
     #[test]

@@ -496,7 +496,20 @@ fn backend_value(addr: &BackendAddr, bp: &BackendPlan) -> backend_info {
     }
 }
 
-fn frontend_value(fp: &FrontendPlan, set: &SetPlan, fid: u32, set_id: u32) -> svc_info {
+/// A set's (id, slots, Maglev table size) as a frontend's entry names it.
+type SetRef<'a> = (&'a SetPlan, u32);
+
+fn set_fields((set, id): SetRef<'_>) -> (u32, u32, u32) {
+    let count = set.members.iter().map(|(_, w)| *w).sum();
+    let table = if set.members.is_empty() {
+        0
+    } else {
+        set.table_size
+    };
+    (id, count, table)
+}
+
+fn frontend_value(fp: &FrontendPlan, set: SetRef<'_>, inside: SetRef<'_>, fid: u32) -> svc_info {
     let mut flags = 0;
     if fp.external {
         flags |= STRAKE_SVC_F_EXTERNAL;
@@ -513,17 +526,18 @@ fn frontend_value(fp: &FrontendPlan, set: &SetPlan, fid: u32, set_id: u32) -> sv
     if fp.source_ranges.is_some() {
         flags |= STRAKE_SVC_F_SOURCE_RANGES;
     }
+    let (set_id, count, table_size) = set_fields(set);
+    let (inside_set_id, inside_count, inside_table_size) = set_fields(inside);
     svc_info {
         frontend_id: fid,
         set_id,
-        count: set.members.iter().map(|(_, w)| *w).sum(),
-        table_size: if set.members.is_empty() {
-            0
-        } else {
-            set.table_size
-        },
+        count,
+        table_size,
         affinity_timeout: fp.affinity_timeout,
         flags,
+        inside_set_id,
+        inside_count,
+        inside_table_size,
     }
 }
 
@@ -641,7 +655,9 @@ fn apply<K: LbKernel>(k: &mut K, lb: &mut LbState, dirty: &Dirty) -> Result<usiz
         for fk in &dirty.frontends {
             match planner.frontend(fk) {
                 Some(fp) => {
-                    let Some(set) = planner.set(&fp.set) else {
+                    let (Some(set), Some(inside)) =
+                        (planner.set(&fp.set), planner.set(&fp.inside_set))
+                    else {
                         continue;
                     };
                     let (fid, new) = fpool.allocate(&mut ids.frontends, fkey(fk))?;
@@ -649,10 +665,18 @@ fn apply<K: LbKernel>(k: &mut K, lb: &mut LbState, dirty: &Dirty) -> Result<usiz
                         *ids_dirty = true;
                         k.reset_counters(Some(fid), None)?;
                     }
-                    let set_id = ids.sets[&fp.set];
-                    let value = frontend_value(fp, set, fid, set_id);
+                    let value = frontend_value(
+                        fp,
+                        (set, ids.sets[&fp.set]),
+                        (inside, ids.sets[&fp.inside_set]),
+                        fid,
+                    );
                     let old = applied.frontends.get(fk);
-                    if old != Some(fp) || changed_sets.contains(&fp.set) || new {
+                    if old != Some(fp)
+                        || changed_sets.contains(&fp.set)
+                        || changed_sets.contains(&fp.inside_set)
+                        || new
+                    {
                         // Source ranges in before the frontend enforces
                         // them, out after it stops (or another took the
                         // id: a recycled id starts clean).
@@ -744,12 +768,16 @@ fn observe<K: LbKernel>(k: &mut K, lb: &mut LbState) -> Result<usize> {
     for (key, info) in k.services()? {
         let fk = frontend_of(&key);
         let want = lb.applied.frontends.get(&fk).and_then(|fp| {
-            let set = lb.applied.sets.get(&fp.set)?;
+            let set = (lb.applied.sets.get(&fp.set)?, *lb.ids.sets.get(&fp.set)?);
+            let inside = (
+                lb.applied.sets.get(&fp.inside_set)?,
+                *lb.ids.sets.get(&fp.inside_set)?,
+            );
             Some(frontend_value(
                 fp,
                 set,
+                inside,
                 *lb.ids.frontends.get(&fkey(&fk))?,
-                *lb.ids.sets.get(&fp.set)?,
             ))
         });
         match want {
