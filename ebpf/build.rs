@@ -28,7 +28,7 @@ fn main() {
     let bindings = bindgen::Builder::default()
         .header(include.join("shared.h").to_string_lossy())
         .clang_arg(format!("-I{}", multiarch_include()))
-        .allowlist_type("endpoint_info|counter_value|strake_counter|svc_key|svc_info|backend_info|slot_key|flow_key|ct_key|ct_entry|strake_ct_kind|affinity_key|affinity_entry|lb_stats|lb_config|ipcache_key|policy_key|policy_key_data|policy_verdict|pol_config|strake_direction|trust_config|dsr_target_key|sock_rev_key|sock_rev_entry|sock_fwd_key|sock_lb_stats|lb_source_key")
+        .allowlist_type("endpoint_info|counter_value|strake_counter|svc_key|svc_info|backend_info|slot_key|flow_key|ct_key|ct_entry|strake_ct_kind|affinity_key|affinity_entry|lb_stats|lb_config|ipcache_key|policy_key|policy_key_data|policy_verdict|pol_config|strake_direction|trust_config|dsr_target_key|sock_rev_key|sock_rev_entry|sock_fwd_key|sock_lb_stats|lb_source_key|masq_config")
         .allowlist_var("STRAKE_.*")
         .derive_default(true)
         .derive_eq(true)

@@ -59,4 +59,42 @@ static __always_inline int parse_l4(struct packet *p, void *data_end, struct l4 
 	return L4_OTHER;
 }
 
+/*
+ * ICMP echo as a flow with ports (masq.h): the identifier stands in for a
+ * port, on the source side of a request and the destination side of a
+ * reply (as policy.h sees it), so a reply is the reverse of its request.
+ * Other ICMP: L4_OTHER.
+ */
+static __always_inline int parse_l4_echo(struct packet *p, void *data_end, struct l4 *l4)
+{
+	__u8 *h = p->l4;
+	__be16 id;
+
+	l4->proto = p->ip->protocol;
+	l4->off = p->l4_off;
+	l4->tcp_flags = 0;
+	if (l4->proto != IPPROTO_ICMP)
+		return L4_OTHER;
+	if (p->later_fragment)
+		return L4_NO_HEADER;
+	if ((void *)(h + 8) > data_end)
+		return L4_TRUNCATED;
+	if (h[1] != 0 || (h[0] != ICMP_ECHO && h[0] != ICMP_ECHOREPLY))
+		return L4_OTHER;
+	__builtin_memcpy(&id, h + 4, sizeof(id));
+	l4->sport = h[0] == ICMP_ECHO ? id : 0;
+	l4->dport = h[0] == ICMP_ECHO ? 0 : id;
+	l4->csum_off = l4->off + 2;
+	l4->csum_flags = 0;
+	return L4_OK;
+}
+
+/* TCP, UDP, or ICMP echo. */
+static __always_inline int parse_l4_or_echo(struct packet *p, void *data_end, struct l4 *l4)
+{
+	int r = parse_l4(p, data_end, l4);
+
+	return r == L4_OTHER ? parse_l4_echo(p, data_end, l4) : r;
+}
+
 #endif

@@ -321,7 +321,8 @@ static __always_inline int lb_from_dsr(ctx_t *ctx, struct packet *p, const struc
 /*
  * A reply of a translated flow, seen anywhere on its way back: the source
  * becomes the service address again (and, for SNAT and hairpin, the
- * destination the original client).
+ * destination the original client). A masqueraded flow's reply (masq.h)
+ * keeps its source and gets its pod back as the destination.
  */
 static __always_inline int lb_reverse(ctx_t *ctx, struct packet *p, const struct l4 *l4)
 {
@@ -361,6 +362,10 @@ static __always_inline int lb_reverse(ctx_t *ctx, struct packet *p, const struct
 	if ((re.flags & (STRAKE_CT_F_SNAT | STRAKE_CT_F_HAIRPIN)) &&
 	    nat_rewrite(ctx, l4, 1, f.daddr, re.client, f.dport, re.cport))
 		return LB_DROP;
+	if (re.flags & STRAKE_CT_F_MASQ) {
+		count(STRAKE_CNT_MASQ_REVERSED, bytes);
+		return LB_DONE;
+	}
 	lb_account(re.frontend_id, re.backend_id, bytes, 0);
 	count(STRAKE_CNT_LB_REVERSED, bytes);
 	return LB_DONE;

@@ -186,6 +186,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } st_lb_sources SEC(".maps");
 
+/* ---- Masquerade (masq.h) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct masq_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_masq_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAKE_MAX_MASQ_SKIP);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} st_masq_skip SEC(".maps");
+
 /* ---- Trust (docs/threat-model.md) ---- */
 
 struct {

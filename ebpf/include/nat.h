@@ -18,15 +18,18 @@
 #include "l4.h"
 
 /* Rewrites the destination (`dst`) or source address and port, fixing the
- * IPv4 and transport checksums. */
+ * IPv4 and transport checksums. For ICMP echo (l4.h, parse_l4_echo) the
+ * port is the identifier, and the ICMP checksum covers no addresses. */
 static __always_inline int nat_rewrite(ctx_t *ctx, const struct l4 *l4, int dst, __be32 old_addr, __be32 new_addr,
 				       __be16 old_port, __be16 new_port)
 {
+	int icmp = l4->proto == IPPROTO_ICMP;
 	__u32 addr_off = dst ? IP_DADDR_OFF : IP_SADDR_OFF;
-	__u32 port_off = l4->off + (dst ? 2 : 0);
+	__u32 port_off = l4->off + (icmp ? 4 : dst ? 2 : 0);
 
 	if (old_addr != new_addr) {
-		if (ctx_l4_csum_replace(ctx, l4->csum_off, old_addr, new_addr, l4->csum_flags | BPF_F_PSEUDO_HDR | 4))
+		if (!icmp &&
+		    ctx_l4_csum_replace(ctx, l4->csum_off, old_addr, new_addr, l4->csum_flags | BPF_F_PSEUDO_HDR | 4))
 			return -1;
 		if (ctx_l3_csum_replace(ctx, IP_CHECK_OFF, old_addr, new_addr))
 			return -1;

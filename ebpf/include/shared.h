@@ -44,6 +44,8 @@
 #define STRAKE_MAP_FE_SOCK_STATS "st_fe_sock_stat"
 #define STRAKE_MAP_FE_REJECT "st_fe_reject"
 #define STRAKE_MAP_LB_SOURCES "st_lb_sources"
+#define STRAKE_MAP_MASQ_CONFIG "st_masq_config"
+#define STRAKE_MAP_MASQ_SKIP "st_masq_skip"
 
 /* Capacity defaults; the agent may override max_entries at load time. */
 #define STRAKE_MAX_ENDPOINTS 16384
@@ -206,6 +208,13 @@ struct ct_entry {
 #define STRAKE_CT_F_SNAT (1U << 0) /* source rewritten to the node's address */
 #define STRAKE_CT_F_DSR (1U << 1)  /* sent by IPIP to the backend's node */
 #define STRAKE_CT_F_HAIRPIN (1U << 2) /* a pod reaching itself: source rewritten to STRAKE_HAIRPIN_ADDR */
+/* Masquerade (masq.h): a pod's flow out of the cluster, its source
+ * rewritten to the node's address (with STRAKE_CT_F_SNAT). Its service
+ * entry is keyed by the flow as the pod sent it; backend and frontend 0. */
+#define STRAKE_CT_F_MASQ (1U << 3)
+/* A flow from outside the cluster into a pod, keyed as the pod's replies
+ * go: they are answers, never masqueraded (masq.h). */
+#define STRAKE_CT_F_INBOUND (1U << 4)
 
 /* TCP flags a flow has shown, in either direction. */
 #define STRAKE_CT_TCP_SYN (1U << 0)
@@ -245,6 +254,23 @@ struct lb_config {
 	__u16 snat_port_min;   /* host order */
 	__u16 snat_port_max;
 };
+
+/* ---- Masquerade (masq.h) ------------------------------------------------ */
+
+/* st_masq_config[0]. Masquerading needs lb_config's node_addr too. */
+struct masq_config {
+	__u32 enabled;
+	__u16 port_min; /* host order: the ports masqueraded flows get */
+	__u16 port_max;
+};
+
+/* st_masq_skip (LPM, keyed like st_ipcache): destinations never
+ * masqueraded: the cluster's pod ranges, its nodes, and the configured
+ * non-masquerade CIDRs. Value: STRAKE_MASQ_SKIP_*, why. */
+#define STRAKE_MASQ_SKIP_PODS 1
+#define STRAKE_MASQ_SKIP_NODE 2
+#define STRAKE_MASQ_SKIP_CONFIGURED 3
+#define STRAKE_MAX_MASQ_SKIP 16384
 
 /* ---- NetworkPolicy ----------------------------------------------------- */
 
@@ -371,6 +397,9 @@ enum strake_counter {
 	STRAKE_CNT_CT_INSERT_FAILED,    /* a connection-table entry could not be written (table full, no memory) */
 	STRAKE_CNT_CT_REPLY_RESTORED,   /* a flow's lost reply entry put back from its service entry */
 	STRAKE_CNT_XDP_NEIGH_TO_TC,     /* translated at XDP, next hop unresolved: handed to tc to resolve it */
+	STRAKE_CNT_MASQ_TRANSLATED,     /* a pod's packet out of the cluster, source rewritten to the node's */
+	STRAKE_CNT_MASQ_REVERSED,       /* a reply of a masqueraded flow turned back to its pod */
+	STRAKE_CNT_MASQ_PORTS_FULL,     /* a new masqueraded flow found no free port: dropped */
 	STRAKE_CNT_MAX,
 };
 

@@ -10,7 +10,8 @@
  * A packet from a pod is checked for spoofing; a reply of a load-balanced
  * flow gets its service address back, a packet to a service goes to its
  * backend; then it is redirected straight into a local pod or routed toward
- * another node by the FIB, skipping the host stack. Anything the fast path
+ * another node by the FIB, skipping the host stack, with the node's address
+ * if it leaves the cluster (masq.h). Anything the fast path
  * cannot decide goes to the stack.
  */
 #include <linux/bpf.h>
@@ -22,6 +23,7 @@
 #include "forward.h"
 #include "healthcheck.h"
 #include "lb.h"
+#include "masq.h"
 #include "policy.h"
 #include "skb.h"
 #include "trust.h"
@@ -109,6 +111,13 @@ int from_pod(struct __sk_buff *skb)
 	dst = lookup_endpoint(p.ip->daddr);
 	if (dst)
 		return deliver(skb, &p, dst);
+	/* Out of the cluster, a flow of the pod's own (its source untouched:
+	 * not a backend's reply) leaves with the node's address [masq.h]. */
+	if (p.ip->saddr == seen.flow.saddr) {
+		v = masq_egress(skb, &p);
+		if (v == LB_DROP || (v == LB_FORWARD && skb_parse_ipv4(skb, &p) != PARSE_OK))
+			return TC_ACT_SHOT;
+	}
 	return fib_forward(skb, &p);
 }
 

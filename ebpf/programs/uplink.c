@@ -10,7 +10,8 @@
  *              a health check from a cluster node's agent or direct return
  *              from a balancing node, and nothing else; replies of
  *              load-balanced flows to local clients get their service
- *              address back; then ingress policy and into the pod. The rest
+ *              address back, and replies of masqueraded flows (masq.h)
+ *              their pod; then ingress policy and into the pod. The rest
  *              is the node's own traffic and goes to the stack untouched.
  *   to_wire    TCX egress: wraps the agent's health checks of pods on other
  *              nodes (healthcheck.h); everything else leaves untouched.
@@ -28,6 +29,7 @@
 #include "forward.h"
 #include "healthcheck.h"
 #include "lb.h"
+#include "masq.h"
 #include "policy.h"
 #include "skb.h"
 #include "trust.h"
@@ -105,8 +107,22 @@ int from_wire(struct __sk_buff *skb)
 		return fib_forward(skb, &p);
 
 	dst = lookup_endpoint(p.ip->daddr);
-	if (!dst)
-		return TC_ACT_OK;
+	if (!dst) {
+		int v;
+
+		/* To this node: the reply of a masqueraded flow that XDP left
+		 * (ICMP echo; all of them without XDP) goes to its pod. */
+		if (!is_node_addr(p.ip->daddr) || parse_l4_or_echo(&p, (void *)(long)skb->data_end, &l4) != L4_OK)
+			return TC_ACT_OK;
+		v = lb_reverse(skb, &p, &l4);
+		if (v == LB_NONE)
+			return TC_ACT_OK;
+		if (v == LB_DROP || skb_parse_ipv4(skb, &p) != PARSE_OK)
+			return TC_ACT_SHOT;
+		dst = lookup_endpoint(p.ip->daddr);
+		if (!dst)
+			return fib_forward(skb, &p);
+	}
 	/* [Uplink anti-spoof] */
 	if (!wire_source_ok(skb, p.ip->saddr, p.ip->daddr)) {
 		count(STRAKE_CNT_DROP_SPOOFED_WIRE, skb->len);
@@ -114,6 +130,7 @@ int from_wire(struct __sk_buff *skb)
 	}
 	if (p.ip->protocol == IPPROTO_IPIP && !p.fragment)
 		return encap_deliver(skb, &p);
+	masq_note_inbound(skb, &p);
 	if (parse_l4(&p, (void *)(long)skb->data_end, &l4) == L4_OK) {
 		int v = lb_reverse(skb, &p, &l4);
 

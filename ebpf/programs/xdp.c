@@ -6,7 +6,8 @@
  * A frame's journey:
  *   1. not IPv4 TCP/UDP, or a later fragment: not ours, up it goes
  *   2. to this node's address: the reply of an SNATed flow is turned back
- *      and routed to its client; the answer to one of this node's health
+ *      and routed to its client (a masqueraded one's goes up to tc, for
+ *      its pod); the answer to one of this node's health
  *      probes goes up to the agent, whatever NodePort its port may also be
  *   3. to an external frontend (lb.h, lb_from_outside): a local backend's
  *      flow goes up translated (tc delivers it into the pod); a remote
@@ -30,6 +31,10 @@ static __always_inline int route(struct xdp_md *ctx)
 
 	if (ctx_parse_ipv4(ctx, &p) != PARSE_OK)
 		return XDP_DROP;
+	/* A masqueraded flow's reply, now for a local pod: tc delivers it
+	 * (XDP cannot redirect into a pod's veth, whose peer runs no XDP). */
+	if (lookup_endpoint(p.ip->daddr))
+		return XDP_PASS;
 	return fib_forward(ctx, &p);
 }
 

@@ -12,6 +12,7 @@ pub mod shared {
     // SAFETY: plain C structs of integers with no padding-sensitive invariants;
     // any bit pattern is a valid value.
     unsafe impl aya::Pod for endpoint_info {}
+    unsafe impl aya::Pod for masq_config {}
     unsafe impl aya::Pod for counter_value {}
     unsafe impl aya::Pod for svc_key {}
     unsafe impl aya::Pod for svc_info {}
@@ -91,4 +92,7 @@ pub const COUNTER_NAMES: [(&str, u32); shared::STRAKE_CNT_MAX as usize] = [
     ("ct_insert_failed", shared::STRAKE_CNT_CT_INSERT_FAILED),
     ("ct_reply_restored", shared::STRAKE_CNT_CT_REPLY_RESTORED),
     ("xdp_neigh_to_tc", shared::STRAKE_CNT_XDP_NEIGH_TO_TC),
+    ("masq_translated", shared::STRAKE_CNT_MASQ_TRANSLATED),
+    ("masq_reversed", shared::STRAKE_CNT_MASQ_REVERSED),
+    ("masq_ports_full", shared::STRAKE_CNT_MASQ_PORTS_FULL),
 ];

@@ -2,6 +2,7 @@
 //! environment variable, for DaemonSet manifests).
 
 use clap::{Parser, ValueEnum};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -170,6 +171,25 @@ pub struct Config {
     #[arg(long, default_value = "20000-29999", value_parser = parse_port_range, env = "STRAKE_SNAT_PORTS")]
     pub snat_ports: (u16, u16),
 
+    /// BPF masquerade: pod traffic to destinations outside the cluster (not
+    /// in any node's pod CIDR, not a node's address, not in
+    /// --non-masquerade-cidrs) leaves with the node's InternalIP, replies
+    /// turned back on the uplink (TCP, UDP, ICMP echo).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "STRAKE_MASQUERADE")]
+    pub masquerade: bool,
+
+    /// Destinations pods reach with their own address, as ip-masq-agent's
+    /// nonMasqueradeCIDRs: comma-separated CIDRs (e.g. the networks that
+    /// route the pod ranges back themselves). Empty by default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr, env = "STRAKE_NON_MASQUERADE_CIDRS")]
+    pub non_masquerade_cidrs: Vec<(Ipv4Addr, u8)>,
+
+    /// Ports on the node's address masqueraded flows get (per destination
+    /// address and port; clear of the ephemeral, NodePort, --snat-ports and
+    /// --health-check-ports ranges).
+    #[arg(long, default_value = "61440-65535", value_parser = parse_port_range, env = "STRAKE_MASQUERADE_PORTS")]
+    pub masquerade_ports: (u16, u16),
+
     /// Connection-table timeouts: how long a flow may be idle before the
     /// sweep removes it (and gives its SNAT port back), by what its packets
     /// showed. A TCP handshake not completed (SYN, SYN-ACK):
@@ -304,6 +324,18 @@ impl Config {
                 "--health-check-ports {c}-{d} overlaps the NodePort range {e}-{f} (--node-port-range): a Service on one of those NodePorts would take health-check replies; pick ports outside it (e.g. the default 61000-61255)"
             ));
         }
+        for (name, r) in [
+            ("--snat-ports", self.snat_ports),
+            ("--health-check-ports", self.health_check_ports),
+            ("--node-port-range", self.node_port_range),
+        ] {
+            if overlap(self.masquerade_ports, r) {
+                let ((m, n), (x, y)) = (self.masquerade_ports, r);
+                return Err(format!(
+                    "--masquerade-ports {m}-{n} overlaps {name} {x}-{y}: replies to masqueraded flows would be confused with that traffic; pick disjoint ranges"
+                ));
+            }
+        }
         if overlap(self.snat_ports, self.node_port_range) {
             return Err(format!(
                 "--snat-ports {a}-{b} overlaps the NodePort range {e}-{f} (--node-port-range): replies to SNATed flows and NodePort traffic would be confused; pick ports outside it"
@@ -319,6 +351,7 @@ impl Config {
         [
             ("--health-check-ports", self.health_check_ports),
             ("--snat-ports", self.snat_ports),
+            ("--masquerade-ports", self.masquerade_ports),
         ]
         .into_iter()
         .filter(|(_, r)| overlap(*r))
@@ -344,6 +377,22 @@ fn parse_prime(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+/// A.B.C.D/LEN, host bits clear.
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let n: ipnetwork::Ipv4Network = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: not an IPv4 CIDR (A.B.C.D/LEN): {e}"))?;
+    if n.network() != n.ip() {
+        return Err(format!(
+            "{s:?}: host bits set; the network is {}/{}",
+            n.network(),
+            n.prefix()
+        ));
+    }
+    Ok((n.network(), n.prefix()))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -7,8 +7,9 @@ use std::net::Ipv4Addr;
 use strake_api::{ApiError, CtEntryView, CtFilter, CtFlushView, CtListView, ErrorKind};
 use strake_datapath::conntrack::{self, is_policy, FlowState, Timeouts};
 use strake_datapath::shared::{
-    backend_info, ct_entry, ct_key, STRAKE_CT_F_DSR, STRAKE_CT_F_HAIRPIN, STRAKE_CT_F_SNAT,
-    STRAKE_CT_POLICY, STRAKE_CT_REPLY, STRAKE_CT_SERVICE, STRAKE_DIR_EGRESS,
+    backend_info, ct_entry, ct_key, STRAKE_CT_F_DSR, STRAKE_CT_F_HAIRPIN, STRAKE_CT_F_INBOUND,
+    STRAKE_CT_F_MASQ, STRAKE_CT_F_SNAT, STRAKE_CT_POLICY, STRAKE_CT_REPLY, STRAKE_CT_SERVICE,
+    STRAKE_DIR_EGRESS,
 };
 
 fn internal(e: anyhow::Error) -> ApiError {
@@ -87,6 +88,8 @@ fn view(
         (STRAKE_CT_F_SNAT, "snat"),
         (STRAKE_CT_F_DSR, "dsr"),
         (STRAKE_CT_F_HAIRPIN, "hairpin"),
+        (STRAKE_CT_F_MASQ, "masq"),
+        (STRAKE_CT_F_INBOUND, "inbound"),
     ] {
         if !policy && v.flags & bit != 0 {
             flags.push(name.to_string());

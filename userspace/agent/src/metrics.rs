@@ -373,6 +373,13 @@ impl Collector for DatapathCollector {
                 let labels = vec![("backend_id".to_string(), backend.to_string())];
                 ConstGauge::new(*n as i64).encode(m.encode_family(&labels)?)?;
             }
+            let g = ConstGauge::new(gc.last.masq_ports as i64);
+            g.encode(enc.encode_descriptor(
+                "strake_ct_masquerade_ports_in_use",
+                "Masquerade ports held by pods' flows out of the cluster, at the last sweep",
+                None,
+                g.metric_type(),
+            )?)?;
         }
         for (name, help, cap) in [
             ("strake_map_entries", "Entries in each eBPF map", false),

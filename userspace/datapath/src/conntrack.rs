@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 use strake_ebpf::shared::{
-    ct_entry, ct_key, STRAKE_CT_F_SNAT, STRAKE_CT_POLICY, STRAKE_CT_REPLY, STRAKE_CT_SERVICE,
-    STRAKE_CT_TCP_ESTABLISHED, STRAKE_CT_TCP_FIN_FWD, STRAKE_CT_TCP_FIN_REV, STRAKE_CT_TCP_RST,
-    STRAKE_MAP_CT,
+    ct_entry, ct_key, STRAKE_CT_F_MASQ, STRAKE_CT_F_SNAT, STRAKE_CT_POLICY, STRAKE_CT_REPLY,
+    STRAKE_CT_SERVICE, STRAKE_CT_TCP_ESTABLISHED, STRAKE_CT_TCP_FIN_FWD, STRAKE_CT_TCP_FIN_REV,
+    STRAKE_CT_TCP_RST, STRAKE_MAP_CT,
 };
 
 pub struct Conntrack {
@@ -194,6 +194,8 @@ pub struct SweepReport {
     pub revived: u64,
     /// Reply entries holding a SNAT port, by backend id.
     pub snat_ports: BTreeMap<u32, u64>,
+    /// Reply entries holding a masquerade port.
+    pub masq_ports: u64,
     pub duration: Duration,
 }
 
@@ -395,7 +397,9 @@ impl Conntrack {
                 continue;
             }
             report.entries += 1;
-            if k.kind as u32 == STRAKE_CT_REPLY && v.flags & STRAKE_CT_F_SNAT != 0 {
+            if k.kind as u32 == STRAKE_CT_REPLY && v.flags & STRAKE_CT_F_MASQ != 0 {
+                report.masq_ports += 1;
+            } else if k.kind as u32 == STRAKE_CT_REPLY && v.flags & STRAKE_CT_F_SNAT != 0 {
                 *report.snat_ports.entry(v.backend_id).or_default() += 1;
             }
         }

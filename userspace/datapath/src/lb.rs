@@ -10,10 +10,11 @@ use std::os::fd::AsFd;
 
 use crate::map_name;
 use strake_ebpf::shared::{
-    affinity_entry, affinity_key, backend_info, counter_value, lb_config, lb_stats, slot_key,
-    svc_info, svc_key, STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS,
+    affinity_entry, affinity_key, backend_info, counter_value, lb_config, lb_stats, masq_config,
+    slot_key, svc_info, svc_key, STRAKE_MAP_AFFINITY, STRAKE_MAP_BACKENDS, STRAKE_MAP_BE_STATS,
     STRAKE_MAP_FE_REJECT, STRAKE_MAP_FE_STATS, STRAKE_MAP_LB_CONFIG, STRAKE_MAP_LB_SOURCES,
-    STRAKE_MAP_MAGLEV, STRAKE_MAP_NODE_ADDRS, STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
+    STRAKE_MAP_MAGLEV, STRAKE_MAP_MASQ_CONFIG, STRAKE_MAP_MASQ_SKIP, STRAKE_MAP_NODE_ADDRS,
+    STRAKE_MAP_SERVICES, STRAKE_MAP_SLOTS,
 };
 
 use crate::batch::{bpf_batch, BatchAttr, BPF_MAP_DELETE_BATCH, BPF_MAP_UPDATE_BATCH};
@@ -78,6 +79,9 @@ pub struct LbMaps {
     /// loadBalancerSourceRanges: ([frontend id, address], prefix 32 + len).
     sources: LpmTrie<MapData, [u32; 2], u32>,
     affinity: BpfHashMap<MapData, affinity_key, affinity_entry>,
+    masq_config: Array<MapData, masq_config>,
+    /// Destinations never masqueraded (prefix, why: STRAKE_MASQ_SKIP_*).
+    masq_skip: LpmTrie<MapData, u32, u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -131,6 +135,8 @@ impl LbMaps {
             fe_reject: take(ebpf, map_name(STRAKE_MAP_FE_REJECT))?,
             sources: take(ebpf, map_name(STRAKE_MAP_LB_SOURCES))?,
             affinity: take(ebpf, map_name(STRAKE_MAP_AFFINITY))?,
+            masq_config: take(ebpf, map_name(STRAKE_MAP_MASQ_CONFIG))?,
+            masq_skip: take(ebpf, map_name(STRAKE_MAP_MASQ_SKIP))?,
         })
     }
 
@@ -140,6 +146,59 @@ impl LbMaps {
 
     pub fn config(&self) -> Result<lb_config> {
         Ok(self.config.get(&0, 0)?)
+    }
+
+    pub fn set_masq_config(&mut self, cfg: masq_config) -> Result<()> {
+        self.masq_config
+            .set(0, cfg, 0)
+            .context("writing st_masq_config")
+    }
+
+    pub fn masq_config(&self) -> Result<masq_config> {
+        Ok(self.masq_config.get(&0, 0)?)
+    }
+
+    /// The destinations never masqueraded: (network, prefix length, why).
+    pub fn masq_skip(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>> {
+        let mut out = Vec::new();
+        for r in self.masq_skip.iter() {
+            let (k, why) = r.context("reading st_masq_skip")?;
+            out.push((addr_of(k.data()), k.prefix_len() as u8, why));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes `want` the destinations never masqueraded: new and changed
+    /// prefixes in first, then those no longer wanted out. Returns the
+    /// number of changes.
+    pub fn set_masq_skip(&mut self, want: &[(Ipv4Addr, u8, u32)]) -> Result<usize> {
+        let key = |a: Ipv4Addr, len: u8| Key::new(len as u32, addr_key(a));
+        let have = self.masq_skip()?;
+        let mut changes = 0;
+        for w in want {
+            if !have.contains(w) {
+                self.masq_skip
+                    .insert(&key(w.0, w.1), w.2, 0)
+                    .with_context(|| {
+                        format!(
+                            "writing st_masq_skip {}/{} (full? it holds {} prefixes)",
+                            w.0,
+                            w.1,
+                            strake_ebpf::shared::STRAKE_MAX_MASQ_SKIP
+                        )
+                    })?;
+                changes += 1;
+            }
+        }
+        for (a, len, _) in have {
+            if !want.iter().any(|w| (w.0, w.1) == (a, len)) {
+                not_found_ok(self.masq_skip.remove(&key(a, len)))
+                    .context("removing from st_masq_skip")?;
+                changes += 1;
+            }
+        }
+        Ok(changes)
     }
 
     /// Replaces the set of this node's addresses (NodePort frontends).

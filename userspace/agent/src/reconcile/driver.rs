@@ -49,6 +49,8 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
             settings: LbNodeSettings {
                 hash_seed: cfg.lb_hash_seed,
                 snat_ports: cfg.snat_ports,
+                masquerade_ports: cfg.masquerade.then_some(cfg.masquerade_ports),
+                non_masquerade_cidrs: cfg.non_masquerade_cidrs.clone(),
             },
         }),
         Box::new(BgpPhase::new(

@@ -1,14 +1,19 @@
 //! The node itself: the uplink (the interface holding the node's
 //! InternalIP, unless `--uplink` names one) with its programs, and the load
 //! balancer's node-wide settings: the node's address (SNAT source, DSR outer
-//! source) and every local address NodePorts answer on.
+//! source) and every local address NodePorts answer on; and masquerade's:
+//! its port range and the destinations never masqueraded (every node's pod
+//! CIDR and InternalIP, and the configured non-masquerade CIDRs).
 
 use super::{Outcome, Pass, Phase};
 use anyhow::{Context, Result};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use strake_datapath::shared::lb_config;
+use strake_datapath::shared::{
+    lb_config, masq_config, STRAKE_MASQ_SKIP_CONFIGURED, STRAKE_MASQ_SKIP_NODE,
+    STRAKE_MASQ_SKIP_PODS,
+};
 use strake_datapath::Datapath;
 use strake_netlink::Netlink;
 use strake_source::{Kind, KindSet};
@@ -24,13 +29,41 @@ pub trait NodeKernel: Send {
     /// fails if the uplink vanished.
     fn addresses(&self, uplink: &str) -> Result<Vec<Ipv4Addr>>;
     fn configure_lb(&self, cfg: lb_config, local: &[Ipv4Addr]) -> Result<()>;
+    /// Masquerade's settings and its never-masqueraded destinations
+    /// (network, prefix, why); returns the number of changes.
+    fn configure_masq(&self, cfg: masq_config, skip: &[(Ipv4Addr, u8, u32)]) -> Result<usize>;
 }
 
 /// Settings of the load balancer that do not come from the cluster state.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LbNodeSettings {
     pub hash_seed: u32,
     pub snat_ports: (u16, u16),
+    /// Masquerade's ports; None: masquerade off.
+    pub masquerade_ports: Option<(u16, u16)>,
+    pub non_masquerade_cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+impl LbNodeSettings {
+    /// The destinations never masqueraded, from the cluster's nodes.
+    fn masq_skip(&self, state: &strake_source::ClusterState) -> Vec<(Ipv4Addr, u8, u32)> {
+        let mut out = Vec::new();
+        for n in state.node_names() {
+            if let Some((net, len)) = state.node_pod_cidr(&n) {
+                out.push((net, len, STRAKE_MASQ_SKIP_PODS));
+            }
+            if let Some(ip) = state.node_internal_ip(&n) {
+                out.push((ip, 32, STRAKE_MASQ_SKIP_NODE));
+            }
+        }
+        for (net, len) in &self.non_masquerade_cidrs {
+            out.push((*net, *len, STRAKE_MASQ_SKIP_CONFIGURED));
+        }
+        // One reason per prefix: the first listed.
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|(a, l, _)| seen.insert((*a, *l)));
+        out
+    }
 }
 
 pub struct NodePhase<K> {
@@ -94,6 +127,18 @@ impl<K: NodeKernel> Phase for NodePhase<K> {
             },
             &local,
         )?;
+        let (enabled, (mlo, mhi)) = match self.settings.masquerade_ports {
+            Some(r) => (1, r),
+            None => (0, (0, 0)),
+        };
+        changes += self.kernel.configure_masq(
+            masq_config {
+                enabled,
+                port_min: mlo,
+                port_max: mhi,
+            },
+            &self.settings.masq_skip(pass.state),
+        )?;
         Ok(Outcome::applied(changes + 1))
     }
 }
@@ -156,6 +201,14 @@ impl NodeKernel for KernelNode {
         dp.lb.set_config(cfg)?;
         dp.lb.set_node_addrs(local)
     }
+
+    fn configure_masq(&self, cfg: masq_config, skip: &[(Ipv4Addr, u8, u32)]) -> Result<usize> {
+        let mut dp = self.dp.lock().unwrap_or_else(|e| e.into_inner());
+        // The destinations first: never a moment masquerading one of them.
+        let changes = dp.lb.set_masq_skip(skip)?;
+        dp.lb.set_masq_config(cfg)?;
+        Ok(changes)
+    }
 }
 
 /// Attaches the uplink programs: tc ingress, and XDP when `xdp`.
@@ -173,12 +226,14 @@ mod tests {
     use super::*;
 
     type LbSettings = Option<(lb_config, Vec<Ipv4Addr>)>;
+    type MasqSettings = Option<(masq_config, Vec<(Ipv4Addr, u8, u32)>)>;
 
     #[derive(Default, Clone)]
     struct FakeNode {
         interfaces: Arc<Mutex<Vec<(String, Ipv4Addr)>>>,
         attached: Arc<Mutex<Vec<String>>>,
         config: Arc<Mutex<LbSettings>>,
+        masq: Arc<Mutex<MasqSettings>>,
     }
 
     impl NodeKernel for FakeNode {
@@ -203,6 +258,10 @@ mod tests {
             *self.config.lock().unwrap() = Some((cfg, local.to_vec()));
             Ok(())
         }
+        fn configure_masq(&self, cfg: masq_config, skip: &[(Ipv4Addr, u8, u32)]) -> Result<usize> {
+            *self.masq.lock().unwrap() = Some((cfg, skip.to_vec()));
+            Ok(0)
+        }
     }
 
     #[test]
@@ -215,10 +274,12 @@ mod tests {
             settings: LbNodeSettings {
                 hash_seed: 1,
                 snat_ports: (20000, 29999),
+                masquerade_ports: Some((61440, 65535)),
+                non_masquerade_cidrs: vec![("192.0.2.0".parse().unwrap(), 24)],
             },
         };
         let st = strake_source::dir::state_from_yaml(
-            "apiVersion: v1\nkind: Node\nmetadata: {name: a}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n",
+            "apiVersion: v1\nkind: Node\nmetadata: {name: a}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: b}\nspec: {podCIDR: 10.244.2.0/24}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.2}]}\n",
         )
         .unwrap();
         let pass = Pass {
@@ -242,6 +303,20 @@ mod tests {
         let (cfg, local) = k.config.lock().unwrap().clone().unwrap();
         assert_eq!(cfg.snat_port_min, 20000);
         assert_eq!(local, vec!["10.0.0.1".parse::<Ipv4Addr>().unwrap()]);
+        // Masquerade: on, its ports, and never to the nodes, their pods or
+        // the configured ranges.
+        let (m, skip) = k.masq.lock().unwrap().clone().unwrap();
+        assert_eq!((m.enabled, m.port_min, m.port_max), (1, 61440, 65535));
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            skip,
+            vec![
+                (ip("10.0.0.1"), 32, STRAKE_MASQ_SKIP_NODE),
+                (ip("10.244.2.0"), 24, STRAKE_MASQ_SKIP_PODS),
+                (ip("10.0.0.2"), 32, STRAKE_MASQ_SKIP_NODE),
+                (ip("192.0.2.0"), 24, STRAKE_MASQ_SKIP_CONFIGURED),
+            ]
+        );
         // Attached once.
         phase.reconcile(&pass).unwrap();
         assert_eq!(k.attached.lock().unwrap().len(), 1);
