@@ -112,6 +112,7 @@ fn measure(lab: &Arc<Lab>, n: usize, parallel: usize) -> Result<Report> {
             "each call is a process: strake-cni started in the node's netns, config on stdin".into(),
             "ADD: allocate (agent), veth + routes + neighbour (netlink, two namespaces), attach (map entry + 2 TCX links)".into(),
             "baseline: Debian's reference ptp plugin with host-local IPAM, same runtime, same node, same run".into(),
+            "the kernel waits for an RCU grace period, RTNL held, for each TCX link attached (ADD, two per pod) and each one dropped with the veth (DEL): docs/design.md, \"CNI ADD and DEL: where the time goes\"".into(),
         ],
         samples: vec![],
         ratios: vec![],

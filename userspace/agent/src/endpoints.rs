@@ -149,9 +149,13 @@ impl Agent {
                 return Err(internal_ctx(e));
             }
         }
+        // In memory only (saved with the next allocation or release): after
+        // a crash the data-plane entry, which carries the endpoint id and
+        // the pod MAC, shows the endpoint attached (`attached_mac`). One
+        // fsync per ADD, not two.
         let mut rec = alloc.record.clone();
         rec.pod_mac = Some(pod_mac);
-        self.ipam().update(key, rec)?;
+        self.ipam().note(key, rec);
         self.metrics.endpoints.set(self.ipam().len() as i64);
         let _ = self
             .local_events
@@ -176,25 +180,24 @@ impl Agent {
             .as_ref()
             .map(|a| a.record.host_ifname.clone())
             .unwrap_or_else(|| host_ifname(key));
-        {
+        if let Some(a) = &alloc {
+            // Only remove the map entry if it is still ours.
             let mut dp = self.dp();
-            if let Some(a) = &alloc {
-                // Only remove the map entry if it is still ours.
-                let ours = dp
-                    .endpoint_entries()
-                    .map_err(internal_ctx)?
-                    .iter()
-                    .any(|(ip, e)| {
-                        *ip == a.ip && Some(e.endpoint_id) == Some(a.record.endpoint_id)
-                    });
-                if ours {
-                    dp.remove_endpoint(a.ip).map_err(internal_ctx)?;
-                }
+            let ours = dp
+                .endpoint_entry(a.ip)
+                .map_err(internal_ctx)?
+                .is_some_and(|e| e.endpoint_id == a.record.endpoint_id);
+            if ours {
+                dp.remove_endpoint(a.ip).map_err(internal_ctx)?;
             }
-            dp.detach_endpoint(&ifname).map_err(internal_ctx)?;
         }
+        // The veth first: its programs go with it. Dropping the pinned links
+        // of a live veth would detach each one on its own, an RCU grace
+        // period apiece under RTNL (docs/kernel-notes.md); after the veth is
+        // gone the pins hold defunct links, and removing them is free.
         self.block_on(self.nl.delete_link_by_name(&ifname))
             .map_err(internal_ctx)?;
+        self.dp().detach_endpoint(&ifname).map_err(internal_ctx)?;
         if let Some(a) = &alloc {
             // The id will be reused: its next owner starts clean.
             let mut dp = self.dp();
@@ -237,13 +240,13 @@ impl Agent {
             Some(l) if !l.up => problems.push(format!("host veth {ifname} is down")),
             _ => {}
         }
-        if alloc.record.pod_mac.is_none() {
+        let entry = self.dp().endpoint_entry(alloc.ip).map_err(internal_ctx)?;
+        if crate::reconcile::endpoints::attached_mac(&alloc.record, entry.as_ref()).is_none() {
             problems.push(format!("{key} was allocated but never attached"));
         }
-        let entries = self.dp().endpoint_entries().map_err(internal_ctx)?;
-        match (entries.iter().find(|(ip, _)| *ip == alloc.ip), &link) {
+        match (&entry, &link) {
             (None, _) => problems.push(format!("no data-plane entry for {}", alloc.ip)),
-            (Some((_, e)), Some(l)) if e.ifindex != l.index => problems.push(format!(
+            (Some(e), Some(l)) if e.ifindex != l.index => problems.push(format!(
                 "data-plane entry for {} points at ifindex {}, but {ifname} is {}",
                 alloc.ip, e.ifindex, l.index
             )),

@@ -70,11 +70,11 @@ pub fn repair<K: EndpointKernel>(k: &mut K, attach_all: bool) -> Result<Repair> 
     let entries = k.entries()?;
     let mut out = Repair::default();
     for r in &records {
-        let Some(pod_mac) = r.record.pod_mac else {
+        let have = entries.iter().find(|(ip, _)| *ip == r.ip).map(|(_, e)| *e);
+        let Some(pod_mac) = attached_mac(&r.record, have.as_ref()) else {
             continue; // allocated, not attached yet: its ADD is under way
         };
         let ifname = &r.record.host_ifname;
-        let have = entries.iter().find(|(ip, _)| *ip == r.ip).map(|(_, e)| *e);
         match k.link(ifname)? {
             Some((ifindex, host_mac)) => {
                 let want = endpoint_info {
@@ -110,6 +110,17 @@ pub fn repair<K: EndpointKernel>(k: &mut K, attach_all: bool) -> Result<Repair> 
     out.swept = sweep(k, &records)?;
     out.changes += out.swept.len();
     Ok(out)
+}
+
+/// The pod MAC of an attached endpoint, or None while its ADD is under
+/// way. Attach saves the MAC in memory only: after a restart the map entry
+/// of the record's endpoint id is what shows the endpoint attached.
+pub fn attached_mac(record: &EndpointRecord, entry: Option<&endpoint_info>) -> Option<[u8; 6]> {
+    record.pod_mac.or_else(|| {
+        entry
+            .filter(|e| e.endpoint_id == record.endpoint_id)
+            .map(|e| e.pod_mac)
+    })
 }
 
 /// Removes host veths, pinned links and map entries that belong to no

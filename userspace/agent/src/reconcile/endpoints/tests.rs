@@ -123,3 +123,43 @@ fn a_full_pass_repairs_only_what_drifted() {
     };
     assert_eq!(phase.reconcile(&inc).unwrap(), Outcome::applied(0));
 }
+
+#[test]
+fn an_attach_the_table_never_saved_is_restored_from_its_map_entry() {
+    // Attach notes the pod MAC in memory only; a crash before the next save
+    // leaves a record without it. Its entry (same endpoint id) proves the
+    // attach happened; an entry of another id (the address reused) does not.
+    let k = FakeEndpoints::default();
+    {
+        let mut n = k.node.lock().unwrap();
+        n.records = vec![
+            record("10.244.1.2", "strka", 1, false),
+            record("10.244.1.3", "strkb", 2, false),
+        ];
+        n.links.insert("strka".into(), (21, [2, 0, 0, 0, 0, 1]));
+        n.links.insert("strkb".into(), (22, [2, 0, 0, 0, 0, 2]));
+        for (ip, ifindex, id) in [("10.244.1.2", 21, 1), ("10.244.1.3", 22, 7)] {
+            n.entries.insert(
+                ip.parse().unwrap(),
+                endpoint_info {
+                    ifindex,
+                    flags: STRAKE_EP_F_ANTISPOOF,
+                    pod_mac: [0x0a, 0x58, 10, 244, 1, id as u8],
+                    host_mac: [2, 0, 0, 0, 0, ifindex as u8 - 20],
+                    endpoint_id: id,
+                    identity: 0,
+                },
+            );
+        }
+    }
+    let mut kk = k.clone();
+    let r = repair(&mut kk, true).unwrap();
+    assert_eq!(r.restored, 1, "only strka counts as attached");
+    let n = k.node.lock().unwrap();
+    assert!(n.attached.get("strka").copied().unwrap_or(false));
+    assert!(!n.attached.get("strkb").copied().unwrap_or(false));
+    assert_eq!(
+        n.entries[&"10.244.1.2".parse().unwrap()].pod_mac,
+        [0x0a, 0x58, 10, 244, 1, 1]
+    );
+}
