@@ -262,6 +262,7 @@ impl TestNet {
             hash_seed: 7,
             snat_port_min: 20000,
             snat_port_max: 29999,
+            flags: 0,
         })?;
         self.dp.lb.set_node_addrs(&[NODE_IP])
     }

@@ -13,7 +13,7 @@
 
 #include <linux/types.h>
 
-#define STRAKE_MAP_LAYOUT_VERSION 4
+#define STRAKE_MAP_LAYOUT_VERSION 5
 
 /* Map names, as maps.h defines them (a test checks both agree): userspace
  * opens and sizes the pinned maps by these, never by retyped strings. */
@@ -253,6 +253,7 @@ struct lb_config {
 	__u32 hash_seed;       /* identical on every node so all pick alike */
 	__u16 snat_port_min;   /* host order */
 	__u16 snat_port_max;
+	__u32 flags;           /* STRAKE_LB_F_* */
 };
 
 /* ---- Masquerade (masq.h) ------------------------------------------------ */
@@ -271,6 +272,9 @@ struct masq_config {
 #define STRAKE_MASQ_SKIP_NODE 2
 #define STRAKE_MASQ_SKIP_CONFIGURED 3
 #define STRAKE_MAX_MASQ_SKIP 16384
+/* North-south Services at tc ingress on the uplink (uplink.c), for an
+ * uplink without native XDP (--lb-xdp=false, or XDP failed to attach). */
+#define STRAKE_LB_F_TC_NORTH_SOUTH (1U << 0)
 
 /* ---- NetworkPolicy ----------------------------------------------------- */
 

@@ -4,7 +4,9 @@
  *
  *   from_wire  TCX ingress (after xdp.c has seen the frame): packets from
  *              the fabric. A frame XDP translated but could not route (its
- *              next hop unresolved, ctx_xdp.h) is routed here. Whatever is for a local pod is checked against
+ *              next hop unresolved, ctx_xdp.h) is routed here. Where XDP
+ *              does not serve the uplink, north-south Services are
+ *              balanced here first, as xdp.c would (north_south). Whatever is for a local pod is checked against
  *              where it came from first (the stack's rp_filter never sees
  *              it: it goes straight into the pod). IPIP for a local pod is
  *              a health check from a cluster node's agent or direct return
@@ -92,12 +94,63 @@ static __always_inline int encap_deliver(struct __sk_buff *skb, struct packet *p
 	return deliver_local(skb, p, ep);
 }
 
+/* The tc fallback of xdp.c, where XDP does not serve the uplink: the same
+ * north-south steps (lb.h) in the same order. Returns 1 with the packet's
+ * verdict in *act when it is done with the packet; 0 to carry on as
+ * from_wire (p re-parsed if the packet changed: a flow translated for a
+ * local backend is delivered by the rest of from_wire, as XDP passes it up
+ * to it). */
+static __always_inline int north_south(struct __sk_buff *skb, struct packet *p, int *act)
+{
+	const struct lb_config *cfg = lb_config();
+	struct l4 l4;
+	int v;
+
+	if (!cfg || !(cfg->flags & STRAKE_LB_F_TC_NORTH_SOUTH) ||
+	    parse_l4(p, (void *)(long)skb->data_end, &l4) != L4_OK)
+		return 0;
+	if (is_node_addr(p->ip->daddr)) {
+		v = lb_reverse(skb, p, &l4);
+		if (v == LB_DROP) {
+			*act = TC_ACT_SHOT;
+			return 1;
+		}
+		if (v == LB_DONE) {
+			*act = skb_parse_ipv4(skb, p) == PARSE_OK ? fib_forward(skb, p) : TC_ACT_SHOT;
+			return 1;
+		}
+		if (hc_probe_reply(p, &l4)) {
+			*act = TC_ACT_OK;
+			return 1;
+		}
+	}
+	switch (lb_from_outside(skb, p, &l4)) {
+	case LB_NONE:
+		return 0;
+	case LB_DROP:
+		*act = TC_ACT_SHOT;
+		return 1;
+	case LB_REJECT:
+		*act = bpf_redirect(skb->ifindex, 0);
+		return 1;
+	case LB_FORWARD:
+		*act = skb_parse_ipv4(skb, p) == PARSE_OK ? fib_forward(skb, p) : TC_ACT_SHOT;
+		return 1;
+	default: /* LB_DONE */
+		if (skb_parse_ipv4(skb, p) == PARSE_OK)
+			return 0;
+		*act = TC_ACT_SHOT;
+		return 1;
+	}
+}
+
 SEC("classifier")
 int from_wire(struct __sk_buff *skb)
 {
 	const struct endpoint_info *dst;
 	struct packet p;
 	struct l4 l4;
+	int v;
 
 	/* Malformed or non-IPv4 frames on the uplink are the node's business:
 	 * the stack accounts for and drops what it cannot use. */
@@ -105,11 +158,11 @@ int from_wire(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ctx_xdp_asked_route(skb))
 		return fib_forward(skb, &p);
+	if (north_south(skb, &p, &v))
+		return v;
 
 	dst = lookup_endpoint(p.ip->daddr);
 	if (!dst) {
-		int v;
-
 		/* To this node: the reply of a masqueraded flow that XDP left
 		 * (ICMP echo; all of them without XDP) goes to its pod. */
 		if (!is_node_addr(p.ip->daddr) || parse_l4_or_echo(&p, (void *)(long)skb->data_end, &l4) != L4_OK)
@@ -132,8 +185,7 @@ int from_wire(struct __sk_buff *skb)
 		return encap_deliver(skb, &p);
 	masq_note_inbound(skb, &p);
 	if (parse_l4(&p, (void *)(long)skb->data_end, &l4) == L4_OK) {
-		int v = lb_reverse(skb, &p, &l4);
-
+		v = lb_reverse(skb, &p, &l4);
 		if (v == LB_DROP)
 			return TC_ACT_SHOT;
 		if (v == LB_DONE) {

@@ -48,6 +48,8 @@ pub struct Agent {
     pub dp: Arc<Mutex<Datapath>>,
     pub ipam: Arc<Mutex<Ipam<EndpointRecord>>>,
     pub uplink: Arc<Mutex<Option<String>>>,
+    /// Which program serves north-south Services on the uplink.
+    pub north_south: Arc<Mutex<Option<crate::reconcile::node::NorthSouth>>>,
     pub routes_installed: Arc<AtomicUsize>,
     /// Bytes pod interfaces leave for encapsulation (set by the routes phase).
     pub tunnel_overhead: Arc<AtomicU32>,
@@ -93,6 +95,7 @@ impl Agent {
             dp: Arc::new(Mutex::new(dp)),
             ipam: Arc::new(Mutex::new(ipam)),
             uplink: Default::default(),
+            north_south: Default::default(),
             routes_installed: Default::default(),
             tunnel_overhead: Default::default(),
             bgp: Default::default(),

@@ -146,9 +146,11 @@ async fn run(cfg: Config) -> Result<()> {
     );
     if cfg.uplink != "auto" {
         let (a, name, xdp) = (agent.clone(), cfg.uplink.clone(), cfg.lb_xdp);
-        tokio::task::spawn_blocking(move || reconcile::node::attach_uplink(&a.dp, &name, xdp))
-            .await??;
-        tracing::info!(uplink = %cfg.uplink, xdp = cfg.lb_xdp, "uplink programs attached");
+        let ns =
+            tokio::task::spawn_blocking(move || reconcile::node::attach_uplink(&a.dp, &name, xdp))
+                .await??;
+        tracing::info!(uplink = %cfg.uplink, north_south = ns.name(), "uplink programs attached");
+        *agent.north_south.lock().unwrap() = Some(ns);
         agent.set_uplink(Some(cfg.uplink.clone()));
     }
     // Endpoints first: they need no desired state, and the sooner the

@@ -3,6 +3,7 @@
 
 use crate::agent::Agent;
 use crate::config::SourceKind;
+use crate::reconcile::node::NorthSouth;
 use crate::reconcile::PhaseState;
 use strake_api::{
     AgentStatus, ApiError, CounterView, ErrorKind, MapView, PhaseView, Pong, ProgramView, SyncPoint,
@@ -82,6 +83,7 @@ impl Agent {
         let endpoints = self.ipam().len();
         // Before the data plane's lock: it reads the state and netlink.
         let routing = self.routing_view();
+        let north_south = *self.north_south.lock().unwrap();
         let dp = self.dp();
         let links = dp.pinned_endpoint_links().len();
         let programs = dp
@@ -91,7 +93,7 @@ impl Agent {
             .map(|p| ProgramView {
                 attachments: match p.name.as_str() {
                     "from_wire" | "to_wire" => usize::from(self.uplink().is_some()),
-                    "xdp_lb" => usize::from(self.uplink().is_some() && self.cfg.lb_xdp),
+                    "xdp_lb" => usize::from(north_south == Some(NorthSouth::Xdp)),
                     n if n.starts_with("sock_") => 1,
                     _ => links,
                 },
@@ -127,6 +129,7 @@ impl Agent {
             uptime_seconds: self.started.elapsed().as_secs(),
             pod_cidr,
             uplink: self.uplink(),
+            north_south: north_south.map(|n| n.name().to_string()),
             socket_lb: dp.sock.cgroup().map(|p| p.display().to_string()),
             bpffs_root: dp.bpffs_root().display().to_string(),
             synced,

@@ -303,6 +303,10 @@ pub struct AgentStatus {
     pub uptime_seconds: u64,
     pub pod_cidr: Option<String>,
     pub uplink: Option<String>,
+    /// Which uplink program serves north-south Services: `xdp`, or `tc`
+    /// (`--lb-xdp=false`, or native XDP would not attach).
+    #[serde(default)]
+    pub north_south: Option<String>,
     pub bpffs_root: String,
     pub synced: bool,
     pub source_revision: u64,

@@ -35,6 +35,15 @@ pub fn status(s: &AgentStatus) -> String {
     );
     let _ = writeln!(
         o,
+        "  north-south Services {}",
+        match s.north_south.as_deref() {
+            Some("xdp") => "XDP (native, on the uplink)",
+            Some("tc") => "tc ingress on the uplink (no native XDP)",
+            _ => "(uplink not attached)",
+        }
+    );
+    let _ = writeln!(
+        o,
         "  socket load balancing {}",
         s.socket_lb
             .as_deref()

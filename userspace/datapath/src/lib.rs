@@ -390,6 +390,23 @@ impl Datapath {
         Ok(())
     }
 
+    /// Takes the XDP load balancer off the uplink, if an earlier run left
+    /// it there (its pinned link is the only reference to it).
+    pub fn detach_xdp(&mut self, ifname: &str) -> Result<()> {
+        let pin = links_dir(&self.root).join(format!("xdp_{}", pin_safe(ifname)));
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {
+                tracing::info!(
+                    uplink = ifname,
+                    "XDP load balancer detached (--lb-xdp=false)"
+                );
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow!(e).context(format!("removing pinned link {}", pin.display()))),
+        }
+    }
+
     /// Attaches the socket-level load balancer below the cgroup v2
     /// directory `cgroup` (see [`sock::SockLb::attach`]).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {

@@ -779,3 +779,102 @@ fn an_ip_mode_proxy_load_balancer_address_is_not_short_circuited() {
         "never balanced to a backend: {proxied:?}"
     );
 }
+
+#[test]
+fn without_xdp_nodeport_and_load_balancer_ip_work_through_the_tc_fallback() {
+    // --lb-xdp=false stands in for an uplink without native XDP (a VLAN,
+    // a bond, a driver without it): the same north-south Services through
+    // tc ingress on the uplink, in SNAT and DSR modes; a Service without
+    // endpoints still refused at once; `strake status` says tc serves.
+    let mut files = base("tf");
+    let lb_spec =
+        "  type: LoadBalancer\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n";
+    let with_nodeport = |mode: &str| {
+        service(
+            "tf",
+            "public",
+            Ipv4Addr::new(10, 96, 0, 11),
+            "web",
+            lb_spec,
+            &format!("lb.strake.dev/external-mode: {mode}"),
+        )
+        .replace(
+            "targetPort: http, protocol: TCP}",
+            "targetPort: http, protocol: TCP, nodePort: 30080}",
+        )
+    };
+    files.push(("svc.yaml", with_nodeport("snat")));
+    files.push((
+        "empty.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: tf, name: empty}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.30\n  selector: {app: nothing}\n  ports:\n  - {name: http, port: 80, protocol: TCP, nodePort: 30090}\n".into(),
+    ));
+    files.push((
+        "ext.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: ExternalHost\nmetadata: {name: tfx}\nspec: {address: 10.0.0.100}\n".into(),
+    ));
+    files.push((
+        "lab.yaml",
+        "apiVersion: lab.strake.dev/v1\nkind: Lab\nmetadata: {name: tf}\nspec: {xdp: false}\n"
+            .into(),
+    ));
+    let lab = yaml_lab("tf", &files);
+    let (a, b) = ("tfa", "tfb");
+    for n in [a, b] {
+        let st: AgentStatus = lab.agent(n, Request::Status).unwrap();
+        assert_eq!(st.north_south.as_deref(), Some("tc"), "{n}: {st:?}");
+        let xdp = st.programs.iter().find(|p| p.name == "xdp_lb").unwrap();
+        assert_eq!(xdp.attachments, 0, "{n}: no XDP program on the uplink");
+    }
+    let ext = lab.ext_netns("tfx");
+    let targets = [
+        addr("10.0.0.1".parse().unwrap(), 30080),
+        addr("10.0.0.2".parse().unwrap(), 30080),
+        addr(LB_IP, 80),
+    ];
+    let translated = lb_counter(&lab, a, "lb_translated");
+    for mode in ["snat", "dsr"] {
+        if mode == "dsr" {
+            std::fs::write(lab.dir.join("svc.yaml"), with_nodeport("dsr")).unwrap();
+            lab.wait_lb("external mode dsr", Duration::from_secs(5), |s| {
+                s.services
+                    .iter()
+                    .any(|x| x.service == "tf/public:http" && x.external_mode == "dsr")
+            })
+            .unwrap();
+        }
+        for t in targets {
+            let counts = tcp_spread(&ext, t, 60);
+            assert!(!counts.contains_key("!error"), "{mode} {t}: {counts:?}");
+            assert_eq!(
+                counts.len(),
+                3,
+                "{mode} {t}: every backend, on both nodes {counts:?}"
+            );
+        }
+        let udp = udp_spread(&ext, addr(LB_IP, 80), 30);
+        assert!(!udp.contains_key("!error"), "{mode} UDP: {udp:?}");
+    }
+    assert!(
+        lb_counter(&lab, a, "lb_translated") > translated,
+        "node a's tc translated"
+    );
+    assert!(lb_counter(&lab, a, "lb_encap") > 0, "DSR wrapped at tc");
+    assert!(lb_counter(&lab, b, "lb_decap") > 0);
+    let refused = strake_netlink::netns::run_in(&ext, move || {
+        probe::client(
+            addr("10.0.0.1".parse().unwrap(), 30090),
+            "tcp",
+            3,
+            Duration::from_secs(2),
+        )
+    })
+    .unwrap();
+    for r in &refused {
+        assert_eq!(r.errno, Some(libc::ECONNREFUSED), "{r:?}");
+        assert!(r.micros < 100_000, "refused in under 100 ms: {r:?}");
+    }
+    assert!(
+        lb_counter(&lab, a, "lb_rejected") >= 3,
+        "tc refused, not the stack"
+    );
+}

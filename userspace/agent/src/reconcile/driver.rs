@@ -46,6 +46,7 @@ pub fn phases(agent: &Arc<Agent>) -> Vec<Box<dyn Phase>> {
             },
             node: cfg.node_name.clone(),
             uplink: agent.uplink.clone(),
+            north_south: agent.north_south.clone(),
             settings: LbNodeSettings {
                 hash_seed: cfg.lb_hash_seed,
                 snat_ports: cfg.snat_ports,

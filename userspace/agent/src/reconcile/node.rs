@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strake_datapath::shared::{
-    lb_config, masq_config, STRAKE_MASQ_SKIP_CONFIGURED, STRAKE_MASQ_SKIP_NODE,
-    STRAKE_MASQ_SKIP_PODS,
+    lb_config, masq_config, STRAKE_LB_F_TC_NORTH_SOUTH, STRAKE_MASQ_SKIP_CONFIGURED,
+    STRAKE_MASQ_SKIP_NODE, STRAKE_MASQ_SKIP_PODS,
 };
 use strake_datapath::Datapath;
 use strake_netlink::Netlink;
@@ -22,8 +22,9 @@ use strake_source::{Kind, KindSet};
 pub trait NodeKernel: Send {
     /// The interface holding `ip`, if any.
     fn interface_with(&self, ip: Ipv4Addr) -> Result<Option<String>>;
-    /// Attaches the uplink programs (tc, and XDP when configured).
-    fn attach_uplink(&self, ifname: &str) -> Result<()>;
+    /// Attaches the uplink programs (tc, and XDP when configured); says
+    /// which serves north-south Services.
+    fn attach_uplink(&self, ifname: &str) -> Result<NorthSouth>;
     /// The uplink's ifindex and the node's addresses (pod veths excluded).
     /// This node's addresses (every interface but loopback and pod veths);
     /// fails if the uplink vanished.
@@ -32,6 +33,26 @@ pub trait NodeKernel: Send {
     /// Masquerade's settings and its never-masqueraded destinations
     /// (network, prefix, why); returns the number of changes.
     fn configure_masq(&self, cfg: masq_config, skip: &[(Ipv4Addr, u8, u32)]) -> Result<usize>;
+}
+
+/// Which program serves north-south Services (NodePort, LoadBalancer,
+/// externalIPs) on the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NorthSouth {
+    /// Native XDP (`xdp_lb`), before the kernel allocates an skb.
+    Xdp,
+    /// tc ingress (`from_wire`): `--lb-xdp=false`, or native XDP would not
+    /// attach (a VLAN or bond uplink, a driver without XDP).
+    Tc,
+}
+
+impl NorthSouth {
+    pub fn name(self) -> &'static str {
+        match self {
+            NorthSouth::Xdp => "xdp",
+            NorthSouth::Tc => "tc",
+        }
+    }
 }
 
 /// Settings of the load balancer that do not come from the cluster state.
@@ -71,6 +92,8 @@ pub struct NodePhase<K> {
     pub node: String,
     /// The uplink once attached, shared with the API (STATUS, healthz).
     pub uplink: Arc<Mutex<Option<String>>>,
+    /// Which program serves north-south Services, once attached (STATUS).
+    pub north_south: Arc<Mutex<Option<NorthSouth>>>,
     pub settings: LbNodeSettings,
 }
 
@@ -104,10 +127,12 @@ impl<K: NodeKernel> Phase for NodePhase<K> {
                         ),
                     });
                 };
-                self.kernel
+                let ns = self
+                    .kernel
                     .attach_uplink(&u)
                     .with_context(|| format!("attaching the uplink programs to {u}"))?;
-                tracing::info!(uplink = %u, "uplink programs attached");
+                tracing::info!(uplink = %u, north_south = ns.name(), "uplink programs attached");
+                *self.north_south.lock().unwrap() = Some(ns);
                 *self.uplink.lock().unwrap() = Some(u.clone());
                 changes += 1;
                 u
@@ -124,6 +149,11 @@ impl<K: NodeKernel> Phase for NodePhase<K> {
                 hash_seed: self.settings.hash_seed,
                 snat_port_min: lo,
                 snat_port_max: hi,
+                flags: if *self.north_south.lock().unwrap() == Some(NorthSouth::Tc) {
+                    STRAKE_LB_F_TC_NORTH_SOUTH
+                } else {
+                    0
+                },
             },
             &local,
         )?;
@@ -169,7 +199,7 @@ impl NodeKernel for KernelNode {
         })
     }
 
-    fn attach_uplink(&self, ifname: &str) -> Result<()> {
+    fn attach_uplink(&self, ifname: &str) -> Result<NorthSouth> {
         attach_uplink(&self.dp, ifname, self.xdp)
     }
 
@@ -211,14 +241,29 @@ impl NodeKernel for KernelNode {
     }
 }
 
-/// Attaches the uplink programs: tc ingress, and XDP when `xdp`.
-pub fn attach_uplink(dp: &Mutex<Datapath>, ifname: &str, xdp: bool) -> Result<()> {
+/// Attaches the uplink programs: tc, and native XDP when `xdp`. Where XDP
+/// will not attach (VLAN and bond uplinks, drivers without XDP), tc ingress
+/// serves north-south Services instead: a node with no outside Service
+/// traffic would be worse than a slower one. Without `xdp`, an XDP program
+/// an earlier run left on the uplink is taken off.
+pub fn attach_uplink(dp: &Mutex<Datapath>, ifname: &str, xdp: bool) -> Result<NorthSouth> {
     let mut dp = dp.lock().unwrap_or_else(|e| e.into_inner());
     dp.attach_uplink(ifname)?;
-    if xdp {
-        dp.attach_xdp(ifname)?;
+    if !xdp {
+        dp.detach_xdp(ifname)?;
+        return Ok(NorthSouth::Tc);
     }
-    Ok(())
+    match dp.attach_xdp(ifname) {
+        Ok(()) => Ok(NorthSouth::Xdp),
+        Err(e) => {
+            tracing::warn!(
+                uplink = ifname,
+                error = format!("{e:#}"),
+                "native XDP would not attach; north-south Services go through tc ingress on the uplink"
+            );
+            Ok(NorthSouth::Tc)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -241,9 +286,9 @@ mod tests {
             let i = self.interfaces.lock().unwrap();
             Ok(i.iter().find(|(_, a)| *a == ip).map(|(n, _)| n.clone()))
         }
-        fn attach_uplink(&self, ifname: &str) -> Result<()> {
+        fn attach_uplink(&self, ifname: &str) -> Result<NorthSouth> {
             self.attached.lock().unwrap().push(ifname.into());
-            Ok(())
+            Ok(NorthSouth::Tc)
         }
         fn addresses(&self, _uplink: &str) -> Result<Vec<Ipv4Addr>> {
             Ok(self
@@ -271,6 +316,7 @@ mod tests {
             kernel: k.clone(),
             node: "a".into(),
             uplink: Default::default(),
+            north_south: Default::default(),
             settings: LbNodeSettings {
                 hash_seed: 1,
                 snat_ports: (20000, 29999),
@@ -302,6 +348,11 @@ mod tests {
         assert_eq!(*k.attached.lock().unwrap(), vec!["eth0".to_string()]);
         let (cfg, local) = k.config.lock().unwrap().clone().unwrap();
         assert_eq!(cfg.snat_port_min, 20000);
+        assert_eq!(
+            cfg.flags, STRAKE_LB_F_TC_NORTH_SOUTH,
+            "tc serves north-south where XDP does not"
+        );
+        assert_eq!(*phase.north_south.lock().unwrap(), Some(NorthSouth::Tc));
         assert_eq!(local, vec!["10.0.0.1".parse::<Ipv4Addr>().unwrap()]);
         // Masquerade: on, its ports, and never to the nodes, their pods or
         // the configured ranges.
