@@ -170,20 +170,20 @@ pub fn run_with_stdin(ns: &Path, program: &str, args: &[&str], stdin: &str) -> R
     })
 }
 
-fn flush_baselines(ns: &Path) {
+pub(crate) fn flush_baselines(ns: &Path) {
     for c in kube_rules::flush_commands() {
         let _ = procs::run_in_netns(ns, c[0], &c[1..]);
     }
 }
 
-struct Clients {
-    ext: std::path::PathBuf,
-    pod: std::path::PathBuf,
-    node: std::path::PathBuf,
-    backends: Vec<Ipv4Addr>,
+pub(crate) struct Clients {
+    pub ext: std::path::PathBuf,
+    pub pod: std::path::PathBuf,
+    pub node: std::path::PathBuf,
+    pub backends: Vec<Ipv4Addr>,
 }
 
-fn udp_delivered(
+pub(crate) fn udp_delivered(
     c: &Clients,
     from: &Path,
     to: SocketAddrV4,

@@ -13,6 +13,7 @@ mod net;
 mod policy;
 mod report;
 mod rr;
+mod sock_lb;
 mod trust;
 
 use anyhow::Result;
@@ -72,6 +73,18 @@ enum Cmd {
         /// Numbers of Services installed, comma-separated.
         #[arg(long, default_value = "10,5000", value_delimiter = ',')]
         scales: Vec<usize>,
+        /// Pin clients and backend servers to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Socket-level load balancing: pod -> ClusterIP (TCP_RR, TCP_CRR, UDP)
+    /// through the socket hooks vs pod -> pod directly, vs the per-packet
+    /// path and vs nftables; host network -> ClusterIP CRR vs nftables.
+    SockLb {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
         /// Pin clients and backend servers to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
@@ -146,6 +159,9 @@ fn main() -> ExitCode {
             },
             &cli.out,
         ),
+        Cmd::SockLb { rounds, secs, cpu } => {
+            sock_lb::run(&sock_lb::Opts { rounds, secs, cpu }, &cli.out)
+        }
         Cmd::LbPacket {
             rounds,
             repeat,
