@@ -52,7 +52,5 @@
 /* Tries at a free SNAT port before a new flow is dropped (nat.h): at 90 %
  * of the range in use, 128 random tries all fail once in ~700,000 flows. */
 #define STRAKE_SNAT_TRIES 128
-/* Stride between tries: a prime, so tries spread over the whole range. */
-#define STRAKE_SNAT_STRIDE 7919
 
 #endif

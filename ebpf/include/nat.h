@@ -54,6 +54,23 @@ struct nat_claim {
 	__be16 port;
 };
 
+/* The port of try `i` of a flow hashed `h`: every try a fresh hash of
+ * both (murmur3's finalizer), so two flows' tries are independent. A fixed
+ * stride from a hashed start made every flow walk the same cycle, and taken
+ * ports clustered as in linear probing: at 77 % use, runs of more than the
+ * 128 tries already failed new flows. */
+static __always_inline __u32 nat_try_hash(__u32 h, __u32 i)
+{
+	__u32 x = h + i * 0x9e3779b9U;
+
+	x ^= x >> 16;
+	x *= 0x85ebca6bU;
+	x ^= x >> 13;
+	x *= 0xc2b2ae35U;
+	x ^= x >> 16;
+	return x;
+}
+
 /* One try (a bpf_loop callback): 1 stops the loop, with the port claimed. */
 static long nat_try_port(__u32 i, void *arg)
 {
@@ -62,7 +79,7 @@ static long nat_try_port(__u32 i, void *arg)
 
 	if (c->range == 0)
 		return 1;
-	candidate = c->min + (c->hash + i * STRAKE_SNAT_STRIDE) % c->range;
+	candidate = c->min + nat_try_hash(c->hash, i) % c->range;
 	c->rk.flow.dport = bpf_htons(candidate);
 	/* Look first: a failed insert into a full LRU map still evicts an
 	 * entry to make room for it. */
