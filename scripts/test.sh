@@ -20,6 +20,9 @@ if [ -x deploy/dev/ceph-up.sh ]; then
 fi
 
 cargo build --workspace --bins
+# Here every test must run: one that lacks root or Ceph fails instead of
+# skipping (userspace/test-support).
+export STRAKE_TESTS_REQUIRE=all
 cargo test --workspace --no-fail-fast -- --test-threads="${STRAKE_TEST_THREADS:-2}"
 # The same pod-network, load-balancer and policy suites with the agents on
 # --source kube against the lab's stand-in API server (README: The lab).

@@ -56,6 +56,9 @@ fn server(net: &TestNet, sport: u16, flags: u8) {
 
 #[test]
 fn tcp_states_from_syn_to_fin_and_rst_each_with_its_timeout() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -144,6 +147,9 @@ fn tcp_states_from_syn_to_fin_and_rst_each_with_its_timeout() {
 
 #[test]
 fn udp_flows_time_out_after_the_other_timeout_and_policy_entries_with_them() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -176,6 +182,9 @@ fn udp_flows_time_out_after_the_other_timeout_and_policy_entries_with_them() {
 
 #[test]
 fn snat_ports_come_back_when_their_flows_expire_and_allocation_works_at_90_percent() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -228,6 +237,9 @@ fn snat_ports_come_back_when_their_flows_expire_and_allocation_works_at_90_perce
 
 #[test]
 fn a_lost_reply_entry_is_put_back_by_the_flows_next_second() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;

@@ -16,6 +16,9 @@ fn dnat_ok(out: &[u8]) {
 
 #[test]
 fn pod_to_cluster_ip_is_dnated_to_the_backend_and_the_reply_gets_the_service_back() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -56,6 +59,9 @@ fn pod_to_cluster_ip_is_dnated_to_the_backend_and_the_reply_gets_the_service_bac
 
 #[test]
 fn established_flows_keep_their_backend_when_the_table_changes() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -95,6 +101,9 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
 
 #[test]
 fn maglev_spreads_new_flows_and_client_ip_affinity_pins_them() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -142,6 +151,9 @@ fn maglev_spreads_new_flows_and_client_ip_affinity_pins_them() {
 
 #[test]
 fn a_pod_reaching_itself_through_a_service_is_hairpinned() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -170,6 +182,9 @@ fn a_pod_reaching_itself_through_a_service_is_hairpinned() {
 
 #[test]
 fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -256,6 +271,9 @@ fn service_packets_that_cannot_be_balanced_get_defined_verdicts() {
 
 #[test]
 fn xdp_nodeport_to_a_local_backend_is_dnated_and_passed_up() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -290,6 +308,9 @@ fn xdp_nodeport_to_a_local_backend_is_dnated_and_passed_up() {
 
 #[test]
 fn xdp_snat_to_a_remote_backend_and_back() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -331,6 +352,9 @@ fn xdp_snat_to_a_remote_backend_and_back() {
 /// whole way).
 #[test]
 fn xdp_snat_behind_an_unresolved_next_hop_goes_up_marked_for_tc_to_route() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -368,6 +392,9 @@ fn xdp_snat_behind_an_unresolved_next_hop_goes_up_marked_for_tc_to_route() {
 
 #[test]
 fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -435,6 +462,9 @@ fn xdp_dsr_wraps_in_ipip_and_the_backend_node_unwraps_and_answers_directly() {
 
 #[test]
 fn xdp_leaves_everything_else_alone() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -487,6 +517,9 @@ fn xdp_leaves_everything_else_alone() {
 
 #[test]
 fn a_maglev_service_whose_table_is_missing_picks_from_its_slots() {
+    if !strake_test_support::root() {
+        return;
+    }
     // Between the agent installing a set's new table and updating the
     // service (a table of another size, or not in yet), new flows must still
     // find a backend rather than be dropped.
@@ -508,6 +541,9 @@ fn a_maglev_service_whose_table_is_missing_picks_from_its_slots() {
 
 #[test]
 fn xdp_admits_only_clients_in_a_frontends_load_balancer_source_ranges() {
+    if !strake_test_support::root() {
+        return;
+    }
     use strake_datapath::shared::{STRAKE_SVC_F_EXTERNAL, STRAKE_SVC_F_SOURCE_RANGES};
     with_testnet(|net| {
         net.add_local_pods()?;

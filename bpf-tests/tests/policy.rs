@@ -65,6 +65,9 @@ fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
 
 #[test]
 fn an_isolated_pod_takes_only_what_a_rule_allows_by_class_protocol_and_port() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.dp.policy.set_class(POD1, 32, CLASS_POD1)?;
@@ -121,6 +124,9 @@ fn an_isolated_pod_takes_only_what_a_rule_allows_by_class_protocol_and_port() {
 
 #[test]
 fn replies_pass_new_flows_the_other_way_do_not() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // POD2 may send nothing of its own.
@@ -155,6 +161,9 @@ fn replies_pass_new_flows_the_other_way_do_not() {
 
 #[test]
 fn fragments_without_ports_are_judged_with_port_zero() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.dp.policy.set_class(POD1, 32, CLASS_POD1)?;
@@ -185,6 +194,9 @@ fn fragments_without_ports_are_judged_with_port_zero() {
 
 #[test]
 fn icmp_errors_about_a_flow_the_pod_has_pass_and_others_do_not() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // POD1 takes nothing new.
@@ -240,6 +252,9 @@ fn icmp_errors_about_a_flow_the_pod_has_pass_and_others_do_not() {
 
 #[test]
 fn a_revoked_flow_stays_dropped_both_ways_until_allowed_again() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.dp.policy.set_class(POD1, 32, CLASS_POD1)?;
@@ -277,6 +292,9 @@ fn a_revoked_flow_stays_dropped_both_ways_until_allowed_again() {
 
 #[test]
 fn ip_blocks_with_except_are_longest_prefix_classes() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // ipBlock 10.244.0.0/16 except 10.244.2.5/32: the except is a longer
@@ -348,6 +366,9 @@ fn ip_blocks_with_except_are_longest_prefix_classes() {
 
 #[test]
 fn sctp_is_judged_by_its_ports() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.dp.policy.set_class(POD1, 32, CLASS_POD1)?;

@@ -122,6 +122,9 @@ fn unreachable_of(out: &[u8], sent: &[u8], smac: [u8; 6], dmac: [u8; 6]) {
 
 #[test]
 fn a_pod_sending_to_a_service_without_endpoints_gets_a_rst_or_port_unreachable_back() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -174,6 +177,9 @@ fn a_pod_sending_to_a_service_without_endpoints_gets_a_rst_or_port_unreachable_b
 
 #[test]
 fn an_empty_set_that_is_not_refusing_drops() {
+    if !strake_test_support::root() {
+        return;
+    }
     // A Local scope empty on this node while other nodes have endpoints
     // (kube-proxy drops those): no answer at all.
     with_testnet(|net| {
@@ -194,6 +200,9 @@ fn an_empty_set_that_is_not_refusing_drops() {
 
 #[test]
 fn xdp_refuses_an_outside_client_of_a_nodeport_without_endpoints() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;

@@ -9,6 +9,9 @@ const HOST_MAC_UNUSED: [u8; 6] = [0xee; 6];
 
 #[test]
 fn pod_to_local_pod_is_redirected_into_its_netns() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let lxc2 = net.topo.lxc2.clone();
@@ -43,6 +46,9 @@ fn pod_to_local_pod_is_redirected_into_its_netns() {
 
 #[test]
 fn pod_to_remote_pod_is_routed_by_the_fib() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let up0 = net.topo.up0.clone();
@@ -65,6 +71,9 @@ fn pod_to_remote_pod_is_routed_by_the_fib() {
 
 #[test]
 fn unresolved_next_hop_goes_through_redirect_neigh() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let p = tcp(
@@ -90,6 +99,9 @@ fn unresolved_next_hop_goes_through_redirect_neigh() {
 
 #[test]
 fn traffic_to_the_node_and_to_free_pod_addresses_goes_to_the_stack_untouched() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         for dst in [NODE_IP, FREE_LOCAL_IP] {
@@ -106,6 +118,9 @@ fn traffic_to_the_node_and_to_free_pod_addresses_goes_to_the_stack_untouched() {
 
 #[test]
 fn expiring_ttl_is_left_to_the_stack_for_icmp_time_exceeded() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         for dst in [POD2, REMOTE_POD] {
@@ -121,6 +136,9 @@ fn expiring_ttl_is_left_to_the_stack_for_icmp_time_exceeded() {
 
 #[test]
 fn spoofed_sources_are_dropped() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // An address that is no endpoint at all.
@@ -143,6 +161,9 @@ fn spoofed_sources_are_dropped() {
 
 #[test]
 fn a_pods_own_arp_passes_untouched() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // ARP request for the gateway.
@@ -158,6 +179,9 @@ fn a_pods_own_arp_passes_untouched() {
 
 #[test]
 fn malformed_ipv4_is_dropped_never_forwarded() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let good = tcp(POD1_MAC, HOST_MAC_UNUSED, POD1, POD2, 40000, 80, 64);
@@ -192,6 +216,9 @@ fn malformed_ipv4_is_dropped_never_forwarded() {
 
 #[test]
 fn ip_options_and_fragments_are_routed_by_destination() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         // IHL 6: one 4-byte option (NOP NOP NOP EOL) before the TCP header.
@@ -223,6 +250,9 @@ fn ip_options_and_fragments_are_routed_by_destination() {
 
 #[test]
 fn from_wire_delivers_to_local_pods_and_leaves_node_traffic_alone() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let up0 = net.topo.up0.clone();

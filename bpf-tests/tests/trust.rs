@@ -33,6 +33,9 @@ fn dsr_target(vip: Ipv4Addr, vport: u16, backend: Ipv4Addr, bport: u16) -> DsrTa
 
 #[test]
 fn ipip_is_unwrapped_only_from_cluster_nodes_for_their_dsr_targets_and_leaves_no_state_otherwise() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -141,6 +144,9 @@ fn ipip_is_unwrapped_only_from_cluster_nodes_for_their_dsr_targets_and_leaves_no
 /// TCP from any cluster node's address and a health-check source port in.
 #[test]
 fn a_syn_from_a_node_address_and_a_health_check_port_is_judged_by_the_policies() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.dp.policy.set_cluster_nodes(&[NODE_IP, PEER_NODE])?;
@@ -164,6 +170,9 @@ fn a_syn_from_a_node_address_and_a_health_check_port_is_judged_by_the_policies()
 
 #[test]
 fn health_checks_pass_only_wrapped_by_the_probing_node_and_their_answers_only_while_they_last() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -323,6 +332,9 @@ fn health_checks_pass_only_wrapped_by_the_probing_node_and_their_answers_only_wh
 
 #[test]
 fn packets_on_the_uplink_claiming_sources_that_cannot_come_from_there_are_dropped() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -413,6 +425,9 @@ fn packets_on_the_uplink_claiming_sources_that_cannot_come_from_there_are_droppe
 
 #[test]
 fn only_packets_this_node_makes_itself_are_let_into_an_isolated_pod_as_the_node() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;
@@ -461,6 +476,9 @@ fn router_advertisement(smac: [u8; 6]) -> Vec<u8> {
 
 #[test]
 fn pods_send_ipv4_and_arp_in_their_own_name_and_nothing_else() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         let lxc1 = net.topo.lxc1.index;
@@ -500,6 +518,9 @@ fn pods_send_ipv4_and_arp_in_their_own_name_and_nothing_else() {
 
 #[test]
 fn a_health_check_reply_to_a_port_that_is_also_a_nodeport_reaches_the_prober() {
+    if !strake_test_support::root() {
+        return;
+    }
     with_testnet(|net| {
         net.add_local_pods()?;
         net.lb_node()?;

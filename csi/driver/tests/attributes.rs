@@ -59,6 +59,9 @@ fn fio_iops(dev: &std::path::Path, secs: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modify_volume_sets_qos_on_a_live_volume_and_fio_sees_the_limit() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("qos");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],

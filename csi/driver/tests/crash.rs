@@ -59,6 +59,9 @@ fn image_set(pool: &TestPool) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_and_delete_converge_after_a_crash_at_every_step() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("crash-vol");
     for fp in ["create:after-reserve", "create:after-image"] {
         let name = format!("pvc-{}", fp.replace(':', "-"));
@@ -145,6 +148,9 @@ async fn create_and_delete_converge_after_a_crash_at_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_clone_and_snapshot_delete_converge_after_a_crash_at_every_step() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("crash-snap");
     let base = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -310,6 +316,9 @@ fn sweep(pool: &TestPool, delete: bool) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_removes_proven_orphans_and_keeps_live_volumes() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("sweep");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -396,6 +405,9 @@ async fn sweep_removes_proven_orphans_and_keeps_live_volumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_sweeps_orphans_by_itself_when_asked() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("autosweep");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -457,6 +469,9 @@ async fn the_controller_sweeps_orphans_by_itself_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_snapshots_converge_after_a_crash_at_every_step_and_leak_no_snapshot_or_group() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("crash-gsnap");
     let base = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],

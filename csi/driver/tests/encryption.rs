@@ -56,6 +56,9 @@ fn write_pattern(dev: &std::path::Path, len: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_volume_lives_its_whole_life_without_plaintext_or_passphrase_at_rest() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("enc");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],

@@ -29,6 +29,9 @@ const DATA: u64 = 100 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_volume_whole_life_xfs() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("life-fs");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -157,6 +160,9 @@ async fn filesystem_volume_whole_life_xfs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_volume_whole_life() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("life-blk");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -271,6 +277,9 @@ async fn block_volume_whole_life() {
 /// what happens next; the next stage grows it offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext4_expansion_without_cap_sys_resource_grows_offline_at_next_stage() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("ext4-grow");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],

@@ -269,11 +269,17 @@ fn verified_concurrent_io(transport: &str) {
 
 #[test]
 fn io_uring_transport_keeps_data_intact_under_concurrent_verified_writes() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     verified_concurrent_io("io-uring");
 }
 
 #[test]
 fn classic_transport_keeps_data_intact_under_concurrent_verified_writes() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     verified_concurrent_io("classic");
 }
 
@@ -281,6 +287,9 @@ fn classic_transport_keeps_data_intact_under_concurrent_verified_writes() {
 /// anything itself), re-attach with a new server: the data is there.
 #[test]
 fn fsync_makes_writes_durable_across_a_sigkill_of_the_server() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-kill", 64 * MIB, Some(true));
     let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
@@ -318,6 +327,9 @@ fn fsync_makes_writes_durable_across_a_sigkill_of_the_server() {
 /// the discarded range reads back as zeros.
 #[test]
 fn discard_releases_space_in_rados() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-trim", 128 * MIB, Some(true));
     let (pool, tmp) = (&l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
@@ -353,6 +365,9 @@ fn discard_releases_space_in_rados() {
 /// mounted file and, after `losetup -c`, in the loop device: no remount.
 #[test]
 fn resize_is_seen_without_remount() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-grow", 64 * MIB, Some(true));
     let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let m = start(tmp.path(), &pool.name, "vol", &[], b"").unwrap();
@@ -385,6 +400,9 @@ fn resize_is_seen_without_remount() {
 /// read-only, and data reads fine.
 #[test]
 fn read_only_open_refuses_every_write() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-ro", 32 * MIB, Some(true));
     let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let img = io.open("vol").unwrap();
@@ -433,6 +451,9 @@ fn read_only_open_refuses_every_write() {
 /// leaving no mount and no process.
 #[test]
 fn luks2_image_is_served_decrypted_and_stored_encrypted() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-luks", 64 * MIB, Some(true));
     let (io, pool, tmp) = (&l.io, &l.pool, &l.tmp);
     let pass = b"correct horse battery staple".to_vec();
@@ -490,6 +511,9 @@ fn luks2_image_is_served_decrypted_and_stored_encrypted() {
 /// argv nor its environment, and a passphrase file on disk is refused.
 #[test]
 fn secrets_stay_out_of_argv_and_disk() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let _g = serial();
     let pool = TestPool::new("fuse-key");
     let io = pool.io();
@@ -543,6 +567,9 @@ fn secrets_stay_out_of_argv_and_disk() {
 /// user on the node from reading or overwriting a volume: prove it does.
 #[test]
 fn other_users_on_the_node_can_neither_read_nor_write_the_volume() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-perm", 16 * MIB, Some(true));
     let m = start(l.tmp.path(), &l.pool.name, "vol", &[], b"").unwrap();
     // The temp dir must be traversable for the test to mean anything.
@@ -592,6 +619,9 @@ fn other_users_on_the_node_can_neither_read_nor_write_the_volume() {
 /// with its own size, bytes and counters, and the directory lists them all.
 #[test]
 fn several_images_in_one_mount_stay_separate() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-multi", 16 * MIB, Some(true));
     create(&l.io, "second", 48 * MIB);
     let m = start(l.tmp.path(), &l.pool.name, "vol", &["--image", "second"], b"").unwrap();
@@ -626,6 +656,9 @@ fn several_images_in_one_mount_stay_separate() {
 /// and asking for io-uring explicitly fails saying how to switch it on.
 #[test]
 fn without_the_uring_switch_auto_falls_back_and_io_uring_says_why() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let l = lab("fuse-auto", 16 * MIB, Some(false));
     let e = start(l.tmp.path(), &l.pool.name, "vol", &["--transport", "io-uring"], b"")
         .err()

@@ -36,6 +36,9 @@ fn wait_for_growth(path: &std::path::Path, beyond: usize, timeout: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_plugin_restart_keeps_a_published_volume_working() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("restart");
     let ctrl = Driver::start(DriverOpts {
         mode: "controller",

@@ -27,6 +27,9 @@ fn mbr() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_holding_only_a_partition_table_is_never_formatted() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("ptable");
     let drv = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -77,6 +80,9 @@ async fn a_device_holding_only_a_partition_table_is_never_formatted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_of_an_image_with_watchers_is_refused_and_the_image_stays_out_of_the_trash() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("busy");
     // Pauses between its in-use check and rbd_remove, so a client can open the image
     // in that window: the removal's own EBUSY/ENOTEMPTY must then be read right.
@@ -173,6 +179,9 @@ async fn delete_of_an_image_with_watchers_is_refused_and_the_image_stays_out_of_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_node_reader_only_filesystem_is_read_only_on_every_node_and_the_image_unchanged() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("rox");
     let a = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],
@@ -323,6 +332,9 @@ fn blocklist() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_writer_volume_has_one_node_and_a_lost_node_is_fenced() {
+    if !strake_test_support::ceph() {
+        return;
+    }
     let pool = TestPool::new("fence");
     let a = Driver::start(DriverOpts {
         list_pools: vec![pool.name.clone()],

@@ -245,6 +245,9 @@ fn mtu(ns: &Path, dev: &str) -> u32 {
 #[test]
 fn two_racks_route_pods_over_bgp_unencapsulated_keep_traffic_through_a_bird_crash_and_withdraw_a_deleted_node(
 ) {
+    if !strake_test_support::root() {
+        return;
+    }
     let p = "bg";
     let lab = yaml_lab(p, &racks(p, true));
     let (ta, tb) = (format!("{p}ta"), format!("{p}tb"));
@@ -392,6 +395,9 @@ fn two_racks_route_pods_over_bgp_unencapsulated_keep_traffic_through_a_bird_cras
 #[test]
 fn without_router_peering_cross_rack_pods_use_vxlan_same_rack_stays_plain_and_1_mib_does_not_stall()
 {
+    if !strake_test_support::root() {
+        return;
+    }
     let p = "bv";
     let lab = yaml_lab(p, &racks(p, false));
     let a1 = format!("{p}a1");
@@ -566,6 +572,9 @@ fn announcers(lab: &Lab, ip: Ipv4Addr) -> Vec<String> {
 #[test]
 fn load_balancer_addresses_are_announced_by_the_right_nodes_and_1000_connections_keep_their_backend_over_ecmp(
 ) {
+    if !strake_test_support::root() {
+        return;
+    }
     let p = "bl";
     let mut files = racks(p, true);
     files.push(("solo.yaml", solo_pod(p)));

@@ -36,6 +36,9 @@ fn host_veths(lab: &Lab, node: &str) -> Vec<String> {
 
 #[test]
 fn chained_with_portmap_and_bandwidth_add_check_del() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = lab(
         "chain",
         &[N {
@@ -145,6 +148,9 @@ fn conf(version: &str) -> String {
 
 #[test]
 fn bad_input_gets_the_specs_error_codes_and_leaves_nothing() {
+    if !strake_test_support::root() {
+        return;
+    }
     // A /30: two usable addresses, so the third ADD exhausts the block.
     let lab = lab(
         "bad",
@@ -318,6 +324,9 @@ fn bad_input_gets_the_specs_error_codes_and_leaves_nothing() {
 
 #[test]
 fn check_reports_drift_and_status_reports_a_dead_agent() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = lab(
         "chk",
         &[N {
@@ -452,6 +461,9 @@ fn libcni(
 /// libcni: VALIDATE, ADD (the pod is reachable), CHECK, DEL (nothing left).
 #[test]
 fn both_shipped_conflists_work_through_a_real_libcni() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = lab(
         "libcni",
         &[N {

@@ -60,6 +60,9 @@ fn lb_counter(lab: &strake_lab::Lab, node: &str, name: &str) -> u64 {
 
 #[test]
 fn cluster_ip_spreads_3000_connections_evenly_over_backends_on_two_nodes() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("ld");
     files.push(("svc.yaml", service("ld", "web", VIP, "web", "", "")));
     let lab = yaml_lab("ld", &files);
@@ -85,6 +88,9 @@ fn cluster_ip_spreads_3000_connections_evenly_over_backends_on_two_nodes() {
 
 #[test]
 fn nodeport_and_load_balancer_ip_from_outside_in_snat_and_dsr_modes() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("ex");
     let lb_spec =
         "  type: LoadBalancer\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}]\n";
@@ -149,6 +155,9 @@ fn nodeport_and_load_balancer_ip_from_outside_in_snat_and_dsr_modes() {
 
 #[test]
 fn client_ip_affinity_sticks_for_its_timeout_then_may_move() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("af");
     let sticky =
         "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
@@ -175,6 +184,9 @@ fn client_ip_affinity_sticks_for_its_timeout_then_may_move() {
 
 #[test]
 fn failing_backends_leave_within_the_health_check_window_and_come_back() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("hc");
     files.push((
         "svc.yaml",
@@ -229,6 +241,9 @@ fn failing_backends_leave_within_the_health_check_window_and_come_back() {
 
 #[test]
 fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("rl");
     files.push((
         "svc.yaml",
@@ -396,6 +411,9 @@ fn rolling_replacement_never_resets_a_stream_nor_fails_a_new_connection() {
 /// once one is ready, only it gets new ones.
 #[test]
 fn with_every_endpoint_terminating_new_connections_still_succeed_until_one_is_ready() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("gt");
     files.push(("svc.yaml", service("gt", "web", VIP, "web", "", "")));
     let lab = yaml_lab("gt", &files);
@@ -480,6 +498,9 @@ fn rejected(
 
 #[test]
 fn a_service_without_endpoints_is_refused_on_the_packet_path() {
+    if !strake_test_support::root() {
+        return;
+    }
     // An outside client of a NodePort (XDP on the uplink) and a pod opted
     // out of the socket load balancer (tc on its veth): connect() fails
     // with ECONNREFUSED at once, UDP gets ICMP port unreachable (a
@@ -567,6 +588,9 @@ fn a_service_without_endpoints_is_refused_on_the_packet_path() {
 
 #[test]
 fn load_balancer_source_ranges_admit_a_listed_host_and_drop_another() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("sr");
     files.push((
         "svc.yaml",
@@ -649,6 +673,9 @@ fn hc_get(ns: &std::path::Path, to: std::net::SocketAddrV4) -> Option<(u16, serd
 
 #[test]
 fn health_check_node_port_answers_200_with_local_endpoints_and_503_without_as_they_move() {
+    if !strake_test_support::root() {
+        return;
+    }
     let (a, b) = ("hna", "hnb");
     let lb_svc = service(
         "hn",
@@ -736,6 +763,9 @@ fn health_check_node_port_answers_200_with_local_endpoints_and_503_without_as_th
 
 #[test]
 fn an_ip_mode_proxy_load_balancer_address_is_not_short_circuited() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut files = base("im");
     files.push((
         "svc.yaml",

@@ -231,6 +231,9 @@ fn ns_of(p: &str) -> &str {
 
 #[test]
 fn network_policy_conformance_on_the_e2e_model() {
+    if !strake_test_support::root() {
+        return;
+    }
     let mut c = Conformance::new();
     let both = [(80, TCP), (81, TCP), (80, UDP), (81, UDP)];
     let open = |_: &str, _: &str| true;
@@ -528,6 +531,9 @@ fn network_policy_conformance_on_the_e2e_model() {
 /// connections work again and the old one resumes.
 #[test]
 fn established_connections_are_cut_when_a_policy_revokes_them() {
+    if !strake_test_support::root() {
+        return;
+    }
     let files = vec![
         (
             "nodes.yaml",

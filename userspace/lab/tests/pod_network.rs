@@ -28,6 +28,9 @@ fn two_nodes(prefix: &str) -> (Vec<String>, Vec<(String, String, String)>) {
 
 #[test]
 fn every_pod_reaches_every_pod_and_node_over_tcp_udp_and_icmp() {
+    if !strake_test_support::root() {
+        return;
+    }
     let (nodes, pods) = two_nodes("cx");
     let lab = lab(
         "cx",
@@ -158,6 +161,9 @@ fn every_pod_reaches_every_pod_and_node_over_tcp_udp_and_icmp() {
 /// pods on different nodes runs: the stream never stops and is never reset.
 #[test]
 fn a_tcp_stream_survives_kill_9_and_restart_of_the_agents() {
+    if !strake_test_support::root() {
+        return;
+    }
     let (nodes, pods) = two_nodes("rs");
     let lab = lab(
         "rs",
@@ -287,6 +293,9 @@ fn a_tcp_stream_survives_kill_9_and_restart_of_the_agents() {
 
 #[test]
 fn fifty_parallel_adds_then_dels_then_gc_leave_nothing_behind() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = lab(
         "par",
         &[N {

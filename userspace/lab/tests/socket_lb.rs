@@ -91,6 +91,9 @@ fn fe_counters(
 
 #[test]
 fn host_network_clients_reach_cluster_ip_node_ports_and_load_balancer_ips_seeing_the_vip() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = yaml_lab("sh", &files("sh"));
     let (a, b) = ("sha", "shb");
     let both: Vec<String> = vec!["sh/w1".into(), "sh/w2".into()];
@@ -199,6 +202,9 @@ fn host_network_clients_reach_cluster_ip_node_ports_and_load_balancer_ips_seeing
 
 #[test]
 fn a_service_without_endpoints_refuses_at_once_and_a_process_outside_the_lab_is_not_translated() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = yaml_lab("sr", &files("sr"));
     let a = "sra";
     let before = fe_counters(&lab, a, EMPTY_VIP, 80, "TCP");
@@ -282,6 +288,9 @@ fn a_service_without_endpoints_refuses_at_once_and_a_process_outside_the_lab_is_
 
 #[test]
 fn pods_reach_services_by_socket_unless_opted_out_to_the_packet_path() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = yaml_lab("sp", &files("sp"));
     let a = "spa";
     let both: Vec<String> = vec!["sp/w1".into(), "sp/w2".into()];
@@ -342,6 +351,9 @@ fn pods_reach_services_by_socket_unless_opted_out_to_the_packet_path() {
 
 #[test]
 fn lab_down_removes_the_node_cgroups_also_after_a_crash() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = yaml_lab("sc", &files("sc"));
     let base = lab.cgroup_base().unwrap();
     assert!(lab.node_cgroup("sca").unwrap().is_dir());

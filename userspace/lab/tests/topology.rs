@@ -112,10 +112,16 @@ fn prefer_close(p: &str, source: LabSource) {
 
 #[test]
 fn prefer_close_keeps_pods_in_their_zone_and_falls_back_to_all_zones() {
+    if !strake_test_support::root() {
+        return;
+    }
     prefer_close("tz", LabSource::Dir);
 }
 
 #[test]
 fn prefer_close_through_the_api_server_uses_the_controllers_zone_hints() {
+    if !strake_test_support::root() {
+        return;
+    }
     prefer_close("tk", LabSource::Kube);
 }

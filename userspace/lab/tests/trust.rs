@@ -50,6 +50,9 @@ fn pod(ns: &str, name: &str, node: &str, labels: &str) -> String {
 /// checks of that pod, which must keep working through the same policy.
 #[test]
 fn health_check_ports_let_nothing_past_a_policy_and_the_real_checks_still_fail_over() {
+    if !strake_test_support::root() {
+        return;
+    }
     let (a, b) = ("hpa", "hpb");
     let files = vec![
         (
@@ -168,6 +171,9 @@ fn health_check_ports_let_nothing_past_a_policy_and_the_real_checks_still_fail_o
 /// may get it. Policy must judge the new pod by its own labels.
 #[test]
 fn a_dead_pods_ip_reused_by_a_new_pod_is_judged_by_the_new_pods_labels() {
+    if !strake_test_support::root() {
+        return;
+    }
     let (a, b) = ("dpa", "dpb");
     let files = vec![
         (
@@ -223,6 +229,9 @@ fn a_dead_pods_ip_reused_by_a_new_pod_is_judged_by_the_new_pods_labels() {
 /// advertisement, no address, and no IPv6 at all.
 #[test]
 fn the_nodes_side_of_a_pods_veth_has_no_ipv6() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = lab(
         "v6",
         &[N {
@@ -305,6 +314,9 @@ fn agent_alive(lab: &strake_lab::Lab, node: &str) -> bool {
 /// serving the CNI plugin.
 #[test]
 fn the_agent_api_refuses_strangers_unread_bounds_requests_and_keeps_serving_cni() {
+    if !strake_test_support::root() {
+        return;
+    }
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let node = "apia";
@@ -429,6 +441,9 @@ fn the_agent_api_refuses_strangers_unread_bounds_requests_and_keeps_serving_cni(
 /// address the pod could get, as fast as it can: not one connection.
 #[test]
 fn a_pod_attached_before_its_object_arrives_is_never_reachable_where_a_policy_may_isolate_it() {
+    if !strake_test_support::root() {
+        return;
+    }
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let (a, b) = ("foa", "fob");
