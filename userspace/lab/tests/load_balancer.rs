@@ -812,6 +812,9 @@ fn an_ip_mode_proxy_load_balancer_address_is_not_short_circuited() {
 
 #[test]
 fn without_xdp_nodeport_and_load_balancer_ip_work_through_the_tc_fallback() {
+    if !strake_test_support::root() {
+        return;
+    }
     // --lb-xdp=false stands in for an uplink without native XDP (a VLAN,
     // a bond, a driver without it): the same north-south Services through
     // tc ingress on the uplink, in SNAT and DSR modes; a Service without
