@@ -284,6 +284,9 @@ fn sequential_connections(
 
 #[test]
 fn fifteen_thousand_sequential_connections_through_a_snated_node_port_all_succeed() {
+    if !strake_test_support::root() {
+        return;
+    }
     // --snat-ports at its default (10,000 ports). A closed flow holds its
     // port until a sweep finds it past --ct-timeout-closing: at the
     // defaults (10 s, sweeps at least 10 s apart) the ports carry about 500
@@ -319,6 +322,9 @@ fn fifteen_thousand_sequential_connections_through_a_snated_node_port_all_succee
 
 #[test]
 fn with_64_snat_ports_connections_faster_than_the_ports_all_succeed_once_closed_ones_expire() {
+    if !strake_test_support::root() {
+        return;
+    }
     let lab = snat_lab(
         "ctp",
         "\"--snat-ports\", \"20000-20063\", \"--ct-timeout-closing\", \"1s\", \"--ct-gc-min-interval\", \"1s\"",
