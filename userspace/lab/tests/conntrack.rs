@@ -355,3 +355,127 @@ fn with_64_snat_ports_connections_faster_than_the_ports_all_succeed_once_closed_
     assert!(n <= 64, "{n} reply entries with 64 ports");
     eprintln!("300 connections over 64 ports in {took:?}");
 }
+
+#[test]
+fn an_active_stream_survives_a_flood_that_fills_the_table_twice_over() {
+    if !strake_test_support::root() {
+        return;
+    }
+    // A table of 4,096 entries; the flood: 8,192 UDP flows from a pod to a
+    // ClusterIP, each from its own port, each two entries (service and
+    // reply): four tables' worth.
+    let files = vec![
+        (
+            "lab.yaml",
+            "apiVersion: lab.strake.dev/v1\nkind: Lab\nmetadata: {name: ctf}\nspec:\n  agentArgs: [\"--ct-size\", \"4096\"]\n".to_string(),
+        ),
+        (
+            "nodes.yaml",
+            node_yaml("ctfa", "10.244.1.0/24", "10.0.0.1")
+                + "---\n"
+                + &node_yaml("ctfb", "10.244.2.0/24", "10.0.0.2"),
+        ),
+        ("w1.yaml", pod_yaml("ctf", "w1", "ctfb", "web", false)),
+        ("c1.yaml", pod_yaml("ctf", "c1", "ctfa", "client", false)),
+        ("c2.yaml", pod_yaml("ctf", "c2", "ctfa", "flood", false)),
+        (
+            "svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: ctf, name: web}\nspec:\n  clusterIP: 10.96.0.40\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: http, protocol: TCP}\n  - {name: dns, port: 80, targetPort: dns, protocol: UDP}\n".into(),
+        ),
+    ];
+    let lab = yaml_lab("ctf", &files);
+    let vip = std::net::SocketAddrV4::new("10.96.0.40".parse().unwrap(), 80);
+    // The stream: through the ClusterIP to w1 on the other node, translated
+    // per packet at c1's veth (the test's threads are outside the node's
+    // cgroup, so no socket hook translates it first).
+    let (stream, greeting) =
+        strake_lab::probe::tcp_stream(&lab.pod_netns("ctf", "c1"), vip, T).unwrap();
+    assert_eq!(greeting, "ctf/w1");
+    // w1 drains and w2 takes new flows: the stream now lives on its table
+    // entries alone. Were they evicted, its next packet would be a new flow
+    // for w2, which would reset it.
+    std::fs::write(
+        lab.dir.join("w2.yaml"),
+        pod_yaml("ctf", "w2", "ctfb", "web", false),
+    )
+    .unwrap();
+    lab.add_pod(&pod_spec("ctf", "w2", "ctfb", "web")).unwrap();
+    std::fs::write(
+        lab.dir.join("w1.yaml"),
+        pod_yaml("ctf", "w1", "ctfb", "web", true),
+    )
+    .unwrap();
+    lab.wait_lb(
+        "w2 active, w1 draining",
+        Duration::from_secs(10),
+        |s: &LbStatus| {
+            let bs: Vec<_> = s.services.iter().flat_map(|x| &x.backends).collect();
+            bs.iter()
+                .any(|b| b.pod.as_deref() == Some("ctf/w2") && b.active)
+                && bs
+                    .iter()
+                    .any(|b| b.pod.as_deref() == Some("ctf/w1") && !b.active)
+        },
+    )
+    .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (ns, done) = (lab.pod_netns("ctf", "c2"), done.clone());
+        std::thread::spawn(move || {
+            let sent = strake_netlink::netns::run_in(&ns, move || {
+                let mut sent = 0;
+                for _ in 0..8192 {
+                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                    if s.send_to(b"flood", vip).is_ok() {
+                        sent += 1;
+                    }
+                }
+                Ok(sent)
+            })
+            .unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            sent
+        })
+    };
+    // Echo a chunk every few milliseconds all through the flood, and a
+    // second after.
+    use std::io::{Read, Write};
+    let mut s = &stream;
+    let chunk = [0x5au8; 512];
+    let mut buf = [0u8; 512];
+    let mut rounds = 0;
+    let mut after = None;
+    loop {
+        s.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("write, round {rounds}: {e}"));
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("echo lost in the flood, round {rounds}: {e}"));
+        assert_eq!(buf, chunk);
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(2));
+        if done.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = *after.get_or_insert_with(std::time::Instant::now);
+            if t.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+    }
+    assert_eq!(flooder.join().unwrap(), 8192);
+    // The flood did fill the table (and so pushed its own flows out).
+    let listed = ct(&lab, "ctfa", &["list"]);
+    let n = listed["entries"].as_array().unwrap().len();
+    assert!(n > 3500, "only {n} entries of 4096 after the flood");
+    let translated = counter(&lab, "ctfa", "lb_translated");
+    assert!(translated >= 8192, "lb_translated {translated}");
+    eprintln!("{rounds} echoes through a flood of 8192 flows; {n} entries left");
+    // What the test guards against, done on purpose: with its entries
+    // gone, the stream's next packet goes to w2, and it breaks.
+    let c1 = lab.pod_ip("ctf", "c1").unwrap().to_string();
+    let port = stream.local_addr().unwrap().port().to_string();
+    ct(&lab, "ctfa", &["flush", "--src", &c1, "--port", &port]);
+    let broken = s
+        .write_all(&chunk)
+        .and_then(|_| s.read_exact(&mut buf))
+        .is_err();
+    assert!(broken, "a stream without its entries would not survive");
+}
