@@ -102,7 +102,7 @@ step "the fabric routes pod blocks: no tunnel (proto bird), the LoadBalancer add
 run strake lab exec router/tor-a ip route
 run strake lab exec node/a1 ip route show proto bird
 run strake lab probe web/web-a1 10.244.3.1:80
-for _ in 1 2 3; do run strake lab probe ext/client 203.0.113.10:80; done
+for _ in 1 2 3; do run strake lab probe ext/rack-client 203.0.113.10:80; done
 run strake lab down "$RACKS"
 
 # ---- storage: a Ceph RBD volume through strake-csi ------------------------
